@@ -1,0 +1,14 @@
+"""dcem: the Differentiable Cross-Entropy Method (Amos & Yarats, ICML 2020) in PyTorch.
+
+Core API:
+
+- :func:`dcem.lml` / :class:`dcem.LML`: the temperature-scaled soft top-k projection (eq. 4).
+- :func:`dcem.hard_topk`: its ``tau -> 0`` limit.
+- :func:`dcem.dcem`: CEM (``temp=None``) and differentiable CEM (``temp > 0``), Alg. 1.
+"""
+
+from dcem.cem import dcem
+from dcem.lml import LML, hard_topk, lml
+
+__all__ = ["LML", "dcem", "hard_topk", "lml"]
+__version__ = "0.1.0"

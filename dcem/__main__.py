@@ -1,0 +1,21 @@
+"""Command line: ``dcem demo [--out DIR] ...`` (also ``python -m dcem demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dcem", description="Differentiable cross-entropy method")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from dcem import demo
+
+    demo.add_arguments(sub.add_parser("demo", help="2-D CEM / DCEM demo with plots"))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "demo":
+        demo.run_from_args(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""``dcem-exp NAME [overrides...]``: dispatch to the experiment ``dcem.experiments.NAME``."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import dcem.experiments as _pkg
+
+
+def available() -> list[str]:
+    """Names of the experiments shipped in :mod:`dcem.experiments`."""
+    return sorted(m.name for m in pkgutil.iter_modules(_pkg.__path__) if m.ispkg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = available()
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(
+            "usage: dcem-exp NAME [key=value ...]\n\nexperiments: " + ", ".join(names) + "\n"
+        )
+        return
+    name = argv[0]
+    if name not in names:
+        raise SystemExit(f"dcem-exp: unknown experiment {name!r}; choose one of: {', '.join(names)}")
+    module = importlib.import_module(f"dcem.experiments.{name}")
+    module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
