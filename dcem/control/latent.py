@@ -1,0 +1,295 @@
+"""Control over a learned latent action space (sect. 4.2, eq. 8 and Alg. 2 of the paper).
+
+A decoder ``f_dec: Z -> U^H`` (:class:`dcem.control.ActionDecoder`) maps a box-bounded latent
+``z`` to an action sequence; :class:`LatentDCEMController` solves
+``z* = argmin_z C(f_dec(z); x_init)`` with DCEM over ``Z`` and returns the decoded plan. Because
+the DCEM solution is differentiable, the decoder is trained by gradient descent on the cost of
+the plan it produces (:func:`train_step`, Alg. 2), and the controller is a differentiable policy
+``pi(x_init) = u_1`` that can be fine-tuned with extra losses such as imitation of an expert
+(:func:`imitation_loss`).
+
+With ``temp=0`` (hard CEM) the latent solution does not depend on the decoder; the training
+loss is then the cost of the best of {final mean, best sample} differentiated through the
+decoder only ("min-differentiation"), the ``tau = 0`` ablation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Real
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from dcem import dcem
+from dcem.control.decoder import ActionDecoder
+from dcem.control.dynamics import Dynamics, check_state
+from dcem.control.mpc import StepCost, _BestTracker, _chain, rollout_cost, select_solution
+
+__all__ = ["LatentDCEMController", "LatentSolution", "train_step", "imitation_loss"]
+
+
+class LatentSolution(NamedTuple):
+    """Result of :meth:`LatentDCEMController.solve`.
+
+    Attributes:
+        z: latent solutions ``(n_batch, n_latent)``.
+        u: decoded plans, time-major ``(H, n_batch, n_ctrl)``.
+        cost: costs of the plans ``(n_batch,)`` (differentiable w.r.t. the decoder).
+    """
+
+    z: Tensor
+    u: Tensor
+    cost: Tensor
+
+
+class LatentDCEMController(nn.Module):
+    """DCEM over a box-bounded latent action space ``Z = [z_lower, z_upper]^n_latent``.
+
+    Args:
+        decoder: maps ``z (..., n_latent)`` to ``u (..., H, n_ctrl)`` inside the control bounds.
+        dx: dynamics model.
+        cost: per-step cost ``(x, u) -> (...)``; default ``dx.quadratic_cost``.
+        terminal_cost: optional ``x_H -> (...)``.
+        n_sample, n_elite, n_iter: DCEM sizes (paper: 100 / 10 / 10).
+        temp: soft top-k temperature ``tau > 0``; ``0``/``None`` = hard CEM with
+            min-differentiation (see the module docstring).
+        init_sigma: initial std in the latent space (reference: 0.5).
+        z_lower, z_upper: latent box (reference: ``[-1, 1]``).
+        normalize: standardise the costs before the soft top-k.
+        iter_eps: early-stopping threshold of :func:`dcem.dcem` (``None``: all iterations).
+        select: ``"mean"`` (final DCEM mean), ``"best"`` or ``"min"``; default ``"mean"`` for
+            ``temp > 0`` and ``"min"`` for hard CEM.
+
+    Example:
+        >>> import torch
+        >>> from dcem.control import ActionDecoder, CartpoleDx, LatentDCEMController, cartpole_swingup_cost
+        >>> dx = CartpoleDx()
+        >>> dec = ActionDecoder(2, 20, 1, dx.u_lower, dx.u_upper)
+        >>> ctrl = LatentDCEMController(dec, dx, cartpole_swingup_cost)
+        >>> ctrl(dx.sample_state(3)).shape
+        torch.Size([3, 1])
+    """
+
+    def __init__(
+        self,
+        decoder: ActionDecoder,
+        dx: Dynamics,
+        cost: StepCost | None = None,
+        *,
+        terminal_cost: Callable[[Tensor], Tensor] | None = None,
+        n_sample: int = 100,
+        n_elite: int = 10,
+        n_iter: int = 10,
+        temp: float | None = 1.0,
+        init_sigma: float = 0.5,
+        z_lower: float = -1.0,
+        z_upper: float = 1.0,
+        normalize: bool = True,
+        iter_eps: float | None = None,
+        select: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(decoder, nn.Module) or not hasattr(decoder, "n_latent"):
+            raise TypeError(
+                "decoder must be an ActionDecoder-like nn.Module with n_latent/horizon/n_ctrl"
+            )
+        if not isinstance(dx, Dynamics):
+            raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
+        if decoder.n_ctrl != dx.n_ctrl:
+            raise ValueError(
+                f"decoder.n_ctrl = {decoder.n_ctrl} does not match dx.n_ctrl = {dx.n_ctrl}"
+            )
+        for name, v in (("n_sample", n_sample), ("n_iter", n_iter)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if (
+            isinstance(n_elite, bool)
+            or not isinstance(n_elite, int)
+            or not 1 <= n_elite <= n_sample
+        ):
+            raise ValueError(
+                f"n_elite must be an integer in [1, n_sample = {n_sample}], got {n_elite!r}"
+            )
+        if temp is not None and (not isinstance(temp, Real) or temp < 0 or not math.isfinite(temp)):
+            raise ValueError(f"temp must be None or a finite float >= 0, got {temp!r}")
+        if not (isinstance(init_sigma, Real) and init_sigma > 0):
+            raise ValueError(f"init_sigma must be a float > 0, got {init_sigma!r}")
+        if not (isinstance(z_lower, Real) and isinstance(z_upper, Real) and z_lower < z_upper):
+            raise ValueError(f"need z_lower < z_upper, got {z_lower!r}, {z_upper!r}")
+        self.temp = None if temp is None or temp == 0 else float(temp)
+        sel = select or ("mean" if self.temp is not None else "min")
+        if sel not in ("mean", "best", "min"):
+            raise ValueError(f"select must be 'mean', 'best' or 'min', got {select!r}")
+        self.decoder = decoder
+        self.dx = dx
+        self.cost = cost if cost is not None else dx.quadratic_cost
+        self.terminal_cost = terminal_cost
+        self.n_sample, self.n_elite, self.n_iter = n_sample, n_elite, n_iter
+        self.init_sigma, self.z_lower, self.z_upper = (
+            float(init_sigma),
+            float(z_lower),
+            float(z_upper),
+        )
+        self.normalize, self.iter_eps, self.select = normalize, iter_eps, sel
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.decoder.n_latent)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.decoder.horizon)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decode latents ``(..., n_latent)`` into time-major plans ``(H, ..., n_ctrl)``."""
+        return self.decoder(z).movedim(-2, 0)
+
+    def latent_cost(self, x_init: Tensor) -> Callable[[Tensor], Tensor]:
+        """The objective ``C(z)`` of eq. (8) for states ``x_init (n_batch, n_state)``.
+
+        Returns a function mapping latents ``(n_batch, N, n_latent)`` to costs ``(n_batch, N)``;
+        the rollout is batched over the batch and the samples.
+        """
+        B = x_init.shape[0]
+
+        def f(z: Tensor) -> Tensor:
+            if z.dim() != 3 or z.shape[0] != B or z.shape[-1] != self.n_latent:
+                raise ValueError(
+                    f"z must have shape (n_batch, N, n_latent) = ({B}, N, {self.n_latent}), "
+                    f"got {tuple(z.shape)}"
+                )
+            u = self.decode(z)  # (H, B, N, n_ctrl)
+            return rollout_cost(self.dx, self.cost, x_init.unsqueeze(1), u, self.terminal_cost)
+
+        return f
+
+    def solve(
+        self,
+        x_init: Tensor,
+        generator: torch.Generator | None = None,
+        iter_cb: Callable[..., None] | None = None,
+    ) -> LatentSolution:
+        """Solve the embedded control problem from ``x_init (n_batch, n_state)`` (or ``(n_state,)``).
+
+        Args:
+            x_init: finite initial states.
+            generator: ``torch.Generator`` for the DCEM samples.
+            iter_cb: extra :func:`dcem.dcem` iteration callback (e.g. for visualisation).
+
+        Returns:
+            :class:`LatentSolution`; ``u`` and ``cost`` are differentiable w.r.t. the decoder
+            (and ``x_init``, the dynamics parameters) for ``temp > 0``.
+        """
+        check_state(x_init, self.dx.n_state, "x_init")
+        squeeze = x_init.dim() == 1
+        if squeeze:
+            x_init = x_init.unsqueeze(0)
+        if x_init.dim() != 2:
+            raise ValueError(
+                f"x_init must have shape (n_batch, n_state), got {tuple(x_init.shape)}"
+            )
+        B = x_init.shape[0]
+        f = self.latent_cost(x_init)
+        tracker = _BestTracker()
+        z = dcem(
+            f,
+            self.n_latent,
+            n_batch=B,
+            n_sample=self.n_sample,
+            n_elite=self.n_elite,
+            n_iter=self.n_iter,
+            temp=self.temp,
+            lb=self.z_lower,
+            ub=self.z_upper,
+            init_mu=0.5 * (self.z_lower + self.z_upper),
+            init_sigma=self.init_sigma,
+            normalize=self.normalize,
+            iter_eps=self.iter_eps,
+            iter_cb=_chain(tracker, iter_cb),
+            generator=generator,
+            dtype=x_init.dtype,
+            device=x_init.device,
+        )
+        cost_mu = f(z.unsqueeze(1)).squeeze(1)
+        z, use_best = select_solution(z, cost_mu, tracker, self.select)
+        u = self.decode(z)
+        cost = rollout_cost(self.dx, self.cost, x_init, u, self.terminal_cost)
+        if squeeze:
+            return LatentSolution(z.squeeze(0), u.squeeze(1), cost.squeeze(0))
+        return LatentSolution(z, u, cost)
+
+    def forward(self, x_init: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The policy ``pi(x_init)``: first action ``(n_batch, n_ctrl)`` of the latent plan."""
+        return self.solve(x_init, generator=generator).u[0]
+
+
+def imitation_loss(u_policy: Tensor, u_expert: Tensor, u_lower: Tensor, u_upper: Tensor) -> Tensor:
+    """Mean squared error between actions, each dimension scaled by its control range.
+
+    Args:
+        u_policy, u_expert: actions ``(n_batch, n_ctrl)``.
+        u_lower, u_upper: bounds ``(n_ctrl,)``.
+
+    Returns:
+        scalar ``mean(((u_policy - u_expert) / (u_upper - u_lower))^2)``.
+    """
+    if u_policy.shape != u_expert.shape:
+        raise ValueError(
+            f"u_policy {tuple(u_policy.shape)} and u_expert {tuple(u_expert.shape)} must match"
+        )
+    scale = (u_upper - u_lower).to(u_policy)
+    return ((u_policy - u_expert.to(u_policy)) / scale).pow(2).mean()
+
+
+def train_step(
+    ctrl: LatentDCEMController,
+    opt: torch.optim.Optimizer,
+    x_init: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip_grad: float | None = 1.0,
+    cost_weight: float = 1.0,
+    extra_loss: Callable[[LatentSolution, Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """One step of Alg. 2: solve the embedded problems, step the decoder on their cost.
+
+    Args:
+        ctrl: latent controller whose decoder (and any other parameters in ``opt``) is trained.
+        opt: optimiser over the trainable parameters.
+        x_init: sampled initial states ``(n_batch, n_state)``.
+        generator: ``torch.Generator`` for the DCEM samples.
+        clip_grad: max gradient 2-norm (reference: 1.0); ``None`` disables clipping.
+        cost_weight: weight of the control cost in the loss (0 for pure imitation).
+        extra_loss: optional ``(solution, x_init) -> scalar`` added to the loss, e.g. an
+            imitation loss on ``solution.u[0]`` (fine-tuning the policy ``pi``).
+
+    Returns:
+        detached tensors: ``loss`` (scalar), ``cost`` (mean plan cost), ``extra`` (extra loss or 0)
+        and ``grad_norm`` (before clipping).
+    """
+    sol = ctrl.solve(x_init, generator=generator)
+    cost = sol.cost.mean()
+    loss = cost_weight * cost
+    extra = torch.zeros((), dtype=cost.dtype)
+    if extra_loss is not None:
+        extra = extra_loss(sol, x_init)
+        loss = loss + extra
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if clip_grad is not None and params:
+        gn = nn.utils.clip_grad_norm_(params, clip_grad)
+    elif params:
+        gn = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    else:
+        gn = torch.zeros(())
+    opt.step()
+    return {
+        "loss": loss.detach(),
+        "cost": cost.detach(),
+        "extra": extra.detach(),
+        "grad_norm": gn.detach(),
+    }
