@@ -471,6 +471,13 @@ class MPC(nn.Module):
             raise ValueError(f"{name} must be finite")
         return t
 
+    @property
+    def warm_plan(self) -> Tensor | None:
+        """The shifted previous plan used as the next initial mean, ``(H, n_batch, n_ctrl)``, or None."""
+        if self._warm is None:
+            return None
+        return self._warm.view(self._warm.shape[0], self.horizon, self.n_ctrl).transpose(0, 1)
+
     def reset(self) -> None:
         """Forget the warm-start plan (call at the start of an episode)."""
         self._warm = None

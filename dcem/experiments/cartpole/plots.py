@@ -109,7 +109,7 @@ def plot_fig3(
             sel = torch.arange(min(n_lines, U.shape[0]))
             for k in sel.tolist():
                 ax.plot(t, U[k].numpy(), color="C0", alpha=0.2, lw=0.6)
-            el = torch.nonzero(w > 0.5).flatten()[:10]
+            el = torch.topk(w, min(10, w.numel())).indices  # largest (soft) elite weights
             for k in el.tolist():
                 ax.plot(t, U[k].numpy(), color="C3", alpha=0.8, lw=0.8)
             ax.set_title(f"{name}\niteration {i + 1}", fontsize=7)
@@ -150,7 +150,7 @@ def plot_surface(
         fig.colorbar(cs, ax=ax, fraction=0.046)
         ax.plot(float(sol.z[j, 0]), float(sol.z[j, min(1, ctrl.n_latent - 1)]), "r*", ms=10)
         th = float(torch.atan2(x0[j, 3], x0[j, 2]))
-        ax.set_title(f"th0={th:.2f}, C(z*)={float(sol.cost[j]):.2f}", fontsize=8)
+        ax.set_title(f"th0={th:.2f}, C(z*)={float(sol.cost[j]):.2f} (dark=low)", fontsize=8)
         ax.set_xlabel("z1")
     axes[0, 0].set_ylabel("z2")
     fig.tight_layout()
