@@ -61,9 +61,7 @@ def _plots(
     best = torch.load(run_dir / "best.pt", weights_only=False)
     ctrl.decoder.load_state_dict(best["decoder"])
     summary = (
-        json.loads((run_dir / "summary.json").read_text())
-        if (run_dir / "summary.json").exists()
-        else {}
+        json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     )
     expert = (
         json.loads((run_dir / "expert.json").read_text())["costs"]
@@ -104,7 +102,8 @@ def main(argv: list[str]) -> None:
         return
     if cfg.mode == "train":
         summary = train(cfg, run_dir)
-        summary.update(_plots(cfg, run_dir))
+        if cfg.plots:
+            summary.update(_plots(cfg, run_dir))
         log.info("summary: %s", json.dumps(summary))
         return
 

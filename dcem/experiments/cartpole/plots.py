@@ -62,9 +62,7 @@ def plot_curves(
 
 
 def _record(store: list[tuple[Tensor, Tensor, Tensor]]):
-    def cb(
-        i: int, X: Tensor, fX: Tensor, I: Tensor, X_I: Tensor, mu: Tensor, sigma: Tensor
-    ) -> None:
+    def cb(i: int, X: Tensor, fX: Tensor, I: Tensor, X_I: Tensor, mu: Tensor, sigma: Tensor) -> None:
         store.append((X.detach()[0].clone(), fX.detach()[0].clone(), I.detach()[0, :, 0].clone()))
 
     return cb
@@ -166,9 +164,7 @@ def plot_ablation(
 ) -> None:
     """Validation curves of the tau x latent-size ablation, one panel per latent size."""
     sizes = sorted({r["n_latent"] for r in results})
-    fig, axes = plt.subplots(
-        1, len(sizes), figsize=(4 * len(sizes), 3.2), sharey=True, squeeze=False
-    )
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.2), sharey=True, squeeze=False)
     for j, nz in enumerate(sizes):
         ax = axes[0, j]
         for r in results:

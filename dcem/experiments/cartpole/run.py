@@ -130,7 +130,11 @@ def _append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_csv(path: Path) -> list[dict[str, Any]]:
     with path.open() as fh:
         return [
-            {k: (v if k == "mode" else float(v)) for k, v in row.items() if v != ""}
+            {
+                k: (v if k == "mode" else int(v) if k == "iter" else float(v))
+                for k, v in row.items()
+                if v != ""
+            }
             for row in csv.DictReader(fh)
         ]
 
