@@ -47,6 +47,19 @@ def check_state(x: Tensor, n_state: int, name: str = "x") -> Tensor:
     return x
 
 
+def _batch_shape(x: Tensor, u: Tensor) -> tuple[int, ...]:
+    """Broadcast leading shape of ``x (..., n_state)`` and ``u (..., n_ctrl)``."""
+    a, b = x.shape[:-1], u.shape[:-1]
+    if a == b:
+        return tuple(a)
+    try:
+        return tuple(torch.broadcast_shapes(a, b))
+    except RuntimeError as err:
+        raise ValueError(
+            f"leading dimensions of x {tuple(x.shape)} and u {tuple(u.shape)} do not broadcast"
+        ) from err
+
+
 class Dynamics(nn.Module, ABC):
     """Common interface of a (differentiable) discrete-time dynamics model ``x' = f(x, u)``.
 
@@ -90,12 +103,7 @@ class Dynamics(nn.Module, ABC):
             raise ValueError(
                 f"u must have shape (..., n_ctrl) with n_ctrl = {self.n_ctrl}, got {tuple(u.shape)}"
             )
-        try:
-            torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
-        except RuntimeError as err:
-            raise ValueError(
-                f"leading dimensions of x {tuple(x.shape)} and u {tuple(u.shape)} do not broadcast"
-            ) from err
+        _batch_shape(x, u)
 
     def step(self, x: Tensor, u: Tensor) -> Tensor:
         """One time step.
@@ -110,7 +118,9 @@ class Dynamics(nn.Module, ABC):
             propagate (no host synchronisation); validate entry points with :func:`check_state`.
         """
         self._check_xu(x, u)
-        batch = torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
+        if x.shape[:-1] == u.shape[:-1]:
+            return self._step(x, u)
+        batch = _batch_shape(x, u)
         return self._step(x.expand(*batch, self.n_state), u.expand(*batch, self.n_ctrl))
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
@@ -135,11 +145,9 @@ class Dynamics(nn.Module, ABC):
             states ``(H + 1, ..., n_state)``, ``x_0 = x_init`` first.
         """
         if u.dim() < 2:
-            raise ValueError(
-                f"u must be time-major with shape (H, ..., n_ctrl), got {tuple(u.shape)}"
-            )
+            raise ValueError(f"u must be time-major with shape (H, ..., n_ctrl), got {tuple(u.shape)}")
         self._check_xu(x_init, u[0])
-        batch = torch.broadcast_shapes(x_init.shape[:-1], u.shape[1:-1])
+        batch = _batch_shape(x_init, u[0])
         xs = [x_init.expand(*batch, self.n_state)]
         for t in range(u.shape[0]):
             xs.append(self._step(xs[-1], u[t].expand(*batch, self.n_ctrl)))
@@ -268,9 +276,7 @@ class PendulumDx(Dynamics):
         torque = self.clamp_ctrl(u)[..., 0]
         cos_th, sin_th, dth = x.unbind(-1)
         th = torch.atan2(sin_th, cos_th)
-        new_dth = dth + self.dt * (
-            3.0 * g / (2.0 * length) * sin_th + 3.0 / (m * length**2) * torque
-        )
+        new_dth = dth + self.dt * (3.0 * g / (2.0 * length) * sin_th + 3.0 / (m * length**2) * torque)
         new_th = th + self.dt * new_dth
         return torch.stack((torch.cos(new_th), torch.sin(new_th), new_dth), -1)
 
