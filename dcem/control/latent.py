@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dcem import dcem
+from dcem.cem import dcem
 from dcem.control.decoder import ActionDecoder
 from dcem.control.dynamics import Dynamics, check_state
 from dcem.control.mpc import StepCost, _BestTracker, _chain, rollout_cost, select_solution

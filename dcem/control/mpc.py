@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dcem import dcem
+from dcem.cem import dcem
 from dcem.control.dynamics import Dynamics, check_state
 
 __all__ = ["dcem_ctrl", "MPC", "Plan", "rollout_cost", "select_solution", "StepCost", "RolloutCost"]
