@@ -53,7 +53,16 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     ):
         assert (out / f).exists(), f
     s = json.loads((out / "summary.json").read_text())
-    for k in ("expert_cost", "latent_cost", "improvement_factor", "random_decoder_cost"):
+    for k in (
+        "expert_cost",
+        "latent_cost",
+        "improvement_factor",
+        "random_decoder_cost",
+        "expert_test_cost",
+        "latent_test_cost",
+        "improvement_factor_test",
+        "random_decoder_test_cost",
+    ):
         assert isinstance(s[k], float)
     assert s["improvement_factor"] == pytest.approx(s["latent_cost"] / s["expert_cost"])
     rows = _rows(out / "log.csv")
@@ -63,7 +72,15 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     rows = _rows(out / "log.csv")
     assert [int(r["iter"]) for r in rows if r["mode"] == "train"] == list(range(6))
     assert [int(r["iter"]) for r in rows if r["mode"] == "val"] == [0, 2, 4, 6]
-    assert json.loads((out / "summary.json").read_text())["n_train_iter"] == 6
+    s6 = json.loads((out / "summary.json").read_text())
+    assert s6["n_train_iter"] == 6
+    # the random decoder is the initial one: its validation cost is the first validation row
+    assert s6["random_decoder_cost"] == pytest.approx(float(rows[0]["cost"]))
+    # mode=eval recomputes the same summary from the checkpoints
+    (out / "summary.json").unlink()
+    cartpole.main([f"out_dir={out}", "mode=eval", *TINY])
+    s_eval = json.loads((out / "summary.json").read_text())
+    assert s_eval["latent_test_cost"] == pytest.approx(s6["latent_test_cost"])
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):

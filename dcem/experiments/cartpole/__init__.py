@@ -12,6 +12,10 @@ Hydra config ``conf/config.yaml`` next to this file. Modes:
   ``ablation.latent_sizes`` (sub-runs under ``out_dir/tau<..>_nz<..>``), ``ablation.csv`` and
   ``ablation.png``.
 - ``mode=vis``: redo the plots of the run in ``out_dir`` from its best checkpoint.
+- ``mode=eval``: recompute ``summary.json`` of the run in ``out_dir`` and of its sub-runs.
+
+The checkpoint kept (``best.pt``) is the one with the lowest validation cost; ``summary.json``
+also reports a held-out test set of 100 other initial states (``*_test_*``).
 
 The improvement factor is ``latent cost / expert cost``: both costs are negative (rewards of
 an upright pole), so it equals the ratio of returns, and > 1 means the latent controller with
@@ -83,11 +87,17 @@ def _plots(
 
 def main(argv: list[str]) -> None:
     """Entry point of ``dcem-exp cartpole``; see the module docstring."""
-    from dcem.experiments.cartpole.run import expert_costs, read_csv, train, validation_states
+    from dcem.experiments.cartpole.run import (
+        expert_costs,
+        read_csv,
+        test_states,
+        train,
+        validation_states,
+    )
 
     cfg = load_config(argv)
-    if cfg.mode not in ("train", "ablation", "vis"):
-        raise ValueError(f"mode must be train, ablation or vis, got {cfg.mode!r}")
+    if cfg.mode not in ("train", "ablation", "vis", "eval"):
+        raise ValueError(f"mode must be train, ablation, vis or eval, got {cfg.mode!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(int(cfg.num_threads))
     run_dir = (
@@ -99,6 +109,13 @@ def main(argv: list[str]) -> None:
 
     if cfg.mode == "vis":
         _plots(cfg, run_dir)
+        return
+    if cfg.mode == "eval":
+        from dcem.experiments.cartpole.run import summarize
+
+        for d in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
+            if (d / "checkpoint.pt").exists():
+                log.info("%s: %s", d.name, json.dumps(summarize(cfg, d)))
         return
     if cfg.mode == "train":
         summary = train(cfg, run_dir)
@@ -112,6 +129,7 @@ def main(argv: list[str]) -> None:
 
     dx = CartpoleDx()
     expert = expert_costs(cfg, dx, validation_states(cfg, dx), run_dir / "expert.json")
+    expert_test = expert_costs(cfg, dx, test_states(cfg, dx), run_dir / "expert_test.json", tag="test")
     results, curves = [], {}
     for nz in cfg.ablation.latent_sizes:
         for tau in cfg.ablation.temps:
@@ -124,6 +142,7 @@ def main(argv: list[str]) -> None:
                 temp=float(tau),
                 n_train_iter=int(cfg.ablation.n_train_iter),
                 expert=expert,
+                expert_test=expert_test,
             )
             s["name"] = name
             results.append(s)

@@ -95,10 +95,17 @@ def make_expert(cfg: DictConfig, dx: CartpoleDx, generator: torch.Generator | No
     )
 
 
-def expert_costs(cfg: DictConfig, dx: CartpoleDx, x_val: Tensor, cache: Path | None) -> Tensor:
-    """Expert plan costs on the validation set ``(n_val,)``, cached as JSON."""
+def test_states(cfg: DictConfig, dx: CartpoleDx) -> Tensor:
+    """A held-out test set ``(n_val, 5)`` (never used for checkpoint selection)."""
+    return dx.sample_state(int(cfg.n_val), torch.Generator().manual_seed(int(cfg.val_seed) + 1))
+
+
+def expert_costs(
+    cfg: DictConfig, dx: CartpoleDx, x_val: Tensor, cache: Path | None, tag: str = "val"
+) -> Tensor:
+    """Expert plan costs on ``x_val`` (validation or test set) ``(n_val,)``, cached as JSON."""
     key = {k: cfg.expert[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")}
-    key.update(horizon=int(cfg.horizon), n_val=int(cfg.n_val), val_seed=int(cfg.val_seed))
+    key.update(horizon=int(cfg.horizon), n_val=int(cfg.n_val), val_seed=int(cfg.val_seed), set=tag)
     key = json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create(key))))
     if cache is not None and cache.exists():
         data = json.loads(cache.read_text())
@@ -146,6 +153,7 @@ def train(
     temp: float | None = None,
     n_train_iter: int | None = None,
     expert: Tensor | None = None,
+    expert_test: Tensor | None = None,
 ) -> dict[str, Any]:
     """Alg. 2 on the cartpole; resumable from ``run_dir/checkpoint.pt``. Returns the summary."""
     from tqdm.auto import tqdm
@@ -269,21 +277,67 @@ def train(
     _append_csv(csv_path, pending)
     save(n_iters)
 
-    best = torch.load(best_path, weights_only=False)
+    return summarize(
+        cfg,
+        run_dir,
+        n_latent,
+        temp,
+        expert,
+        expert_test,
+        n_iters=n_iters,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def summarize(
+    cfg: DictConfig,
+    run_dir: Path,
+    n_latent: int | None = None,
+    temp: float | None = None,
+    expert: Tensor | None = None,
+    expert_test: Tensor | None = None,
+    n_iters: int | None = None,
+    wall_s: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint of ``run_dir`` on the validation and the held-out test set.
+
+    Fresh DCEM samples (a seed not used during training) are used for both; the test set was
+    never used to select the checkpoint. Writes and returns ``summary.json``.
+    """
+    dx = CartpoleDx()
+    ck = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    nz = int(ck.get("n_latent", n_latent or cfg.decoder.n_latent))
+    tau = ck.get("temp", temp)
+    ctrl = make_controller(cfg, dx, nz, 0.0 if tau is None else float(tau))
+    best = torch.load(run_dir / "best.pt", weights_only=False)
     ctrl.decoder.load_state_dict(best["decoder"])
-    latent = evaluate(ctrl, x_val, val_seed + 1)  # fresh samples: no selection bias
+    x_val, x_test = validation_states(cfg, dx), test_states(cfg, dx)
+    if expert is None:
+        expert = expert_costs(cfg, dx, x_val, run_dir / "expert.json")
+    if expert_test is None:
+        expert_test = expert_costs(cfg, dx, x_test, run_dir / "expert_test.json", tag="test")
+    seed = int(cfg.seed) + 301
+    latent = evaluate(ctrl, x_val, seed)
+    latent_test = evaluate(ctrl, x_test, seed)
+    torch.manual_seed(int(cfg.seed))
+    rand = make_controller(cfg, dx, nz, 0.0 if tau is None else float(tau))  # the initial decoder
     summary = {
-        "n_latent": ctrl.n_latent,
-        "temp": ctrl.temp or 0.0,
-        "n_train_iter": n_iters,
+        "n_latent": nz,
+        "temp": float(tau or 0.0),
+        "n_train_iter": int(ck["iter"] if n_iters is None else n_iters),
         "best_iter": int(best["iter"]),
-        "expert_cost": expert_mean,
+        "expert_cost": float(expert.mean()),
         "latent_cost": float(latent.mean()),
         "latent_cost_std": float(latent.std()),
-        "random_decoder_cost": random_cost,
-        "improvement_factor": float(latent.mean()) / expert_mean,
+        "random_decoder_cost": ck.get("random_cost"),
+        "improvement_factor": float(latent.mean()) / float(expert.mean()),
         "frac_states_latent_beats_expert": float((latent <= expert).float().mean()),
-        "wall_s": time.perf_counter() - t0,
+        "expert_test_cost": float(expert_test.mean()),
+        "latent_test_cost": float(latent_test.mean()),
+        "random_decoder_test_cost": float(evaluate(rand, x_test, seed).mean()),
+        "improvement_factor_test": float(latent_test.mean()) / float(expert_test.mean()),
+        "frac_test_states_latent_beats_expert": float((latent_test <= expert_test).float().mean()),
+        "wall_s": float(ck.get("wall_s", 0.0) if wall_s is None else wall_s),
     }
     atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
     return summary
