@@ -229,8 +229,11 @@ def dcem_ctrl(
         if dx is None or rew_step is None:
             raise ValueError("give unroll_dx, or both dx and rew_step to build the rollout")
 
-        def unroll_dx(x: Tensor, u: Tensor) -> tuple[None, Tensor]:
-            return None, -rollout_cost(dx, lambda a, b: -rew_step(a, b), x, u, discount=discount)
+        def unroll_dx(x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+            xs = dx.rollout(x, u)  # (T + 1, M, nx)
+            rews = torch.stack([rew_step(xs[t], u[t]) for t in range(u.shape[0])])
+            gammas = discount ** torch.arange(u.shape[0], dtype=rews.dtype, device=rews.device)
+            return xs, (gammas.unsqueeze(-1) * rews).sum(0)
 
     def bounds(name: str, v: float | Tensor) -> float | Tensor:
         if (

@@ -138,6 +138,13 @@ def test_dcem_ctrl_dx_rew_step_and_latent_decode():
     )
     assert out["u"].shape == (10, 2, 1) and out["u"].abs().max() <= 100
     torch.testing.assert_close(out["cost"], rollout_cost(dx, cartpole_swingup_cost, x, out["u"]))
+    # discounted default rollout: cost = -sum_t 0.9^t r(x_t, u_t)
+    out = dcem_ctrl(
+        x, 10, 0.0, 50.0, 30, 5, 2, rew, 1, None, None, dx=dx, lb=-100.0, ub=100.0, discount=0.9
+    )
+    xs = dx.rollout(x, out["u"])
+    ref = -sum(0.9**t * rew(xs[t], out["u"][t]) for t in range(10))
+    torch.testing.assert_close(out["cost"], ref)
     W = torch.randn(3, 10)
     decode = lambda z: (50 * torch.tanh(z @ W)).T.unsqueeze(-1)  # noqa: E731  (M, 3) -> (10, M, 1)
     out = dcem_ctrl(
