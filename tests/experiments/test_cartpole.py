@@ -130,3 +130,15 @@ def test_vis_mode_redoes_plots(tmp_path):
 def test_bad_mode(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         cartpole.main([f"out_dir={tmp_path}", "mode=nope"])
+
+
+@pytest.mark.slow
+def test_short_run_beats_random_decoder_and_approaches_expert(tmp_path):
+    """~300 Alg. 2 updates at the paper's settings (a few minutes on one core)."""
+    out = tmp_path / "short"
+    cartpole.main(
+        [f"out_dir={out}", "n_train_iter=300", "progress=false", "plots=false", "val_interval=50"]
+    )
+    s = json.loads((out / "summary.json").read_text())
+    assert s["latent_test_cost"] < s["random_decoder_test_cost"] - 5.0
+    assert s["improvement_factor_test"] > 0.5
