@@ -66,4 +66,3 @@ def dtype(request) -> torch.dtype:
 @pytest.fixture(params=BATCH_SHAPES, ids=lambda s: "x".join(map(str, s)) or "none")
 def batch_shape(request) -> tuple[int, ...]:
     return request.param
-

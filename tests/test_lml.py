@@ -264,7 +264,8 @@ def test_kkt_conditions(dtype):
             ref = torch.argmax(torch.where(inside, y * (1 - y), -1.0), -1, keepdim=True)
             dev = (c - c.gather(-1, ref)).abs()
             tol = tol + tol.gather(-1, ref)
-            assert (dev[inside] <= tol[inside]).all(), f"tau={tau} k={k}: {(dev / tol)[inside].max():.3g} x tol"
+            worst = (dev / tol)[inside].max()
+            assert worst <= 1, f"tau={tau} k={k}: the dual variable varies by {worst:.3g} x tolerance"
 
 
 def test_invariances(dtype):
@@ -424,9 +425,7 @@ def test_hard_topk_errors():
 
 @pytest.mark.parametrize("tau", [1.0, 1e-4])
 def test_fully_saturated_gradient_is_exactly_zero(device, dtype, tau):
-    x = torch.tensor(
-        [[1e6, 5e5, -1e6, 0.0, -3.0], [-1e6, -1e6, 1e6, 3e5, 1e6]], dtype=dtype, device=device
-    )
+    x = torch.tensor([[1e6, 5e5, -1e6, 0.0, -3.0], [-1e6, -1e6, 1e6, 3e5, 1e6]], dtype=dtype, device=device)
     x.requires_grad_()
     t = torch.tensor(tau, dtype=dtype, device=device, requires_grad=True)
     y = lml(x, 2, t)
@@ -473,7 +472,9 @@ def test_gradcheck_x_and_tau_tensor(tau_shape):
         tau = torch.tensor([[0.4], [1.5]], dtype=torch.float64)  # (2, 1) broadcasts to (2, 3)
     tau.requires_grad_()
     for k in (1, 2, 5):
-        assert torch.autograd.gradcheck(lambda x, t: lml(x, k, t), (x, tau), eps=1e-6, atol=1e-7, rtol=1e-5)
+        assert torch.autograd.gradcheck(
+            lambda x, t, k=k: lml(x, k, t), (x, tau), eps=1e-6, atol=1e-7, rtol=1e-5
+        )
 
 
 def test_tau_tensor_matches_float_tau():
@@ -534,8 +535,9 @@ def test_second_derivatives_right_or_refused():
 
     try:
         H = torch.autograd.functional.hessian(loss, x)
-        ok = torch.autograd.gradgradcheck(lambda v: lml(v, 2, 1.0), (x.clone().requires_grad_(),),
-                                          raise_exception=False)
+        ok = torch.autograd.gradgradcheck(
+            lambda v: lml(v, 2, 1.0), (x.clone().requires_grad_(),), raise_exception=False
+        )
     except RuntimeError:
         return  # refusing double backward loudly is acceptable
     h = 1e-6
