@@ -126,9 +126,11 @@ def check_saturation_consistent(y: torch.Tensor, x: torch.Tensor) -> None:
     """
     xs, order = torch.sort(x, dim=-1, descending=True)
     ys = torch.gather(y, -1, order)
-    assert (ys[..., :-1] >= ys[..., 1:]).all(), "lml is not order preserving"
+    # up to a few ulps: torch's CPU sigmoid rounds differently in vectorised and tail lanes
+    ulps = 4 * torch.finfo(y.dtype).eps * ys[..., 1:]
+    assert (ys[..., :-1] >= ys[..., 1:] - ulps).all(), "lml is not order preserving"
     tied = xs[..., :-1] == xs[..., 1:]
-    assert (ys[..., :-1][tied] == ys[..., 1:][tied]).all(), "tied inputs got different outputs"
+    assert ((ys[..., :-1] - ys[..., 1:]).abs() <= ulps)[tied].all(), "tied inputs got different outputs"
 
 
 def make_x(shape, dtype, device, scale=1.0, seed=0):
