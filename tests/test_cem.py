@@ -622,6 +622,37 @@ def test_dtype_and_device_follow_arguments(device):
     assert out.dtype == torch.get_default_dtype()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (minor) dcem/cem.py: the refit multiplies the weights (in f's dtype) with the samples, "
+    "so float64 costs from f turn float32 iterates into a float64 result",
+)
+@pytest.mark.parametrize("temp", [None, 1.0])
+def test_result_dtype_does_not_follow_the_cost_dtype(temp):
+    out = solve(lambda X: X.double().pow(2).sum(-1), 2, n_batch=2, temp=temp, dtype=torch.float32)
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (minor) dcem/cem.py: integer costs from f fail deep inside with unrelated messages "
+    "(hard: RuntimeError 'value cannot be converted to type int64_t without overflow' from "
+    "full_like(fX, inf); soft: TypeError from torch.finfo); they should be cast to float or rejected "
+    "with an error naming f",
+)
+@pytest.mark.parametrize("temp", [None, 1.0])
+def test_integer_costs_work_or_are_rejected_clearly(temp):
+    def f(X):
+        return (10 * X).round().long().pow(2).sum(-1)
+
+    try:
+        out = solve(f, 2, n_batch=2, temp=temp, generator=gen(0))
+    except (TypeError, ValueError) as err:
+        assert "f must" in str(err) or "f returned" in str(err), str(err)
+        return
+    assert out.dtype == torch.get_default_dtype() and torch.isfinite(out).all()
+
+
 def test_proj_iterate_cb_is_applied():
     seen = []
 

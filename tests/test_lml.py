@@ -347,6 +347,45 @@ def test_all_equal_rows(device, dtype):
         torch.testing.assert_close(y, torch.full_like(y, k / 10), rtol=0, atol=1e-6)
 
 
+_FLAT_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="BUG dcem/lml.py: on flat rows (all x equal, or tau >> spread of x) with large n and k = 1 "
+    "(also k = n - 1, k = 5 at n = 2000) the fixed Newton iteration count is too small: "
+    "lml(torch.zeros(1, 1000), 1).sum() = 1.0195 (float32, RuntimeWarning), "
+    "lml(torch.randn(4, 2000), 1, 10.0).sum(-1) ~ 1.08; float64 fails from n ~ 1e4",
+)
+
+
+@pytest.mark.parametrize(
+    "dt,n",
+    [
+        (torch.float32, 100),
+        pytest.param(torch.float32, 300, marks=_FLAT_BUG),
+        pytest.param(torch.float32, 1000, marks=_FLAT_BUG),
+        pytest.param(torch.float32, 2000, marks=_FLAT_BUG),
+        (torch.float64, 300),
+        (torch.float64, 2000),
+        pytest.param(torch.float64, 10000, marks=_FLAT_BUG),
+    ],
+    ids=lambda v: str(v).removeprefix("torch."),
+)
+def test_flat_rows_with_large_n(dt, n):
+    # all-equal rows (exact answer k / n) and rows with a spread far below tau (high temperature)
+    x = torch.cat([torch.zeros(2, n, dtype=torch.float64), torch.randn(4, n, dtype=torch.float64)]).to(dt)
+    for k in sorted({1, 2, 5, n // 2, n - 1}):
+        for tau in (1.0, 10.0, 100.0):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # measure the error rather than stop at the warning
+                y = lml(x, k, tau)
+            check_basic(y, x, k)
+            torch.testing.assert_close(
+                y[:2].double(),
+                torch.full((2, n), k / n, dtype=torch.float64),
+                rtol=0,
+                atol=1e-6 if dt == torch.float32 else 1e-12,
+            )
+
+
 def test_huge_magnitudes_and_tiny_tau_are_exact_where_saturated(dtype):
     x = torch.tensor([[1e6, -1e6, 1e6 - 3.0, 0.0, -5e5, 2e5]], dtype=dtype)
     y = lml(x, 2, 1e-4)
