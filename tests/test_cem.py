@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dcem
@@ -815,3 +815,50 @@ def test_property_shapes_bounds_and_weights(
     assert 1 <= len(calls) <= 4
     if bounded:
         assert (out >= -1.0).all() and (out <= 1.5).all()
+
+
+@pytest.mark.slow
+@settings(max_examples=500)
+@given(
+    n_batch=st.integers(1, 6),
+    nx=st.integers(1, 8),
+    n_sample=st.integers(1, 300),
+    elite_frac=st.floats(0.0, 1.0),
+    temp=st.sampled_from([None, 1e-3, 0.1, 1.0, 10.0, 100.0]),
+    bounded=st.booleans(),
+    normalize=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_shapes_bounds_and_weights_long(
+    n_batch, nx, n_sample, elite_frac, temp, bounded, normalize, seed
+):
+    test_property_shapes_bounds_and_weights.hypothesis.inner_test(
+        n_batch, nx, n_sample, elite_frac, temp, bounded, normalize, seed
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temp", [0.3, 1.0, 10.0])
+def test_gradient_equals_finite_differences_larger(temp):
+    theta = torch.randn(3, 4, dtype=torch.float64, generator=gen(4)).requires_grad_()
+    w = torch.rand(4, dtype=torch.float64, generator=gen(5)) + 0.5
+
+    def F(t):
+        def f(X):
+            return (w * (X - t.unsqueeze(1)).pow(2)).sum(-1) + 0.3 * torch.cos(2 * X).sum(-1)
+
+        return solve(
+            f,
+            4,
+            n_batch=3,
+            n_sample=40,
+            n_elite=6,
+            n_iter=6,
+            temp=temp,
+            iter_eps=None,
+            generator=gen(8),
+            dtype=torch.float64,
+            init_sigma=1.5,
+        )
+
+    assert torch.autograd.gradcheck(F, (theta,), eps=1e-6, atol=1e-6, rtol=1e-4)

@@ -683,6 +683,18 @@ def test_torch_func_jacfwd():
     torch.testing.assert_close(J, torch.func.jacrev(lambda v: lml(v, 2, 0.5))(x))
 
 
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    # ~50 s on a 2-core CPU (Inductor compiles C++), hence slow
+    x = make_x((8, 20), torch.float32, "cpu").requires_grad_()
+    compiled = torch.compile(lambda v: lml(v, 3, 0.5), fullgraph=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, lml(x, 3, 0.5), rtol=0, atol=1e-6)
+    (g,) = torch.autograd.grad(y[:, 0].sum(), x)
+    (g_ref,) = torch.autograd.grad(lml(x, 3, 0.5)[:, 0].sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- argument errors
 
 
@@ -876,6 +888,11 @@ def test_property_float64_matches_brentq_long(problem):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,  # random examples: whether one hits the bug varies from run to run
+    reason="BUG dcem/lml.py (see test_flat_rows_with_large_n): float32 rows with n >= ~250, k = 1 and "
+    "a spread far below tau do not converge in the fixed iteration count",
+)
 @settings(max_examples=1000)
 @given(lml_problems())
 def test_property_float32_long(problem):
