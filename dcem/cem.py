@@ -11,13 +11,14 @@ mean is differentiable with respect to everything ``f`` closes over.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Callable, Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor
 
-from dcem.lml import lml
+from dcem.soft_topk import lml
 
 __all__ = ["dcem", "IterCallback"]
 
@@ -32,7 +33,7 @@ def _check_int(name: str, value: object, low: int) -> int:
 
 
 def _infer_dtype_device(
-    tensors: list[object], device: Optional[Union[str, torch.device]]
+    tensors: list[object], device: str | torch.device | None
 ) -> tuple[torch.dtype, torch.device]:
     dtype = None
     dev = None
@@ -68,7 +69,7 @@ def _as_param(
 
 def _as_bound(
     name: str, value: Bound, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
-) -> Optional[Tensor]:
+) -> Tensor | None:
     if value is None:
         return None
     t = _as_param(name, value, 0.0, shape, dtype, device)
@@ -101,7 +102,7 @@ def _standardize(v: Tensor, valid: Tensor, n_valid: Tensor) -> Tensor:
 
 
 def _elite_weights(
-    fX: Tensor, n_elite: int, temp: Optional[Union[float, Tensor]], normalize: bool
+    fX: Tensor, n_elite: int, temp: float | Tensor | None, normalize: bool
 ) -> tuple[Tensor, Tensor]:
     """Weights ``I`` of shape ``(n_batch, n_sample)`` summing to ``n_elite`` per row.
 
@@ -139,22 +140,22 @@ def dcem(
     n_sample: int = 20,
     n_elite: int = 10,
     n_iter: int = 10,
-    temp: Optional[Union[float, Tensor]] = 1.0,
+    temp: float | Tensor | None = 1.0,
     lb: Bound = None,
     ub: Bound = None,
     init_mu: Bound = None,
     init_sigma: Bound = None,
-    device: Optional[Union[str, torch.device]] = None,
-    iter_cb: Optional[IterCallback] = None,
-    proj_iterate_cb: Optional[Callable[[Tensor], Tensor]] = None,
+    device: str | torch.device | None = None,
+    iter_cb: IterCallback | None = None,
+    proj_iterate_cb: Callable[[Tensor], Tensor] | None = None,
     lml_verbose: int = 0,
     lml_eps: float = 1e-3,
     normalize: bool = True,
-    iter_eps: Optional[float] = 1e-4,
+    iter_eps: float | None = 1e-4,
     *,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     return_best: bool = False,
-    dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Minimise ``f`` with (differentiable) CEM over an isotropic Gaussian.
 
@@ -215,7 +216,9 @@ def dcem(
     n_sample = _check_int("n_sample", n_sample, 1)
     n_iter = _check_int("n_iter", n_iter, 1)
     if isinstance(n_elite, bool) or not isinstance(n_elite, Integral) or not 1 <= n_elite <= n_sample:
-        raise ValueError(f"n_elite must be an integer with 1 <= n_elite <= n_sample = {n_sample}, got {n_elite!r}")
+        raise ValueError(
+            f"n_elite must be an integer with 1 <= n_elite <= n_sample = {n_sample}, got {n_elite!r}"
+        )
     n_elite = int(n_elite)
     if temp is not None and not isinstance(temp, Tensor):
         if isinstance(temp, bool) or not isinstance(temp, Real) or not (temp >= 0 and math.isfinite(temp)):
@@ -244,7 +247,9 @@ def dcem(
         if temp.dim() == 0:
             temp = temp.expand(n_batch)
         if temp.shape != (n_batch,):
-            raise ValueError(f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}")
+            raise ValueError(
+                f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}"
+            )
         if temp.device.type == "cpu" and not bool((temp > 0).all()):
             raise ValueError("temp tensor must be > 0 (use temp=None for hard CEM)")
 
@@ -252,8 +257,8 @@ def dcem(
     check_iters = bool(iter_eps) and on_cpu
     done = torch.zeros(n_batch, 1, dtype=torch.bool, device=dev)
     all_invalid = torch.zeros((), dtype=torch.bool, device=dev)
-    best_x: Optional[Tensor] = None
-    best_f: Optional[Tensor] = None
+    best_x: Tensor | None = None
+    best_f: Tensor | None = None
     for i in range(n_iter):
         eps = torch.randn(n_batch, n_sample, nx, generator=generator, device=dev, dtype=dtype)
         X = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
