@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -22,7 +21,7 @@ from dcem.soft_topk import lml
 
 __all__ = ["dcem", "IterCallback"]
 
-Bound = Union[float, Tensor, None]
+Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
 
 
