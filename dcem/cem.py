@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,36 +101,63 @@ def _standardize(v: Tensor, valid: Tensor, n_valid: Tensor) -> Tensor:
     return dev / (var.sqrt() + 1e-6)
 
 
-def _elite_weights(
-    fX: Tensor, n_elite: int, temp: float | Tensor | None, normalize: bool
-) -> tuple[Tensor, Tensor]:
-    """Weights ``I`` of shape ``(n_batch, n_sample)`` summing to ``n_elite`` per row.
+def _invalid(fX: Tensor) -> Tensor:
+    """NaN and +inf values are never elite (``-inf`` is the best possible value)."""
+    return torch.isnan(fX) | (fX == math.inf)
 
-    NaN and +inf values are never elite; rows with fewer than ``n_elite + 1`` valid values
-    weight every valid sample by one. Also returns the per-row count of valid values.
+
+def _hard_elites(fX: Tensor, n_elite: int, on_cpu: bool) -> tuple[Tensor, Tensor]:
+    """Indices ``(B, k)`` of the ``k`` smallest values and their weights (0 for invalid ones).
+
+    On CPU NumPy's introselect is several times faster than ``torch.topk`` for short rows;
+    both order NaN last.
     """
-    valid = ~(torch.isnan(fX) | (fX == math.inf))
-    n_valid = valid.sum(-1, keepdim=True)
-    few = n_valid <= n_elite
-    if temp is None:
-        # hard top-k of the smallest valid values; invalid entries sort last
-        v = torch.where(valid, fX, torch.full_like(fX, math.inf)).detach()
-        idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False).indices
-        I = torch.zeros_like(fX).scatter_(-1, idx, 1.0)
+    v = fX.detach()
+    if on_cpu:
+        part = np.argpartition(v.numpy(), n_elite - 1, axis=-1)[:, :n_elite]
+        idx = torch.from_numpy(np.ascontiguousarray(part))
     else:
-        # finite surrogate: -inf costs are the best possible, invalid ones the worst
-        finfo = torch.finfo(fX.dtype)
-        v = fX.clamp(min=-finfo.max / 4)
-        v = torch.where(valid, v, torch.zeros_like(v))
+        idx = torch.topk(v.nan_to_num(nan=math.inf), n_elite, dim=-1, largest=False, sorted=False).indices
+    w = (~_invalid(v.gather(1, idx))).to(fX.dtype)
+    return idx, w
+
+
+def _soft_weights(
+    fX: Tensor, n_elite: int, temp: float | Tensor, normalize: bool, all_valid: bool
+) -> Tensor:
+    """Soft top-k weights ``(B, N)`` summing to ``n_elite`` per row (Prop. 3, eq. 5).
+
+    Invalid values (NaN, +inf) get weight 0; a row with at most ``n_elite`` valid values
+    weights each of them by one. ``all_valid`` skips the masking when the caller knows
+    every value is valid.
+    """
+    tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
+    if all_valid:
+        v = fX.clamp(min=-torch.finfo(fX.dtype).max / 4)  # -inf: best, but finite
         if normalize:
-            v = _standardize(v, valid, n_valid)
-        s = -v / temp if isinstance(temp, float) else -v / temp.unsqueeze(-1)
-        low = torch.where(valid, s, torch.full_like(s, math.inf)).amin(-1, keepdim=True)
-        s = torch.where(valid, s, (low - 1e3).detach())
-        I = lml(s, n_elite, 1.0)
+            v = (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True) + 1e-6)
+        return lml(v / -tscale, n_elite, 1.0)
+    valid = ~_invalid(fX)
+    n_valid = valid.sum(-1, keepdim=True)
+    v = torch.where(valid, fX.clamp(min=-torch.finfo(fX.dtype).max / 4), torch.zeros_like(fX))
+    if normalize:
+        v = _standardize(v, valid, n_valid)
+    s = v / -tscale
+    low = torch.where(valid, s, torch.full_like(s, math.inf)).amin(-1, keepdim=True)
+    I = lml(torch.where(valid, s, (low - 1e3).detach()), n_elite, 1.0)
     I = torch.where(valid, I, torch.zeros_like(I))
-    I = torch.where(few, valid.to(I.dtype), I)
-    return I, n_valid
+    return torch.where(n_valid <= n_elite, valid.to(I.dtype), I)
+
+
+def _moments(w: Tensor, X: Tensor, wsum: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted mean and standard deviation over dim 1: ``w (B, M)``, ``X (B, M, nx)``."""
+    tiny = torch.finfo(X.dtype).tiny
+    wsum = wsum.clamp_min(tiny)
+    w3 = w.unsqueeze(1)
+    mu = torch.bmm(w3, X).squeeze(1) / wsum
+    D = X - mu.unsqueeze(1)
+    var = torch.bmm(w3, D * D).squeeze(1) / wsum
+    return mu, var.clamp_min(tiny).sqrt()
 
 
 def dcem(
@@ -270,8 +298,18 @@ def dcem(
         if proj_iterate_cb is not None:
             X = proj_iterate_cb(X)
         fX = _values(f(X), n_batch, n_sample)
-        I, n_valid = _elite_weights(fX, n_elite, temp, normalize)
-        none_valid = (n_valid == 0).any()
+        if temp is None:
+            idx, w_e = _hard_elites(fX, n_elite, on_cpu)
+            X_e = X.gather(1, idx.unsqueeze(-1).expand(n_batch, n_elite, nx))
+            wsum = w_e.sum(-1, keepdim=True)
+            new_mu, new_sigma = _moments(w_e, X_e, wsum)
+            I = None
+        else:
+            all_valid = on_cpu and not bool(_invalid(fX).any())
+            I = _soft_weights(fX, n_elite, temp, normalize, all_valid)
+            wsum = I.sum(-1, keepdim=True)
+            new_mu, new_sigma = _moments(I, X, wsum)
+        none_valid = (wsum == 0).any()
         if on_cpu:
             if bool(none_valid):
                 raise ValueError(
@@ -279,16 +317,13 @@ def dcem(
                 )
         else:
             all_invalid = all_invalid | none_valid
-        w = I.unsqueeze(-1)
-        X_I = w * X
-        wsum = w.sum(1).clamp_min(torch.finfo(dtype).tiny)
-        new_mu = X_I.sum(1) / wsum
-        var = (w * (X - new_mu.unsqueeze(1)).pow(2)).sum(1) / wsum
-        new_sigma = var.clamp_min(torch.finfo(dtype).tiny).sqrt()
         if return_best:
-            fb = torch.where(I > 0, fX, torch.full_like(fX, math.inf)).detach()
-            fmin, arg = fb.min(-1)
-            xb = X.gather(1, arg.view(n_batch, 1, 1).expand(n_batch, 1, nx)).squeeze(1)
+            if I is None:
+                fb, Xb = torch.where(w_e > 0, fX.gather(1, idx), math.inf), X_e
+            else:
+                fb, Xb = torch.where(I > 0, fX, math.inf), X
+            fmin, arg = fb.detach().min(-1)
+            xb = Xb.gather(1, arg.view(n_batch, 1, 1).expand(n_batch, 1, nx)).squeeze(1)
             if best_x is None:
                 best_x, best_f = xb, fmin
             else:
@@ -304,7 +339,10 @@ def dcem(
         else:
             mu, sigma = new_mu, new_sigma
         if iter_cb is not None:
-            iter_cb(i, X, fX, w, X_I, mu, sigma)
+            if I is None:
+                I = torch.zeros_like(fX).scatter(1, idx, w_e)
+            w = I.unsqueeze(-1)
+            iter_cb(i, X, fX, w, w * X, mu, sigma)
         if check_iters and bool(done.all()):
             break
     if not on_cpu and bool(all_invalid):
