@@ -148,7 +148,8 @@ def bench_cem(kind: str, n_batch: int, nx: int, repeats: int, ref_fn) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ref-lml", help="folder of a locuslab/lml checkout (optional)")
@@ -163,9 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     cases = [
         ("LML fwd+bwd  B=1000 n=100 k=10", lambda: bench_lml(1000, repeats, ref_layer), 10.0, None),
         ("LML fwd+bwd  B=1    n=100 k=10", lambda: bench_lml(1, repeats * 10, ref_layer), 5.0, None),
-        ("hard CEM     B=1000 nx=2  N=100 T=10", lambda: bench_cem("cem", 1000, 2, repeats, ref_fn), 20.0, None),
-        ("hard CEM     B=1000 nx=20 N=100 T=10", lambda: bench_cem("cem", 1000, 20, repeats, None), None, 1.3),
-        ("DCEM fwd+bwd B=100  nx=20 N=100 T=10", lambda: bench_cem("dcem", 100, 20, repeats, ref_fn), 1.8, 1.25),
+        ("hard CEM     B=1000 nx=2  N=100 T=10",
+            lambda: bench_cem("cem", 1000, 2, repeats, ref_fn), 20.0, None),
+        ("hard CEM     B=1000 nx=20 N=100 T=10",
+            lambda: bench_cem("cem", 1000, 20, repeats, None), None, 1.3),
+        ("DCEM fwd+bwd B=100  nx=20 N=100 T=10",
+            lambda: bench_cem("dcem", 100, 20, repeats, ref_fn), 1.8, 1.25),
     ]
     header = "| case | ours (ms) | reference (ms) | speed-up vs reference | floor (ms) | ours / floor |"
     lines = [header, "|---|---:|---:|---:|---:|---:|"]

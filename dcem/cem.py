@@ -135,7 +135,8 @@ def _soft_weights(
     if all_valid:
         v = fX.clamp(min=-torch.finfo(fX.dtype).max / 4)  # -inf: best, but finite
         if normalize:
-            v = (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True) + 1e-6)
+            var, mean = torch.var_mean(v, -1, keepdim=True)
+            v = (v - mean) / (var.sqrt() + 1e-6)
         return lml(v / -tscale, n_elite, 1.0)
     valid = ~_invalid(fX)
     n_valid = valid.sum(-1, keepdim=True)

@@ -272,11 +272,11 @@ class _LMLFunction(torch.autograd.Function):
             (y,) = ctx.saved_tensors
             tau = ctx.tau
         d = torch.addcmul(y, y, y, value=-1.0)  # y (1 - y)
-        dsum = d.sum(-1, keepdim=True)
-        # all coordinates saturated (hard top-k limit): the gradient is exactly zero
-        safe = torch.where(dsum > 0, dsum, torch.ones_like(dsum))
+        # all coordinates saturated (hard top-k limit): d = 0, so dg = 0 and the gradient is
+        # exactly zero; the clamp only avoids 0 / 0
+        dsum = d.sum(-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
         dg = d * grad_y
-        coef = dg.sum(-1, keepdim=True) / safe
+        coef = dg.sum(-1, keepdim=True) / dsum
         grad_x = None
         if ctx.needs_input_grad[0]:
             # d * (g - <d, g> / sum(d)) / tau: the KKT Jacobian is diag(d) - d d^T / sum(d)
@@ -287,7 +287,7 @@ class _LMLFunction(torch.autograd.Function):
         if ctx.tau_is_tensor and ctx.needs_input_grad[1]:
             # u is finite wherever d > 0; zero it elsewhere to avoid 0 * inf
             u_f = torch.where(d > 0, u, torch.zeros_like(u))
-            ubar = (d * u_f).sum(-1, keepdim=True) / safe
+            ubar = (d * u_f).sum(-1, keepdim=True) / dsum
             grad_tau = -(dg * (u_f - ubar)).sum(-1, keepdim=True) / tau
         return grad_x, grad_tau, None
 
