@@ -136,9 +136,9 @@ class DemoConfig:
         return cls(
             steps=10,
             lr=0.05,
-            cem_samples=20,
-            cem_elite=5,
-            cem_iters=3,
+            cem_samples=100,
+            cem_elite=10,
+            cem_iters=4,
             dcem_samples=30,
             dcem_elite=5,
             dcem_iters=5,
