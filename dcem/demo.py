@@ -127,7 +127,7 @@ class DemoConfig:
     dcem_batch: int = 16  # independent DCEM runs averaged in the loss
     temp: float = 1.0
     grid: int = 140  # contour resolution
-    gif_frames: int = 30
+    gif_frames: int = 24
     dpi: int = 110
 
     @classmethod
@@ -352,7 +352,7 @@ def _plot_loss(path: Path, cfg: DemoConfig, losses: Tensor) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("Adam step")
     ax.set_ylabel(r"$\|\hat x(\theta) - x^\star\|^2$ (mean over runs)")
-    ax.set_title(f"DCEM ($\\tau$ = {cfg.temp:g}) training loss: DCEM output to the target")
+    ax.set_title(f"DCEM ($\\tau$ = {cfg.temp:g}) training loss, {cfg.dcem_batch} DCEM runs per step")
     ax.grid(True, which="both", alpha=0.3)
     fig.savefig(path, dpi=cfg.dpi)
 
@@ -375,10 +375,14 @@ def _plot_surfaces(
     z1: Tensor,
     runs0: Tensor,
     runs1: Tensor,
+    centers0: Tensor,
+    centers1: Tensor,
     res: DemoResult,
 ) -> None:
+    from matplotlib.lines import Line2D
+
     Figure = _mpl()
-    fig = Figure(figsize=(9.2, 4.3), layout="constrained")
+    fig = Figure(figsize=(9.6, 5.0), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     levels = _levels(min(float(z0.min()), float(z1.min())), max(float(z0.max()), float(z1.max())))
     panels = (
@@ -390,10 +394,31 @@ def _plot_surfaces(
         cs = _contour(ax, xs, ys, z, levels)
         _mark(ax, res.target, runs, gmin)
         d = math.dist(xhat, res.target)
-        ax.set_title(f"{title}: distance to target {d:.2f}")
+        ax.set_title(f"{title}\nDCEM output ({xhat[0]:.2f}, {xhat[1]:.2f}), {d:.3f} from target")
         ax.set_xlabel("$x_1$")
+        ax.set_xlim(-cfg.bound, cfg.bound)
+        ax.set_ylim(-cfg.bound, cfg.bound)
+    # where the bump centres went
+    arrow = {"arrowstyle": "->", "color": "w", "lw": 1.2}
+    for (a, b), (c, d) in zip(centers0.tolist(), centers1.tolist()):
+        if math.dist((a, b), (c, d)) > 0.05:
+            axes[1].annotate("", xy=(c, d), xytext=(a, b), arrowprops=arrow)
+    c0 = centers0.numpy()
+    axes[1].plot(
+        c0[:, 0],
+        c0[:, 1],
+        marker="o",
+        ms=5,
+        mfc="none",
+        mec="w",
+        mew=1,
+        ls="none",
+        label="initial bump centres (arrows: where they moved)",
+    )
     axes[0].set_ylabel("$x_2$")
-    axes[0].legend(loc="upper right", fontsize=7, framealpha=0.8)
+    handles, labels = axes[1].get_legend_handles_labels()
+    handles[-1] = Line2D([], [], marker="o", ms=5, mfc="none", mec="k", mew=1, ls="none")  # visible on white
+    fig.legend(handles, labels, loc="outside lower center", ncol=5, fontsize=8, frameon=False)
     fig.colorbar(cs, ax=axes, label="$f_\\theta(x)$", shrink=0.9)
     fig.suptitle(f"Learning the objective's parameters $\\theta$ through DCEM ($\\tau$ = {cfg.temp:g})")
     fig.savefig(path, dpi=cfg.dpi)
@@ -499,6 +524,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float32
     obj = BumpObjective(dtype=dtype)
+    centers0 = obj.centers.detach().clone()
     target_t = torch.tensor(cfg.target, dtype=dtype)
     xs, ys, pts = _grid(cfg, dtype)
     files: list[Path] = []
@@ -566,7 +592,7 @@ def run(
     _plot_loss(p, cfg, loss_t)
     files.append(p)
     p = out / "dcem_surface.png"
-    _plot_surfaces(p, cfg, xs, ys, z0, z1, runs0, runs1, res)
+    _plot_surfaces(p, cfg, xs, ys, z0, z1, runs0, runs1, centers0, obj.centers.detach(), res)
     files.append(p)
     if gif:
         p = out / "dcem_training.gif"
