@@ -462,7 +462,7 @@ def _write_gif(
             ax.set_ylabel("$x_2$")
             ax.set_title(f"DCEM ($\\tau$ = {cfg.temp:g}) training, Adam step {step}")
             writer.grab_frame()
-        for _ in range(6):  # hold the last frame
+        for _ in range(min(6, len(frames) // 4)):  # hold the last frame
             writer.grab_frame()
 
 
