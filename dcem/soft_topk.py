@@ -177,7 +177,7 @@ def _step(nu: float, lo: float, hi: float, s: float, ds: float, k: int, n: int) 
         step = math.log1p(r / s) * s
     else:
         hi = nu
-        step = math.log1p(r / (n - k)) * (n - s)
+        step = math.log1p(max(r / (n - k), -1.0 + 1e-16)) * (n - s)
     cand = nu + step / ds if ds > 0 else math.inf
     return (cand if lo <= cand <= hi else 0.5 * (lo + hi)), lo, hi
 
@@ -195,9 +195,14 @@ def _solve_numpy(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[T
     t = tau.numpy().astype(np.float64) if isinstance(tau, Tensor) else float(tau)
     part = np.partition(xs, (n - k - 1, n - k), axis=-1)
     xk = part[:, n - k : n - k + 1]
-    z = (xs - xk) / t
-    gap = ((xk - part[:, n - k - 1 : n - k]) / t)[:, 0].tolist()
-    tol = np.finfo(np.float64).eps * k * (8 + math.log2(n))
+    z = xs - xk
+    gap = xk - part[:, n - k - 1 : n - k]
+    if not (isinstance(t, float) and t == 1.0):
+        z, gap = z / t, gap / t
+    gap = gap[:, 0].tolist()
+    # stop at the rounding level of the output dtype: the float64 iterate is then exact to
+    # the last digit the caller can see
+    tol = torch.finfo(x.dtype).eps * k * (8 + math.log2(n))
     lo_k, hi_k = -math.log(n - k), math.log(k)
     nus = []
     converged = True
@@ -300,8 +305,10 @@ def _host_checks_ok(t: Tensor) -> bool:
     """
     if t.device.type != "cpu" or torch.compiler.is_compiling():
         return False
-    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return not (wrapped is not None and wrapped(t))
+    return not (_is_wrapped is not None and _is_wrapped(t))
+
+
+_is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 
 
 def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = None) -> Tensor:
