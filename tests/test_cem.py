@@ -333,6 +333,14 @@ def test_hard_cem_gradient_wrt_init_mu_equals_finite_differences():
     )
 
 
+def test_second_derivatives_through_dcem():
+    # Hessians of a loss of the DCEM output (e.g. for Newton-type outer loops) are right
+    theta = torch.tensor([[0.5, -0.3]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda t: _dcem_of(t, n_iter=2), (theta,), eps=1e-6, atol=1e-5, rtol=1e-3
+    )
+
+
 # --------------------------------------------------------------------------- reproducibility
 
 
