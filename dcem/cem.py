@@ -129,15 +129,14 @@ def _soft_weights(
 
     Invalid values (NaN, +inf) get weight 0; a row with at most ``n_elite`` valid values
     weights each of them by one. ``all_valid`` skips the masking when the caller knows
-    every value is valid.
+    every value is finite.
     """
     tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
     if all_valid:
-        v = fX.clamp(min=-torch.finfo(fX.dtype).max / 4)  # -inf: best, but finite
         if normalize:
-            var, mean = torch.var_mean(v, -1, keepdim=True)
-            v = (v - mean) / (var.sqrt() + 1e-6)
-        return lml(v / -tscale, n_elite, 1.0)
+            var, mean = torch.var_mean(fX, -1, keepdim=True)
+            return lml((mean - fX) / ((var.sqrt() + 1e-6) * tscale), n_elite, 1.0)
+        return lml(fX / -tscale, n_elite, 1.0)
     valid = ~_invalid(fX)
     n_valid = valid.sum(-1, keepdim=True)
     v = torch.where(valid, fX.clamp(min=-torch.finfo(fX.dtype).max / 4), torch.zeros_like(fX))
@@ -305,19 +304,21 @@ def dcem(
             wsum = w_e.sum(-1, keepdim=True)
             new_mu, new_sigma = _moments(w_e, X_e, wsum)
             I = None
+            all_valid = False
         else:
-            all_valid = on_cpu and not bool(_invalid(fX).any())
+            all_valid = on_cpu and bool(torch.isfinite(fX).all())
             I = _soft_weights(fX, n_elite, temp, normalize, all_valid)
             wsum = I.sum(-1, keepdim=True)
             new_mu, new_sigma = _moments(I, X, wsum)
-        none_valid = (wsum == 0).any()
-        if on_cpu:
-            if bool(none_valid):
-                raise ValueError(
-                    f"every sample of some batch element has a NaN or +inf value (iteration {i})"
-                )
-        else:
-            all_invalid = all_invalid | none_valid
+        if not all_valid:
+            none_valid = (wsum == 0).any()
+            if on_cpu:
+                if bool(none_valid):
+                    raise ValueError(
+                        f"every sample of some batch element has a NaN or +inf value (iteration {i})"
+                    )
+            else:
+                all_invalid = all_invalid | none_valid
         if return_best:
             if I is None:
                 fb, Xb = torch.where(w_e > 0, fX.gather(1, idx), math.inf), X_e
