@@ -278,6 +278,16 @@ class _LMLFunction(torch.autograd.Function):
 
     generate_vmap_rule = True
 
+    @classmethod
+    def apply(cls, x: Tensor, tau: float | Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
+        # With setup_context defined, Function.apply binds default arguments through
+        # inspect.signature on every call (about 10 us, most of the cost for small inputs).
+        # forward takes no defaults, so outside torch.func transforms we call the C
+        # implementation directly; inside them the full path is kept.
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(x, tau, u)
+        return super(torch.autograd.Function, cls).apply(x, tau, u)
+
     @staticmethod
     def forward(x: Tensor, tau: float | Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
         return torch.sigmoid(u)
