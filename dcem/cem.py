@@ -132,19 +132,25 @@ def _soft_weights(
     every value is finite.
     """
     tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
+    n = fX.shape[-1]
     if all_valid:
-        if normalize:
+        if normalize and n > 1:
             var, mean = torch.var_mean(fX, -1, keepdim=True)
             return lml((mean - fX) / ((var.sqrt() + 1e-6) * tscale), n_elite, 1.0)
         return lml(fX / -tscale, n_elite, 1.0)
     valid = ~_invalid(fX)
+    finite = torch.isfinite(fX)  # valid and not -inf
     n_valid = valid.sum(-1, keepdim=True)
-    v = torch.where(valid, fX.clamp(min=-torch.finfo(fX.dtype).max / 4), torch.zeros_like(fX))
+    v = torch.where(finite, fX, torch.zeros_like(fX))
     if normalize:
-        v = _standardize(v, valid, n_valid)
+        v = _standardize(v, finite, finite.sum(-1, keepdim=True))
     s = v / -tscale
-    low = torch.where(valid, s, torch.full_like(s, math.inf)).amin(-1, keepdim=True)
-    I = lml(torch.where(valid, s, (low - 1e3).detach()), n_elite, 1.0)
+    # invalid values sit far below every finite score, -inf costs (the best possible) far above
+    inf = torch.full_like(s, math.inf)
+    low = torch.where(finite, s, inf).amin(-1, keepdim=True).nan_to_num(posinf=0.0)
+    high = torch.where(finite, s, -inf).amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    s = torch.where(finite, s, torch.where(valid, high + 1e3, low - 1e3).detach())
+    I = lml(s, n_elite, 1.0)
     I = torch.where(valid, I, torch.zeros_like(I))
     return torch.where(n_valid <= n_elite, valid.to(I.dtype), I)
 
