@@ -129,23 +129,28 @@ def _soft_weights(
 
     Invalid values (NaN, +inf) get weight 0; a row with at most ``n_elite`` valid values
     weights each of them by one. ``all_valid`` skips the masking when the caller knows
-    every value is valid.
+    every value is finite.
     """
     tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
+    n = fX.shape[-1]
     if all_valid:
-        v = fX.clamp(min=-torch.finfo(fX.dtype).max / 4)  # -inf: best, but finite
-        if normalize:
-            var, mean = torch.var_mean(v, -1, keepdim=True)
-            v = (v - mean) / (var.sqrt() + 1e-6)
-        return lml(v / -tscale, n_elite, 1.0)
+        if normalize and n > 1:
+            var, mean = torch.var_mean(fX, -1, keepdim=True)
+            return lml((mean - fX) / ((var.sqrt() + 1e-6) * tscale), n_elite, 1.0)
+        return lml(fX / -tscale, n_elite, 1.0)
     valid = ~_invalid(fX)
+    finite = torch.isfinite(fX)  # valid and not -inf
     n_valid = valid.sum(-1, keepdim=True)
-    v = torch.where(valid, fX.clamp(min=-torch.finfo(fX.dtype).max / 4), torch.zeros_like(fX))
+    v = torch.where(finite, fX, torch.zeros_like(fX))
     if normalize:
-        v = _standardize(v, valid, n_valid)
+        v = _standardize(v, finite, finite.sum(-1, keepdim=True))
     s = v / -tscale
-    low = torch.where(valid, s, torch.full_like(s, math.inf)).amin(-1, keepdim=True)
-    I = lml(torch.where(valid, s, (low - 1e3).detach()), n_elite, 1.0)
+    # invalid values sit far below every finite score, -inf costs (the best possible) far above
+    inf = torch.full_like(s, math.inf)
+    low = torch.where(finite, s, inf).amin(-1, keepdim=True).nan_to_num(posinf=0.0)
+    high = torch.where(finite, s, -inf).amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    s = torch.where(finite, s, torch.where(valid, high + 1e3, low - 1e3).detach())
+    I = lml(s, n_elite, 1.0)
     I = torch.where(valid, I, torch.zeros_like(I))
     return torch.where(n_valid <= n_elite, valid.to(I.dtype), I)
 
@@ -305,19 +310,21 @@ def dcem(
             wsum = w_e.sum(-1, keepdim=True)
             new_mu, new_sigma = _moments(w_e, X_e, wsum)
             I = None
+            all_valid = False
         else:
-            all_valid = on_cpu and not bool(_invalid(fX).any())
+            all_valid = on_cpu and bool(torch.isfinite(fX).all())
             I = _soft_weights(fX, n_elite, temp, normalize, all_valid)
             wsum = I.sum(-1, keepdim=True)
             new_mu, new_sigma = _moments(I, X, wsum)
-        none_valid = (wsum == 0).any()
-        if on_cpu:
-            if bool(none_valid):
-                raise ValueError(
-                    f"every sample of some batch element has a NaN or +inf value (iteration {i})"
-                )
-        else:
-            all_invalid = all_invalid | none_valid
+        if not all_valid:
+            none_valid = (wsum == 0).any()
+            if on_cpu:
+                if bool(none_valid):
+                    raise ValueError(
+                        f"every sample of some batch element has a NaN or +inf value (iteration {i})"
+                    )
+            else:
+                all_invalid = all_invalid | none_valid
         if return_best:
             if I is None:
                 fb, Xb = torch.where(w_e > 0, fX.gather(1, idx), math.inf), X_e
