@@ -156,28 +156,7 @@ def test_n_elite_equals_n_sample_uses_every_sample():
     torch.testing.assert_close(out_h, out_s)  # every sample is elite whatever the temperature
 
 
-_SINGLE_SAMPLE_BUG = (
-    "BUG dcem/cem.py (regression of the one-pass var_mean normalisation, eb5b1ed): with "
-    "n_sample = 1 torch.var_mean(correction=1) of one value is NaN (plus a UserWarning), lml(k = n) "
-    "returns 1 + 0 * NaN = NaN weights, the mean becomes NaN and the next iteration raises the "
-    "misleading 'every sample of some batch element has a NaN or +inf value'. Reproducer: "
-    "dcem.dcem(lambda X: X.pow(2).sum(-1), 1, n_sample=1, n_elite=1, n_iter=3)"
-)
-
-
-@pytest.mark.parametrize(
-    "temp",
-    [
-        None,
-        pytest.param(
-            1.0,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(_SINGLE_SAMPLE_BUG),
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("temp", [None, 1.0])
 def test_single_sample(temp):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -489,18 +468,8 @@ def test_few_valid_costs_use_every_valid_sample(temp):
     torch.testing.assert_close(out, X[:, :2].mean(1))
 
 
-_ALL_INVALID_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG dcem/cem.py (regression since 11ab630/eb5b1ed): with temp > 0 the NaN/+inf costs of an "
-    "all-invalid row reach lml, which raises 'x must be finite (no NaN or inf)...' (about x, not "
-    "about f's values) after NumPy's 'RuntimeWarning: invalid value encountered in subtract'; "
-    "dcem's own clear error is only raised on the hard path. Reproducer: python -W error -c "
-    '"import torch, math, dcem; dcem.dcem(lambda X: torch.full(X.shape[:2], math.nan), 2)"',
-)
-
-
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-@pytest.mark.parametrize("temp", [None, pytest.param(1.0, marks=_ALL_INVALID_BUG)])
+@pytest.mark.parametrize("temp", [None, 1.0])
 def test_all_invalid_costs_raise(bad, temp):
     # the error is dcem's own, about the samples' values, and no other warning comes first
     def f(X):
@@ -516,24 +485,7 @@ def test_all_invalid_costs_raise(bad, temp):
             solve(f, 2, n_batch=2, temp=temp)
 
 
-@pytest.mark.parametrize(
-    "temp",
-    [
-        None,
-        pytest.param(
-            1.0,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG dcem/cem.py: cem._invalid documents -inf as 'the best possible value', but with "
-                    "temp > 0 the -inf costs are clamped to -finfo.max/4 and then standardised: the variance "
-                    "overflows to inf, every standardised value becomes 0 and the whole row gets uniform "
-                    "weights n_elite / n_sample (the -inf samples are not preferred at all)"
-                ),
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("temp", [None, 1.0])
 def test_minus_inf_costs_are_best(temp):
     # two samples per row cost -inf (fewer than n_elite): they must be fully elite
     def f(X):

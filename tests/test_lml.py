@@ -433,7 +433,7 @@ def test_hard_topk_basics(device, dtype):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG dcem/lml.py: hard_topk's docstring promises ties broken by position (lower index "
+    reason="BUG dcem/soft_topk.py: hard_topk's docstring promises ties broken by position (lower index "
     "first) but torch.topk(sorted=False) gives no such order: hard_topk(torch.zeros(6), 2) "
     "selects indices other than 0 and 1 on CPU",
 )
@@ -700,7 +700,7 @@ def test_bad_k(k):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG (minor) dcem/lml.py: _validate_k accepts k=True as k=1 (bool is an Integral), "
+    reason="BUG (minor) dcem/soft_topk.py: _validate_k accepts k=True as k=1 (bool is an Integral), "
     "while dcem.LML(k=True) and dcem.dcem(n_elite=True) reject it",
 )
 def test_bool_k_rejected():
