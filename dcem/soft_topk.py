@@ -325,7 +325,13 @@ class _LMLFunction(torch.autograd.Function):
         grad_tau = None
         if ctx.tau_is_tensor and ctx.needs_input_grad[1]:
             # u is finite wherever d > 0; zero it elsewhere to avoid 0 * inf
-            u_f = torch.where(d > 0, u, torch.zeros_like(u))
+            live = d > 0
+            u_f = torch.where(live, u, torch.zeros_like(u))
+            if torch.is_grad_enabled():
+                # double backward: u was solved without a graph; let it vary as logit(y), which
+                # has the same value, so that second derivatives through tau are right
+                lg = torch.logit(torch.where(live, y, torch.full_like(y, 0.5)))
+                u_f = u_f + torch.where(live, lg - lg.detach(), torch.zeros_like(lg))
             ubar = (d * u_f).sum(-1, keepdim=True) / dsum
             grad_tau = -(dg * (u_f - ubar)).sum(-1, keepdim=True) / tau
         return grad_x, grad_tau, None
