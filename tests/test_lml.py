@@ -573,13 +573,6 @@ def test_second_derivatives_right_or_refused():
     assert ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG dcem/soft_topk.py: second derivatives that involve a tensor tau are silently wrong: "
-    "for x = randn(2, 5), tau = tensor([0.7, 1.3]) the Hessian of (lml(x, 2, tau) * w).sum() in tau "
-    "from torch.autograd.functional.hessian is diag(0.214, 0.084) where central differences of the "
-    "gradient give diag(1.158, 0.179); gradgradcheck fails (the x-only second derivatives are right)",
-)
 def test_second_derivatives_with_tau_tensor():
     x = make_x((2, 5), torch.float64, "cpu").requires_grad_()
     tau = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)
