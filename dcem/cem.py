@@ -78,9 +78,14 @@ def _as_bound(
     return t
 
 
-def _values(fX: Tensor, n_batch: int, n_sample: int) -> Tensor:
+def _values(fX: Tensor, n_batch: int, n_sample: int, dtype: torch.dtype) -> Tensor:
+    """Check the shape of ``f``'s output and bring it to ``(n_batch, n_sample)`` in ``dtype``."""
     if not isinstance(fX, Tensor):
         raise TypeError(f"f must return a tensor of shape (n_batch, n_sample), got {type(fX).__name__}")
+    if fX.is_complex() or fX.dtype == torch.bool:
+        raise TypeError(f"f must return real values, got dtype {fX.dtype}")
+    if fX.dtype != dtype:
+        fX = fX.to(dtype)  # integer costs, or another precision than the iterates
     if fX.shape == (n_batch, n_sample):
         return fX
     if fX.shape in ((n_batch * n_sample,), (n_batch, n_sample, 1)):
@@ -91,14 +96,24 @@ def _values(fX: Tensor, n_batch: int, n_sample: int) -> Tensor:
     )
 
 
-def _standardize(v: Tensor, valid: Tensor, n_valid: Tensor) -> Tensor:
-    """Per-row standardisation over the valid entries (unbiased std, as the reference)."""
-    zero = torch.zeros_like(v)
-    v0 = torch.where(valid, v, zero)
-    mean = v0.sum(-1, keepdim=True) / n_valid.clamp_min(1)
-    dev = torch.where(valid, v - mean, zero)
-    var = dev.pow(2).sum(-1, keepdim=True) / (n_valid - 1).clamp_min(1)
-    return dev / (var.sqrt() + 1e-6)
+def _standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Per-row standardisation (unbiased std plus 1e-6, as the reference) over the entries
+    where ``valid`` holds (all by default; the others become 0).
+
+    The deviations are scaled by their largest magnitude before squaring, so costs up to the
+    largest finite value of the dtype normalise without overflow.
+    """
+    if valid is None:
+        count = torch.full_like(v[..., :1], v.shape[-1])
+        dev = v - v.mean(-1, keepdim=True)
+    else:
+        zero = torch.zeros_like(v)
+        count = valid.sum(-1, keepdim=True).to(v.dtype)
+        mean = torch.where(valid, v, zero).sum(-1, keepdim=True) / count.clamp_min(1)
+        dev = torch.where(valid, v - mean, zero)
+    m = dev.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
+    var = (dev / m).pow(2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
+    return dev / (m * var.sqrt() + 1e-6)
 
 
 def _invalid(fX: Tensor) -> Tensor:
@@ -134,16 +149,14 @@ def _soft_weights(
     tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
     n = fX.shape[-1]
     if all_valid:
-        if normalize and n > 1:
-            var, mean = torch.var_mean(fX, -1, keepdim=True)
-            return lml((mean - fX) / ((var.sqrt() + 1e-6) * tscale), n_elite, 1.0)
-        return lml(fX / -tscale, n_elite, 1.0)
+        v = _standardize(fX) if normalize and n > 1 else fX
+        return lml(v / -tscale, n_elite, 1.0)
     valid = ~_invalid(fX)
     finite = torch.isfinite(fX)  # valid and not -inf
     n_valid = valid.sum(-1, keepdim=True)
     v = torch.where(finite, fX, torch.zeros_like(fX))
     if normalize:
-        v = _standardize(v, finite, finite.sum(-1, keepdim=True))
+        v = _standardize(v, finite)
     s = v / -tscale
     # invalid values sit far below every finite score, -inf costs (the best possible) far above
     inf = torch.full_like(s, math.inf)
@@ -303,7 +316,7 @@ def dcem(
             )
         if proj_iterate_cb is not None:
             X = proj_iterate_cb(X)
-        fX = _values(f(X), n_batch, n_sample)
+        fX = _values(f(X), n_batch, n_sample, dtype)
         if temp is None:
             idx, w_e = _hard_elites(fX, n_elite, on_cpu)
             X_e = X.gather(1, idx.unsqueeze(-1).expand(n_batch, n_elite, nx))

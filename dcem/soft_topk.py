@@ -57,7 +57,9 @@ _MAX_ITER = 50
 
 
 def _validate_k(k: object, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, Integral):
+    if isinstance(k, bool):
+        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
+    if not isinstance(k, Integral):
         if isinstance(k, Real) and float(k).is_integer():
             k = int(k)  # type: ignore[arg-type]
         else:
@@ -216,13 +218,6 @@ def _solve_numpy(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[T
     n = x.shape[-1]
     xs = x.numpy().astype(np.float64)
     t = tau.numpy().astype(np.float64) if isinstance(tau, Tensor) else float(tau)
-    part = np.partition(xs, (n - k - 1, n - k), axis=-1)
-    xk = part[:, n - k : n - k + 1]
-    z = xs - xk
-    gap = xk - part[:, n - k - 1 : n - k]
-    if not (isinstance(t, float) and t == 1.0):
-        z, gap = z / t, gap / t
-    gap = gap[:, 0].tolist()
     # stop at the rounding level of the output dtype: the float64 iterate is then exact to
     # the last digit the caller can see
     tol = torch.finfo(x.dtype).eps * k * (8 + math.log2(n))
@@ -230,8 +225,16 @@ def _solve_numpy(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[T
     lower_form = 2 * k <= n
     nus = []
     converged = True
-    with np.errstate(over="ignore"):  # exp overflow gives the correct limit y = 0
-        for row, g in zip(z, gap):
+    # exp overflow gives the correct limit y = 0; NaN from non-finite input is reported by
+    # the caller (the solve then does not converge)
+    with np.errstate(all="ignore"):
+        part = np.partition(xs, (n - k - 1, n - k), axis=-1)
+        xk = part[:, n - k : n - k + 1]
+        z = xs - xk
+        gap = xk - part[:, n - k - 1 : n - k]
+        if not (isinstance(t, float) and t == 1.0):
+            z, gap = z / t, gap / t
+        for row, g in zip(z, gap[:, 0].tolist()):
             lo, hi = lo_k, g + hi_k
             nu = min(0.5 * g, hi) if g > _GAP_START else (lo if lower_form else hi)
             for _ in range(n_iter):
@@ -243,7 +246,7 @@ def _solve_numpy(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[T
             else:
                 converged = False
             nus.append(nu)
-    u = z + np.asarray(nus)[:, None]
+        u = z + np.asarray(nus)[:, None]
     return torch.from_numpy(u).to(x.dtype), converged
 
 
@@ -299,9 +302,32 @@ class _LMLFunction(torch.autograd.Function):
         if ctx.tau_is_tensor:
             # u is only needed for the derivative with respect to tau
             ctx.save_for_backward(output, tau, u)
+            ctx.save_for_forward(output, tau, u)
         else:
             ctx.save_for_backward(output)
+            ctx.save_for_forward(output)
             ctx.tau = tau
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor | None, tau_t: Tensor | None, _u_t: Tensor | None) -> Tensor:  # type: ignore[override]
+        """Forward mode: ``y_t = J_x x_t + (dy/dtau) tau_t`` with the same KKT Jacobian."""
+        if ctx.tau_is_tensor:
+            y, tau, u = ctx.saved_tensors
+        else:
+            (y,) = ctx.saved_tensors
+            tau = ctx.tau
+        d = y - y * y
+        dsum = d.sum(-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+        y_t = torch.zeros_like(y)
+        if x_t is not None:
+            dx = d * x_t
+            y_t = (dx - d * (dx.sum(-1, keepdim=True) / dsum)) / tau
+        if ctx.tau_is_tensor and tau_t is not None:
+            live = d > 0
+            u_f = torch.where(live, u, torch.zeros_like(u))
+            ubar = (d * u_f).sum(-1, keepdim=True) / dsum
+            y_t = y_t - d * (u_f - ubar) * (tau_t / tau)
+        return y_t
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):  # type: ignore[override]
@@ -338,17 +364,16 @@ class _LMLFunction(torch.autograd.Function):
 
 
 def _host_checks_ok(t: Tensor) -> bool:
-    """Whether reading a value of ``t`` on the host is free and allowed here.
+    """Whether reading values of ``t`` (and the other inputs) on the host is free and allowed.
 
     True for CPU tensors outside ``torch.compile`` and ``torch.func`` transforms; on
     accelerators a read would synchronise the device, so the solver runs a fixed count.
     """
-    if t.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    return not (_is_wrapped is not None and _is_wrapped(t))
-
-
-_is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return (
+        t.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    )
 
 
 def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = None) -> Tensor:
@@ -449,7 +474,7 @@ def hard_topk(x: Tensor, k: int) -> Tensor:
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension (..., n)")
     k = _validate_k(k, x.shape[-1])
-    idx = torch.topk(x, k, dim=-1, sorted=False).indices
+    idx = torch.argsort(x, dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros_like(x)
     return out.scatter_(-1, idx, 1.0)
 

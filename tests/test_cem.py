@@ -525,20 +525,8 @@ def test_minus_inf_costs_do_not_break_dcem():
         (1e2, torch.float32),
         (1e6, torch.float32),
         (1e12, torch.float64),
-        pytest.param(
-            1e20,
-            torch.float32,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG dcem/cem.py: normalize=True squares the centred costs before dividing by their "
-                    "scale; "
-                    "for |f| ~ 1e20 in float32 (1e160 in float64) the variance overflows to inf, every "
-                    "standardised cost becomes 0 and DCEM silently degenerates to uniform weights"
-                ),
-            ),
-        ),
-        pytest.param(1e160, torch.float64, marks=pytest.mark.xfail(strict=True, reason="same overflow")),
+        (1e20, torch.float32),
+        (1e160, torch.float64),
     ],
 )
 def test_normalize_makes_temperature_scale_free(scale, dt):
@@ -647,39 +635,21 @@ def test_dtype_and_device_follow_arguments(device):
     assert out.dtype == torch.get_default_dtype()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG dcem/cem.py (since the bmm refit, 11ab630): costs whose dtype differs from the iterates' "
-    "crash: dcem.dcem(lambda X: X.double().pow(2).sum(-1), 2) raises 'RuntimeError: expected scalar "
-    "type Double but found Float' (Half for f16 costs, e.g. from autocast); the weights should be "
-    "cast to the iterates' dtype (before 11ab630 the result silently became float64 instead)",
-)
 @pytest.mark.parametrize("cost_dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("temp", [None, 1.0])
 def test_cost_dtype_other_than_iterates(temp, cost_dtype):
+    # costs in another precision are cast to the iterates' dtype: the run matches the one with
+    # float32 costs up to the rounding of the costs
     target = torch.tensor([[1.0, -2.0]])
-    out = solve(
-        lambda X: (X - target).pow(2).sum(-1).to(cost_dtype),
-        2,
-        n_sample=50,
-        n_elite=5,
-        n_iter=10,
-        temp=temp,
-        dtype=torch.float32,
-        init_sigma=2.0,
-        generator=gen(0),
-    )
+    kw = dict(n_sample=50, n_elite=5, n_iter=10, temp=temp, dtype=torch.float32, init_sigma=2.0)
+    ref = solve(lambda X: (X - target).pow(2).sum(-1), 2, generator=gen(0), **kw)
+    out = solve(lambda X: (X - target).pow(2).sum(-1).to(cost_dtype), 2, generator=gen(0), **kw)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, target, rtol=0, atol=0.1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0.05)
+    if temp is None:
+        torch.testing.assert_close(out, target, rtol=0, atol=0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor) dcem/cem.py: integer costs from f fail deep inside with unrelated messages "
-    "(hard: RuntimeError 'expected scalar type Long but found Float' from the refit; soft: "
-    "RuntimeError 'var_mean only support floating point and complex dtypes'); they should be cast to "
-    "float or rejected with an error naming f",
-)
 @pytest.mark.parametrize("temp", [None, 1.0])
 def test_integer_costs_work_or_are_rejected_clearly(temp):
     def f(X):

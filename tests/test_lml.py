@@ -431,12 +431,6 @@ def test_hard_topk_basics(device, dtype):
     np.testing.assert_array_equal(hard_topk(x4, 4).double().cpu().numpy(), ref)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG dcem/soft_topk.py: hard_topk's docstring promises ties broken by position (lower index "
-    "first) but torch.topk(sorted=False) gives no such order: hard_topk(torch.zeros(6), 2) "
-    "selects indices other than 0 and 1 on CPU",
-)
 def test_hard_topk_ties_broken_by_position():
     t = hard_topk(torch.zeros(3, 6), 2)
     assert torch.equal(t[:, :2], torch.ones(3, 2))
@@ -658,12 +652,6 @@ def test_torch_func_vmap():
     assert g.shape == x.shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="the custom autograd.Function behind lml defines no jvp, so forward-mode AD "
-    "(torch.func.jacfwd, torch.autograd.forward_ad) is unsupported",
-)
 def test_torch_func_jacfwd():
     x = make_x((6,), torch.float64, "cpu")
     J = torch.func.jacfwd(lambda v: lml(v, 2, 0.5))(x)
@@ -691,11 +679,6 @@ def test_bad_k(k):
         lml(torch.zeros(3, 5), k)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor) dcem/soft_topk.py: _validate_k accepts k=True as k=1 (bool is an Integral), "
-    "while dcem.LML(k=True) and dcem.dcem(n_elite=True) reject it",
-)
 def test_bool_k_rejected():
     with pytest.raises((ValueError, TypeError), match="k"):
         lml(torch.zeros(3, 5), True)
@@ -747,15 +730,6 @@ def test_bad_x():
             lml(x, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeWarning,
-    reason="BUG (minor) dcem/soft_topk.py: for +inf in a small CPU input the NumPy path computes "
-    "inf - inf and NumPy emits 'RuntimeWarning: invalid value encountered in subtract' before "
-    "the ValueError; under the project's pytest filter (error::RuntimeWarning:dcem.*) that warning "
-    'replaces the ValueError. Reproducer: python -W error -c "import torch, dcem; '
-    "dcem.lml(torch.tensor([0.0, float('inf'), 1.0]), 1)\"",
-)
 def test_plus_inf_x_raises_cleanly():
     for shape in ((3,), (10, 300)):
         x = torch.zeros(shape)
