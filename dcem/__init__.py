@@ -8,7 +8,7 @@ Core API:
 """
 
 from dcem.cem import dcem
-from dcem.lml import LML, hard_topk, lml
+from dcem.soft_topk import LML, hard_topk, lml
 
 __all__ = ["LML", "dcem", "hard_topk", "lml"]
 __version__ = "0.1.0"

@@ -11,17 +11,18 @@ mean is differentiable with respect to everything ``f`` closes over.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from dcem.lml import lml
+from dcem.soft_topk import lml
 
 __all__ = ["dcem", "IterCallback"]
 
-Bound = Union[float, Tensor, None]
+Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
 
 
@@ -32,7 +33,7 @@ def _check_int(name: str, value: object, low: int) -> int:
 
 
 def _infer_dtype_device(
-    tensors: list[object], device: Optional[Union[str, torch.device]]
+    tensors: list[object], device: str | torch.device | None
 ) -> tuple[torch.dtype, torch.device]:
     dtype = None
     dev = None
@@ -68,7 +69,7 @@ def _as_param(
 
 def _as_bound(
     name: str, value: Bound, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
-) -> Optional[Tensor]:
+) -> Tensor | None:
     if value is None:
         return None
     t = _as_param(name, value, 0.0, shape, dtype, device)
@@ -77,9 +78,14 @@ def _as_bound(
     return t
 
 
-def _values(fX: Tensor, n_batch: int, n_sample: int) -> Tensor:
+def _values(fX: Tensor, n_batch: int, n_sample: int, dtype: torch.dtype) -> Tensor:
+    """Check the shape of ``f``'s output and bring it to ``(n_batch, n_sample)`` in ``dtype``."""
     if not isinstance(fX, Tensor):
         raise TypeError(f"f must return a tensor of shape (n_batch, n_sample), got {type(fX).__name__}")
+    if fX.is_complex() or fX.dtype == torch.bool:
+        raise TypeError(f"f must return real values, got dtype {fX.dtype}")
+    if fX.dtype != dtype:
+        fX = fX.to(dtype)  # integer costs, or another precision than the iterates
     if fX.shape == (n_batch, n_sample):
         return fX
     if fX.shape in ((n_batch * n_sample,), (n_batch, n_sample, 1)):
@@ -90,46 +96,87 @@ def _values(fX: Tensor, n_batch: int, n_sample: int) -> Tensor:
     )
 
 
-def _standardize(v: Tensor, valid: Tensor, n_valid: Tensor) -> Tensor:
-    """Per-row standardisation over the valid entries (unbiased std, as the reference)."""
-    zero = torch.zeros_like(v)
-    v0 = torch.where(valid, v, zero)
-    mean = v0.sum(-1, keepdim=True) / n_valid.clamp_min(1)
-    dev = torch.where(valid, v - mean, zero)
-    var = dev.pow(2).sum(-1, keepdim=True) / (n_valid - 1).clamp_min(1)
-    return dev / (var.sqrt() + 1e-6)
+def _standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Per-row standardisation (unbiased std plus 1e-6, as the reference) over the entries
+    where ``valid`` holds (all by default; the others become 0).
 
-
-def _elite_weights(
-    fX: Tensor, n_elite: int, temp: Optional[Union[float, Tensor]], normalize: bool
-) -> tuple[Tensor, Tensor]:
-    """Weights ``I`` of shape ``(n_batch, n_sample)`` summing to ``n_elite`` per row.
-
-    NaN and +inf values are never elite; rows with fewer than ``n_elite + 1`` valid values
-    weight every valid sample by one. Also returns the per-row count of valid values.
+    The deviations are scaled by their largest magnitude before squaring, so costs up to the
+    largest finite value of the dtype normalise without overflow.
     """
-    valid = ~(torch.isnan(fX) | (fX == math.inf))
-    n_valid = valid.sum(-1, keepdim=True)
-    few = n_valid <= n_elite
-    if temp is None:
-        # hard top-k of the smallest valid values; invalid entries sort last
-        v = torch.where(valid, fX, torch.full_like(fX, math.inf)).detach()
-        idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False).indices
-        I = torch.zeros_like(fX).scatter_(-1, idx, 1.0)
+    if valid is None:
+        count = torch.full_like(v[..., :1], v.shape[-1])
+        dev = v - v.mean(-1, keepdim=True)
     else:
-        # finite surrogate: -inf costs are the best possible, invalid ones the worst
-        finfo = torch.finfo(fX.dtype)
-        v = fX.clamp(min=-finfo.max / 4)
-        v = torch.where(valid, v, torch.zeros_like(v))
-        if normalize:
-            v = _standardize(v, valid, n_valid)
-        s = -v / temp if isinstance(temp, float) else -v / temp.unsqueeze(-1)
-        low = torch.where(valid, s, torch.full_like(s, math.inf)).amin(-1, keepdim=True)
-        s = torch.where(valid, s, (low - 1e3).detach())
-        I = lml(s, n_elite, 1.0)
+        zero = torch.zeros_like(v)
+        count = valid.sum(-1, keepdim=True).to(v.dtype)
+        mean = torch.where(valid, v, zero).sum(-1, keepdim=True) / count.clamp_min(1)
+        dev = torch.where(valid, v - mean, zero)
+    m = dev.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
+    var = (dev / m).pow(2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
+    return dev / (m * var.sqrt() + 1e-6)
+
+
+def _invalid(fX: Tensor) -> Tensor:
+    """NaN and +inf values are never elite (``-inf`` is the best possible value)."""
+    return torch.isnan(fX) | (fX == math.inf)
+
+
+def _hard_elites(fX: Tensor, n_elite: int, on_cpu: bool) -> tuple[Tensor, Tensor]:
+    """Indices ``(B, k)`` of the ``k`` smallest values and their weights (0 for invalid ones).
+
+    On CPU NumPy's introselect is several times faster than ``torch.topk`` for short rows;
+    both order NaN last.
+    """
+    v = fX.detach()
+    if on_cpu:
+        part = np.argpartition(v.numpy(), n_elite - 1, axis=-1)[:, :n_elite]
+        idx = torch.from_numpy(np.ascontiguousarray(part))
+    else:
+        idx = torch.topk(v.nan_to_num(nan=math.inf), n_elite, dim=-1, largest=False, sorted=False).indices
+    w = (~_invalid(v.gather(1, idx))).to(fX.dtype)
+    return idx, w
+
+
+def _soft_weights(
+    fX: Tensor, n_elite: int, temp: float | Tensor, normalize: bool, all_valid: bool
+) -> Tensor:
+    """Soft top-k weights ``(B, N)`` summing to ``n_elite`` per row (Prop. 3, eq. 5).
+
+    Invalid values (NaN, +inf) get weight 0; a row with at most ``n_elite`` valid values
+    weights each of them by one. ``all_valid`` skips the masking when the caller knows
+    every value is finite.
+    """
+    tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
+    n = fX.shape[-1]
+    if all_valid:
+        v = _standardize(fX) if normalize and n > 1 else fX
+        return lml(v / -tscale, n_elite, 1.0)
+    valid = ~_invalid(fX)
+    finite = torch.isfinite(fX)  # valid and not -inf
+    n_valid = valid.sum(-1, keepdim=True)
+    v = torch.where(finite, fX, torch.zeros_like(fX))
+    if normalize:
+        v = _standardize(v, finite)
+    s = v / -tscale
+    # invalid values sit far below every finite score, -inf costs (the best possible) far above
+    inf = torch.full_like(s, math.inf)
+    low = torch.where(finite, s, inf).amin(-1, keepdim=True).nan_to_num(posinf=0.0)
+    high = torch.where(finite, s, -inf).amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    s = torch.where(finite, s, torch.where(valid, high + 1e3, low - 1e3).detach())
+    I = lml(s, n_elite, 1.0)
     I = torch.where(valid, I, torch.zeros_like(I))
-    I = torch.where(few, valid.to(I.dtype), I)
-    return I, n_valid
+    return torch.where(n_valid <= n_elite, valid.to(I.dtype), I)
+
+
+def _moments(w: Tensor, X: Tensor, wsum: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted mean and standard deviation over dim 1: ``w (B, M)``, ``X (B, M, nx)``."""
+    tiny = torch.finfo(X.dtype).tiny
+    wsum = wsum.clamp_min(tiny)
+    w3 = w.unsqueeze(1)
+    mu = torch.bmm(w3, X).squeeze(1) / wsum
+    D = X - mu.unsqueeze(1)
+    var = torch.bmm(w3, D * D).squeeze(1) / wsum
+    return mu, var.clamp_min(tiny).sqrt()
 
 
 def dcem(
@@ -139,22 +186,22 @@ def dcem(
     n_sample: int = 20,
     n_elite: int = 10,
     n_iter: int = 10,
-    temp: Optional[Union[float, Tensor]] = 1.0,
+    temp: float | Tensor | None = 1.0,
     lb: Bound = None,
     ub: Bound = None,
     init_mu: Bound = None,
     init_sigma: Bound = None,
-    device: Optional[Union[str, torch.device]] = None,
-    iter_cb: Optional[IterCallback] = None,
-    proj_iterate_cb: Optional[Callable[[Tensor], Tensor]] = None,
+    device: str | torch.device | None = None,
+    iter_cb: IterCallback | None = None,
+    proj_iterate_cb: Callable[[Tensor], Tensor] | None = None,
     lml_verbose: int = 0,
     lml_eps: float = 1e-3,
     normalize: bool = True,
-    iter_eps: Optional[float] = 1e-4,
+    iter_eps: float | None = 1e-4,
     *,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     return_best: bool = False,
-    dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Minimise ``f`` with (differentiable) CEM over an isotropic Gaussian.
 
@@ -215,7 +262,9 @@ def dcem(
     n_sample = _check_int("n_sample", n_sample, 1)
     n_iter = _check_int("n_iter", n_iter, 1)
     if isinstance(n_elite, bool) or not isinstance(n_elite, Integral) or not 1 <= n_elite <= n_sample:
-        raise ValueError(f"n_elite must be an integer with 1 <= n_elite <= n_sample = {n_sample}, got {n_elite!r}")
+        raise ValueError(
+            f"n_elite must be an integer with 1 <= n_elite <= n_sample = {n_sample}, got {n_elite!r}"
+        )
     n_elite = int(n_elite)
     if temp is not None and not isinstance(temp, Tensor):
         if isinstance(temp, bool) or not isinstance(temp, Real) or not (temp >= 0 and math.isfinite(temp)):
@@ -244,7 +293,9 @@ def dcem(
         if temp.dim() == 0:
             temp = temp.expand(n_batch)
         if temp.shape != (n_batch,):
-            raise ValueError(f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}")
+            raise ValueError(
+                f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}"
+            )
         if temp.device.type == "cpu" and not bool((temp > 0).all()):
             raise ValueError("temp tensor must be > 0 (use temp=None for hard CEM)")
 
@@ -252,8 +303,8 @@ def dcem(
     check_iters = bool(iter_eps) and on_cpu
     done = torch.zeros(n_batch, 1, dtype=torch.bool, device=dev)
     all_invalid = torch.zeros((), dtype=torch.bool, device=dev)
-    best_x: Optional[Tensor] = None
-    best_f: Optional[Tensor] = None
+    best_x: Tensor | None = None
+    best_f: Tensor | None = None
     for i in range(n_iter):
         eps = torch.randn(n_batch, n_sample, nx, generator=generator, device=dev, dtype=dtype)
         X = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
@@ -265,26 +316,35 @@ def dcem(
             )
         if proj_iterate_cb is not None:
             X = proj_iterate_cb(X)
-        fX = _values(f(X), n_batch, n_sample)
-        I, n_valid = _elite_weights(fX, n_elite, temp, normalize)
-        none_valid = (n_valid == 0).any()
-        if on_cpu:
-            if bool(none_valid):
-                raise ValueError(
-                    f"every sample of some batch element has a NaN or +inf value (iteration {i})"
-                )
+        fX = _values(f(X), n_batch, n_sample, dtype)
+        if temp is None:
+            idx, w_e = _hard_elites(fX, n_elite, on_cpu)
+            X_e = X.gather(1, idx.unsqueeze(-1).expand(n_batch, n_elite, nx))
+            wsum = w_e.sum(-1, keepdim=True)
+            new_mu, new_sigma = _moments(w_e, X_e, wsum)
+            I = None
+            all_valid = False
         else:
-            all_invalid = all_invalid | none_valid
-        w = I.unsqueeze(-1)
-        X_I = w * X
-        wsum = w.sum(1).clamp_min(torch.finfo(dtype).tiny)
-        new_mu = X_I.sum(1) / wsum
-        var = (w * (X - new_mu.unsqueeze(1)).pow(2)).sum(1) / wsum
-        new_sigma = var.clamp_min(torch.finfo(dtype).tiny).sqrt()
+            all_valid = on_cpu and bool(torch.isfinite(fX).all())
+            I = _soft_weights(fX, n_elite, temp, normalize, all_valid)
+            wsum = I.sum(-1, keepdim=True)
+            new_mu, new_sigma = _moments(I, X, wsum)
+        if not all_valid:
+            none_valid = (wsum == 0).any()
+            if on_cpu:
+                if bool(none_valid):
+                    raise ValueError(
+                        f"every sample of some batch element has a NaN or +inf value (iteration {i})"
+                    )
+            else:
+                all_invalid = all_invalid | none_valid
         if return_best:
-            fb = torch.where(I > 0, fX, torch.full_like(fX, math.inf)).detach()
-            fmin, arg = fb.min(-1)
-            xb = X.gather(1, arg.view(n_batch, 1, 1).expand(n_batch, 1, nx)).squeeze(1)
+            if I is None:
+                fb, Xb = torch.where(w_e > 0, fX.gather(1, idx), math.inf), X_e
+            else:
+                fb, Xb = torch.where(I > 0, fX, math.inf), X
+            fmin, arg = fb.detach().min(-1)
+            xb = Xb.gather(1, arg.view(n_batch, 1, 1).expand(n_batch, 1, nx)).squeeze(1)
             if best_x is None:
                 best_x, best_f = xb, fmin
             else:
@@ -300,7 +360,10 @@ def dcem(
         else:
             mu, sigma = new_mu, new_sigma
         if iter_cb is not None:
-            iter_cb(i, X, fX, w, X_I, mu, sigma)
+            if I is None:
+                I = torch.zeros_like(fX).scatter(1, idx, w_e)
+            w = I.unsqueeze(-1)
+            iter_cb(i, X, fX, w, w * X, mu, sigma)
         if check_iters and bool(done.all()):
             break
     if not on_cpu and bool(all_invalid):

@@ -12,6 +12,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.dcem-installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[${extras}]"
+    .venv/bin/python -m pip install -qq -c constraints.txt -e ".[${extras}]"
     touch "$stamp"
 fi
