@@ -68,6 +68,8 @@ def rollout_cost(
     Returns:
         costs of shape ``broadcast(x_init.shape[:-1], u.shape[1:-1])``.
     """
+    if u.dim() < 2 or u.shape[0] < 1:
+        raise ValueError(f"u must be time-major (H, ..., n_ctrl) with H >= 1, got {tuple(u.shape)}")
     x = x_init
     total: Tensor | float = 0.0
     gamma = 1.0
@@ -77,8 +79,7 @@ def rollout_cost(
         gamma *= discount
     if terminal_cost is not None:
         total = total + gamma * terminal_cost(x)
-    assert isinstance(total, Tensor)
-    return total
+    return total  # type: ignore[return-value]  # a Tensor since H >= 1
 
 
 class _BestTracker:
@@ -490,7 +491,8 @@ class MPC(nn.Module):
         if self.rollout_fn is not None:
             c = self.rollout_fn(x0, u)
         else:
-            assert self.dx is not None and self.cost is not None
+            if self.dx is None or self.cost is None:  # unreachable: the constructor sets them
+                raise RuntimeError("MPC has neither a rollout function nor dx and cost")
             c = rollout_cost(self.dx, self.cost, x0, u, self.terminal_cost)
         if not isinstance(c, Tensor) or c.shape != (x0.shape[0],):
             got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
