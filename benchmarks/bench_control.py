@@ -112,12 +112,10 @@ def main() -> None:
     rows.append(("CEM plan, full space 1000 x 10 it", t, (10 * 1000 + 2) * H, None))
 
     torch.manual_seed(0)
-    dec = ActionDecoder(
-        2, H, 1, dx.u_lower, dx.u_upper, hidden_sizes=(256, 256, 256), activation="elu"
-    ).to(dev)
-    ctrl = LatentDCEMController(
-        dec, dx, cartpole_swingup_cost, n_sample=100, n_elite=10, n_iter=10, temp=1.0
+    dec = ActionDecoder(2, H, 1, dx.u_lower, dx.u_upper, hidden_sizes=(256, 256, 256), activation="elu").to(
+        dev
     )
+    ctrl = LatentDCEMController(dec, dx, cartpole_swingup_cost, n_sample=100, n_elite=10, n_iter=10, temp=1.0)
     n_eval = (10 * 100 + 2) * H
     with torch.no_grad():
         t = timeit(lambda: ctrl.solve(x1, generator=g), args.repeats, dev)
@@ -137,12 +135,8 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
     rows.append(("Alg. 2 training step (n_batch=1)", t, n_eval, mem))
 
-    print(
-        f"device={dev} threads={torch.get_num_threads()} repeats={args.repeats} torch={torch.__version__}"
-    )
-    print(
-        f"{'case':48s} {'median s':>10s} {'x baseline':>10s} {'us/dyn eval':>12s} {'saved for bwd':>14s}"
-    )
+    print(f"device={dev} threads={torch.get_num_threads()} repeats={args.repeats} torch={torch.__version__}")
+    print(f"{'case':48s} {'median s':>10s} {'x baseline':>10s} {'us/dyn eval':>12s} {'saved for bwd':>14s}")
     for name, t, n, m in rows:
         ms = f"{m / 2**20:.1f} MiB" if m is not None else "-"
         print(f"{name:48s} {t:10.4f} {t / base:10.1f} {1e6 * t / n:12.3f} {ms:>14s}")

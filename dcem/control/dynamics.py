@@ -33,9 +33,7 @@ def check_state(x: Tensor, n_state: int, name: str = "x") -> Tensor:
     rollouts. Returns ``x`` unchanged.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor of shape (..., {n_state}), got {type(x).__name__}"
-        )
+        raise TypeError(f"{name} must be a torch.Tensor of shape (..., {n_state}), got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() == 0 or x.shape[-1] != n_state:

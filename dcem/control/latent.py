@@ -93,26 +93,16 @@ class LatentDCEMController(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(decoder, nn.Module) or not hasattr(decoder, "n_latent"):
-            raise TypeError(
-                "decoder must be an ActionDecoder-like nn.Module with n_latent/horizon/n_ctrl"
-            )
+            raise TypeError("decoder must be an ActionDecoder-like nn.Module with n_latent/horizon/n_ctrl")
         if not isinstance(dx, Dynamics):
             raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
         if decoder.n_ctrl != dx.n_ctrl:
-            raise ValueError(
-                f"decoder.n_ctrl = {decoder.n_ctrl} does not match dx.n_ctrl = {dx.n_ctrl}"
-            )
+            raise ValueError(f"decoder.n_ctrl = {decoder.n_ctrl} does not match dx.n_ctrl = {dx.n_ctrl}")
         for name, v in (("n_sample", n_sample), ("n_iter", n_iter)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if (
-            isinstance(n_elite, bool)
-            or not isinstance(n_elite, int)
-            or not 1 <= n_elite <= n_sample
-        ):
-            raise ValueError(
-                f"n_elite must be an integer in [1, n_sample = {n_sample}], got {n_elite!r}"
-            )
+        if isinstance(n_elite, bool) or not isinstance(n_elite, int) or not 1 <= n_elite <= n_sample:
+            raise ValueError(f"n_elite must be an integer in [1, n_sample = {n_sample}], got {n_elite!r}")
         if temp is not None and (not isinstance(temp, Real) or temp < 0 or not math.isfinite(temp)):
             raise ValueError(f"temp must be None or a finite float >= 0, got {temp!r}")
         if not (isinstance(init_sigma, Real) and init_sigma > 0):
@@ -188,9 +178,7 @@ class LatentDCEMController(nn.Module):
         if squeeze:
             x_init = x_init.unsqueeze(0)
         if x_init.dim() != 2:
-            raise ValueError(
-                f"x_init must have shape (n_batch, n_state), got {tuple(x_init.shape)}"
-            )
+            raise ValueError(f"x_init must have shape (n_batch, n_state), got {tuple(x_init.shape)}")
         B = x_init.shape[0]
         f = self.latent_cost(x_init)
         tracker = _BestTracker()
@@ -237,9 +225,7 @@ def imitation_loss(u_policy: Tensor, u_expert: Tensor, u_lower: Tensor, u_upper:
         scalar ``mean(((u_policy - u_expert) / (u_upper - u_lower))^2)``.
     """
     if u_policy.shape != u_expert.shape:
-        raise ValueError(
-            f"u_policy {tuple(u_policy.shape)} and u_expert {tuple(u_expert.shape)} must match"
-        )
+        raise ValueError(f"u_policy {tuple(u_policy.shape)} and u_expert {tuple(u_expert.shape)} must match")
     scale = (u_upper - u_lower).to(u_policy)
     return ((u_policy - u_expert.to(u_policy)) / scale).pow(2).mean()
 

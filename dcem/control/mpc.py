@@ -112,9 +112,7 @@ def _chain(*cbs: Callable[..., None] | None) -> Callable[..., None]:
     return cb
 
 
-def select_solution(
-    mu: Tensor, cost_mu: Tensor, tracker: _BestTracker, select: str
-) -> tuple[Tensor, Tensor]:
+def select_solution(mu: Tensor, cost_mu: Tensor, tracker: _BestTracker, select: str) -> tuple[Tensor, Tensor]:
     """Pick the returned solution ``(n_batch, d)``: the final mean, the best sample or the better.
 
     A mean with a non-finite cost is always replaced by the best finite sample. Returns the
@@ -217,9 +215,7 @@ def dcem_ctrl(
     if select not in ("mean", "best", "min"):
         raise ValueError(f"select must be 'mean', 'best' or 'min', got {select!r}")
     if Q is not None and Q_reduce not in ("mean", "max", "min"):
-        raise ValueError(
-            f"Q_reduce must be 'mean', 'max' or 'min' when Q is given, got {Q_reduce!r}"
-        )
+        raise ValueError(f"Q_reduce must be 'mean', 'max' or 'min' when Q is given, got {Q_reduce!r}")
     if u_decode is not None:
         if u_latent_dim is None:
             raise ValueError("u_latent_dim is required with u_decode")
@@ -246,9 +242,7 @@ def dcem_ctrl(
         ):
             return v.repeat(T)
         if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[-1] not in (1, d):
-            raise ValueError(
-                f"{name} must have {n_ctrl} (per control) or {d} entries, got {tuple(v.shape)}"
-            )
+            raise ValueError(f"{name} must have {n_ctrl} (per control) or {d} entries, got {tuple(v.shape)}")
         return v
 
     lb, ub = bounds("lb", lb), bounds("ub", ub)
@@ -278,9 +272,7 @@ def dcem_ctrl(
         if Q is not None:
             qs = Q(xs[-1], u[-1])
             q = torch.cat(tuple(qs[:2]), dim=1)
-            qT = (
-                q.mean(1) if Q_reduce == "mean" else (q.amax(1) if Q_reduce == "max" else q.amin(1))
-            )
+            qT = q.mean(1) if Q_reduce == "mean" else (q.amax(1) if Q_reduce == "max" else q.amin(1))
             rews = rews + discount ** (T - 1) * qT
         obj = -rews
         if T > 1 and slew_rate_penalty:
@@ -399,14 +391,8 @@ class MPC(nn.Module):
         self.horizon = _pos_int("horizon", horizon)
         self.n_sample = _pos_int("n_sample", n_sample)
         self.n_iter = _pos_int("n_iter", n_iter)
-        if (
-            isinstance(n_elite, bool)
-            or not isinstance(n_elite, Integral)
-            or not 1 <= n_elite <= n_sample
-        ):
-            raise ValueError(
-                f"n_elite must be an integer in [1, n_sample = {n_sample}], got {n_elite!r}"
-            )
+        if isinstance(n_elite, bool) or not isinstance(n_elite, Integral) or not 1 <= n_elite <= n_sample:
+            raise ValueError(f"n_elite must be an integer in [1, n_sample = {n_sample}], got {n_elite!r}")
         self.n_elite = int(n_elite)
         if temp is not None and (not isinstance(temp, Real) or temp < 0 or not math.isfinite(temp)):
             raise ValueError(f"temp must be None or a finite float >= 0, got {temp!r}")
@@ -461,11 +447,7 @@ class MPC(nn.Module):
         self._warm: Tensor | None = None
 
     def _bound(self, name: str, v: float | Tensor) -> Tensor:
-        t = (
-            torch.as_tensor(v, dtype=torch.get_default_dtype())
-            if not isinstance(v, Tensor)
-            else v.detach()
-        )
+        t = torch.as_tensor(v, dtype=torch.get_default_dtype()) if not isinstance(v, Tensor) else v.detach()
         if t.dim() > 1 or (t.dim() == 1 and t.numel() not in (1, self.n_ctrl)):
             raise ValueError(
                 f"{name} must be a float or have shape (n_ctrl,) = ({self.n_ctrl},), got {tuple(t.shape)}"
@@ -518,9 +500,7 @@ class MPC(nn.Module):
         if squeeze:
             x = x.unsqueeze(0)
         if x.dim() != 2:
-            raise ValueError(
-                f"x must have shape (n_batch, n_state) or (n_state,), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (n_batch, n_state) or (n_state,), got {tuple(x.shape)}")
         B, H, m = x.shape[0], self.horizon, self.n_ctrl
         lo = self.u_lower.to(x).repeat(H)
         hi = self.u_upper.to(x).repeat(H)
@@ -611,9 +591,7 @@ class MPC(nn.Module):
         n_steps = _pos_int("n_steps", n_steps)
         env = env if env is not None else self.dx
         if env is None:
-            raise ValueError(
-                "env is required when the controller was built from a rollout function"
-            )
+            raise ValueError("env is required when the controller was built from a rollout function")
         check_state(x_init, self.n_state, "x_init")
         self.reset()
         xs, us, pcs, cs = [x_init], [], [], []

@@ -15,9 +15,7 @@ from dcem.control import (
 
 def _small(dx, temp=1.0, n_latent=2, H=6, dtype=torch.float32, seed=0, **kw):
     torch.manual_seed(seed)
-    dec = ActionDecoder(
-        n_latent, H, dx.n_ctrl, dx.u_lower, dx.u_upper, hidden_sizes=(16,), activation="elu"
-    )
+    dec = ActionDecoder(n_latent, H, dx.n_ctrl, dx.u_lower, dx.u_upper, hidden_sizes=(16,), activation="elu")
     opts = dict(n_sample=20, n_elite=4, n_iter=3, temp=temp)
     opts.update(kw)
     return LatentDCEMController(dec.to(dtype), dx.to(dtype), **opts)
@@ -37,9 +35,7 @@ def test_solve_shapes_bounds_and_cost():
     # the latent objective C(z) agrees with a per-sample rollout
     z = torch.rand(3, 5, 2) * 2 - 1
     C = ctrl.latent_cost(x)(z)
-    ref = torch.stack(
-        [rollout_cost(dx, cartpole_swingup_cost, x, ctrl.decode(z[:, j])) for j in range(5)], 1
-    )
+    ref = torch.stack([rollout_cost(dx, cartpole_swingup_cost, x, ctrl.decode(z[:, j])) for j in range(5)], 1)
     torch.testing.assert_close(C, ref)
     # 1-D state and the policy
     assert ctrl.solve(x[0]).u.shape == (6, 1)

@@ -68,9 +68,7 @@ def test_mpc_matches_lqr_batch():
     assert plan.u.shape == (H, 3, 1) and plan.cost.shape == (3,)
     for b in range(3):
         ref = _lqr_first_action(A, B, Q, R, x0[b], H)
-        assert float(plan.u[0, b, 0]) == pytest.approx(
-            float(ref[0]), abs=0.15 * max(1.0, abs(float(ref[0])))
-        )
+        assert float(plan.u[0, b, 0]) == pytest.approx(float(ref[0]), abs=0.15 * max(1.0, abs(float(ref[0]))))
     # plan cost is the rollout cost of the returned plan
     torch.testing.assert_close(plan.cost, rollout_cost(dx, cost, x0, plan.u))
 
@@ -139,9 +137,7 @@ def test_dcem_ctrl_dx_rew_step_and_latent_decode():
     assert out["u"].shape == (10, 2, 1) and out["u"].abs().max() <= 100
     torch.testing.assert_close(out["cost"], rollout_cost(dx, cartpole_swingup_cost, x, out["u"]))
     # discounted default rollout: cost = -sum_t 0.9^t r(x_t, u_t)
-    out = dcem_ctrl(
-        x, 10, 0.0, 50.0, 30, 5, 2, rew, 1, None, None, dx=dx, lb=-100.0, ub=100.0, discount=0.9
-    )
+    out = dcem_ctrl(x, 10, 0.0, 50.0, 30, 5, 2, rew, 1, None, None, dx=dx, lb=-100.0, ub=100.0, discount=0.9)
     xs = dx.rollout(x, out["u"])
     ref = -sum(0.9**t * rew(xs[t], out["u"][t]) for t in range(10))
     torch.testing.assert_close(out["cost"], ref)
@@ -222,9 +218,7 @@ def test_warm_start_shift_and_bounds_per_dim():
         generator=torch.Generator().manual_seed(0),
     )
     plan = ctrl.plan(torch.zeros(2, 1))
-    assert bool(
-        (plan.u[..., 0] >= -1).all() and (plan.u[..., 1] <= 5).all() and (plan.u[..., 1] >= 0).all()
-    )
+    assert bool((plan.u[..., 0] >= -1).all() and (plan.u[..., 1] <= 5).all() and (plan.u[..., 1] >= 0).all())
     torch.testing.assert_close(plan.u[..., 0], torch.full((3, 2), -1.0), atol=0.05, rtol=0)
     torch.testing.assert_close(plan.u[..., 1], torch.full((3, 2), 5.0), atol=0.2, rtol=0)
     warm = ctrl.warm_plan
@@ -355,9 +349,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="plan_horizon"):
         dcem_ctrl(torch.zeros(1, 5), 0, 0.0, 1.0, 10, 2, 1, None, 1, None, lambda x, u: (None, x[:, 0]))
     with pytest.raises(ValueError, match="obs"):
-        dcem_ctrl(
-            torch.zeros(1, 1, 5), 3, 0.0, 1.0, 10, 2, 1, None, 1, None, lambda x, u: (None, x[:, 0])
-        )
+        dcem_ctrl(torch.zeros(1, 1, 5), 3, 0.0, 1.0, 10, 2, 1, None, 1, None, lambda x, u: (None, x[:, 0]))
     with pytest.raises(ValueError, match="unroll_dx"):
         dcem_ctrl(torch.zeros(1, 5), 3, 0.0, 1.0, 10, 2, 1, None, 1, None, lambda x, u: (None, x))
     with pytest.raises(ValueError, match="lb"):

@@ -32,9 +32,7 @@ def _rows(path):
 def test_config_composes_with_overrides():
     cfg = cartpole.load_config(["decoder.n_latent=8", "dcem.temp=0.1"])
     assert cfg.decoder.n_latent == 8 and cfg.dcem.temp == 0.1
-    assert (
-        cfg.horizon == 20 and cfg.dcem.n_sample == 100 and cfg.expert.n_sample >= 10 * cfg.dcem.n_sample
-    )
+    assert cfg.horizon == 20 and cfg.dcem.n_sample == 100 and cfg.expert.n_sample >= 10 * cfg.dcem.n_sample
 
 
 def test_train_writes_outputs_and_resumes(tmp_path):
@@ -86,9 +84,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     cartpole.main([f"out_dir={a}", "n_train_iter=4", "plots=false", *TINY])
-    cartpole.main(
-        [f"out_dir={b}", "n_train_iter=2", "plots=false", *TINY]
-    )  # "interrupted" after 2 updates
+    cartpole.main([f"out_dir={b}", "n_train_iter=2", "plots=false", *TINY])  # "interrupted" after 2 updates
     cartpole.main([f"out_dir={b}", "n_train_iter=4", "plots=false", *TINY])
     ra = [r for r in _rows(a / "log.csv") if r["mode"] == "train"]
     rb = [r for r in _rows(b / "log.csv") if r["mode"] == "train"]
@@ -122,9 +118,7 @@ def test_vis_mode_redoes_plots(tmp_path):
     cartpole.main([f"out_dir={out}", "n_train_iter=2", "plots=false", *TINY])
     assert not (out / "fig3.png").exists()
     cartpole.main([f"out_dir={out}", "mode=vis", *TINY])
-    assert (
-        (out / "fig3.png").exists() and (out / "surface.png").exists() and (out / "curves.png").exists()
-    )
+    assert (out / "fig3.png").exists() and (out / "surface.png").exists() and (out / "curves.png").exists()
 
 
 def test_bad_mode(tmp_path):
@@ -136,9 +130,7 @@ def test_bad_mode(tmp_path):
 def test_short_run_beats_random_decoder_and_approaches_expert(tmp_path):
     """~300 Alg. 2 updates at the paper's settings (a few minutes on one core)."""
     out = tmp_path / "short"
-    cartpole.main(
-        [f"out_dir={out}", "n_train_iter=300", "progress=false", "plots=false", "val_interval=50"]
-    )
+    cartpole.main([f"out_dir={out}", "n_train_iter=300", "progress=false", "plots=false", "val_interval=50"])
     s = json.loads((out / "summary.json").read_text())
     assert s["latent_test_cost"] < s["random_decoder_test_cost"] - 5.0
     assert s["improvement_factor_test"] > 0.5

@@ -47,9 +47,7 @@ def load_config(argv: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=list(argv))
 
 
-def _plots(
-    cfg: DictConfig, run_dir: Path, n_latent: int | None = None, temp: float | None = None
-) -> dict:
+def _plots(cfg: DictConfig, run_dir: Path, n_latent: int | None = None, temp: float | None = None) -> dict:
     from dcem.control import CartpoleDx
     from dcem.experiments.cartpole.plots import plot_curves, plot_fig3, plot_surface
     from dcem.experiments.cartpole.run import (
@@ -72,17 +70,13 @@ def _plots(
         if (run_dir / "expert.json").exists()
         else None
     )
-    expert_mean = (
-        float(torch.tensor(expert).mean()) if expert else summary.get("expert_cost", float("nan"))
-    )
+    expert_mean = float(torch.tensor(expert).mean()) if expert else summary.get("expert_cost", float("nan"))
     rows = read_csv(run_dir / "log.csv")
     plot_curves(rows, expert_mean, ck.get("random_cost"), run_dir / "curves.png")
     x_val = validation_states(cfg, dx)
     k = int(cfg.vis.n_states)
     plot_surface(ctrl, x_val[:k], run_dir / "surface.png", grid=int(cfg.vis.grid))
-    return plot_fig3(
-        ctrl, make_expert(cfg, dx), x_val[0], run_dir / "fig3.png", n_lines=int(cfg.vis.n_lines)
-    )
+    return plot_fig3(ctrl, make_expert(cfg, dx), x_val[0], run_dir / "fig3.png", n_lines=int(cfg.vis.n_lines))
 
 
 def main(argv: list[str]) -> None:
@@ -100,9 +94,7 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"mode must be train, ablation, vis or eval, got {cfg.mode!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(int(cfg.num_threads))
-    run_dir = (
-        Path(cfg.out_dir) if cfg.out_dir else Path("runs/cartpole") / time.strftime("%Y%m%d-%H%M%S")
-    )
+    run_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs/cartpole") / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log.info("run folder %s", run_dir)

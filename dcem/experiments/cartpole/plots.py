@@ -124,9 +124,7 @@ def plot_fig3(
 
 
 @torch.no_grad()
-def plot_surface(
-    ctrl: LatentDCEMController, x0: Tensor, path: Path, grid: int = 41, seed: int = 0
-) -> None:
+def plot_surface(ctrl: LatentDCEMController, x0: Tensor, path: Path, grid: int = 41, seed: int = 0) -> None:
     """Latent cost surfaces ``C(z)`` (eq. 8) for initial states ``x0 (k, 5)``, with the DCEM solutions.
 
     For ``n_latent > 2`` the surface is the slice through the first two latent coordinates with

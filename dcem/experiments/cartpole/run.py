@@ -47,9 +47,7 @@ def validation_states(cfg: DictConfig, dx: CartpoleDx) -> Tensor:
     return dx.sample_state(int(cfg.n_val), torch.Generator().manual_seed(int(cfg.val_seed)))
 
 
-def make_controller(
-    cfg: DictConfig, dx: CartpoleDx, n_latent: int | None = None, temp: float | None = None
-):
+def make_controller(cfg: DictConfig, dx: CartpoleDx, n_latent: int | None = None, temp: float | None = None):
     """Decoder + latent DCEM controller from the config (optionally overriding size / temperature)."""
     nz = int(cfg.decoder.n_latent if n_latent is None else n_latent)
     tau = float(cfg.dcem.temp if temp is None else temp)
@@ -251,9 +249,7 @@ def train(
             )
             if val < best_val:
                 best_val = val
-                atomic_torch_save(
-                    {"decoder": ctrl.decoder.state_dict(), "iter": it, "val": val}, best_path
-                )
+                atomic_torch_save({"decoder": ctrl.decoder.state_dict(), "iter": it, "val": val}, best_path)
             bar.set_postfix(val=f"{val:.2f}", expert=f"{expert_mean:.2f}")
         if it == n_iters:
             break
