@@ -272,7 +272,7 @@ def _solve(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -> t
     return _solve_from_kth(x, tau, k, n_iter, host)
 
 
-class _LMLFunction(torch.autograd.Function):
+class _LMLCore(torch.autograd.Function):
     """``y = sigmoid(u)`` where ``u`` solves the LML dual for ``x``; backward from the KKT system.
 
     The dual solve happens outside (without autograd); this function only attaches the
@@ -309,27 +309,6 @@ class _LMLFunction(torch.autograd.Function):
             ctx.tau = tau
 
     @staticmethod
-    def jvp(ctx, x_t: Tensor | None, tau_t: Tensor | None, _u_t: Tensor | None) -> Tensor:  # type: ignore[override]
-        """Forward mode: ``y_t = J_x x_t + (dy/dtau) tau_t`` with the same KKT Jacobian."""
-        if ctx.tau_is_tensor:
-            y, tau, u = ctx.saved_tensors
-        else:
-            (y,) = ctx.saved_tensors
-            tau = ctx.tau
-        d = y - y * y
-        dsum = d.sum(-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
-        y_t = torch.zeros_like(y)
-        if x_t is not None:
-            dx = d * x_t
-            y_t = (dx - d * (dx.sum(-1, keepdim=True) / dsum)) / tau
-        if ctx.tau_is_tensor and tau_t is not None:
-            live = d > 0
-            u_f = torch.where(live, u, torch.zeros_like(u))
-            ubar = (d * u_f).sum(-1, keepdim=True) / dsum
-            y_t = y_t - d * (u_f - ubar) * (tau_t / tau)
-        return y_t
-
-    @staticmethod
     def backward(ctx, grad_y: Tensor):  # type: ignore[override]
         if ctx.tau_is_tensor:
             y, tau, u = ctx.saved_tensors
@@ -361,6 +340,35 @@ class _LMLFunction(torch.autograd.Function):
             ubar = (d * u_f).sum(-1, keepdim=True) / dsum
             grad_tau = -(dg * (u_f - ubar)).sum(-1, keepdim=True) / tau
         return grad_x, grad_tau, None
+
+
+class _LMLFunction(_LMLCore):
+    """:class:`_LMLCore` with forward-mode AD (``torch.func.jacfwd``, ``forward_ad``).
+
+    Kept separate because ``torch.compile`` cannot trace a custom ``jvp``; compiled code
+    uses :class:`_LMLCore`.
+    """
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor | None, tau_t: Tensor | None, _u_t: Tensor | None) -> Tensor:  # type: ignore[override]
+        """Forward mode: ``y_t = J_x x_t + (dy/dtau) tau_t`` with the same KKT Jacobian."""
+        if ctx.tau_is_tensor:
+            y, tau, u = ctx.saved_tensors
+        else:
+            (y,) = ctx.saved_tensors
+            tau = ctx.tau
+        d = y - y * y
+        dsum = d.sum(-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+        y_t = torch.zeros_like(y)
+        if x_t is not None:
+            dx = d * x_t
+            y_t = (dx - d * (dx.sum(-1, keepdim=True) / dsum)) / tau
+        if ctx.tau_is_tensor and tau_t is not None:
+            live = d > 0
+            u_f = torch.where(live, u, torch.zeros_like(u))
+            ubar = (d * u_f).sum(-1, keepdim=True) / dsum
+            y_t = y_t - d * (u_f - ubar) * (tau_t / tau)
+        return y_t
 
 
 def _host_checks_ok(t: Tensor) -> bool:
@@ -451,7 +459,8 @@ def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = No
             RuntimeWarning,
             stacklevel=2,
         )
-    y = _LMLFunction.apply(x2, tau2, u)
+    fn = _LMLCore if torch.compiler.is_compiling() else _LMLFunction
+    y = fn.apply(x2, tau2, u)
     if x.dim() != 2:
         y = y.reshape(x.shape)
     return y if y.dtype == in_dtype else y.to(in_dtype)
