@@ -91,11 +91,15 @@ def bench_lml(batch: int, repeats: int, ref_layer) -> dict:
 # ----------------------------------------------------------------------------- CEM / DCEM
 
 
-def objective(theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Squared distance to ``theta`` plus ``0.1 * sum(sin(3 x))``: ``(B, N, nx) -> (B, N)``."""
+def objective(theta: torch.Tensor, wiggle: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Squared distance to ``theta`` (plus ``0.1 * sum(sin(3 x))`` if ``wiggle``): ``(B, N, nx) -> (B, N)``.
+
+    The issue's baselines: a quadratic for hard CEM, the wiggly one for DCEM.
+    """
 
     def f(X: torch.Tensor) -> torch.Tensor:
-        return (X - theta.unsqueeze(1)).pow(2).sum(-1) + 0.1 * torch.sin(3 * X).sum(-1)
+        v = (X - theta.unsqueeze(1)).pow(2).sum(-1)
+        return v + 0.1 * torch.sin(3 * X).sum(-1) if wiggle else v
 
     return f
 
@@ -125,7 +129,7 @@ def bench_cem(kind: str, n_batch: int, nx: int, repeats: int, ref_fn) -> dict:
     temp = None if kind == "cem" else 1.0
     g = torch.Generator().manual_seed(0)
     theta = torch.randn(n_batch, nx, generator=g).requires_grad_(kind == "dcem")
-    f = objective(theta)
+    f = objective(theta, wiggle=kind == "dcem")
     kwargs = dict(n_batch=n_batch, n_sample=n_sample, n_elite=n_elite, n_iter=n_iter, normalize=True)
 
     def run(fn):

@@ -300,6 +300,7 @@ def dcem(
             raise ValueError("temp tensor must be > 0 (use temp=None for hard CEM)")
 
     on_cpu = dev.type == "cpu"
+    rows = torch.arange(n_batch, device=dev).unsqueeze(-1) * n_sample  # (n_batch, 1) offsets
     check_iters = bool(iter_eps) and on_cpu
     done = torch.zeros(n_batch, 1, dtype=torch.bool, device=dev)
     all_invalid = torch.zeros((), dtype=torch.bool, device=dev)
@@ -319,7 +320,10 @@ def dcem(
         fX = _values(f(X), n_batch, n_sample, dtype)
         if temp is None:
             idx, w_e = _hard_elites(fX, n_elite, on_cpu)
-            X_e = X.gather(1, idx.unsqueeze(-1).expand(n_batch, n_elite, nx))
+            # row-offset indices into the flattened samples: index_select is much faster than
+            # gather with an expanded index on CPU
+            flat = (idx + rows).reshape(-1)
+            X_e = X.reshape(n_batch * n_sample, nx).index_select(0, flat).view(n_batch, n_elite, nx)
             wsum = w_e.sum(-1, keepdim=True)
             new_mu, new_sigma = _moments(w_e, X_e, wsum)
             I = None
