@@ -148,9 +148,13 @@ def _soft_weights(
     """
     tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
     n = fX.shape[-1]
-    if all_valid:
-        v = _standardize(fX) if normalize and n > 1 else fX
-        return lml(v / -tscale, n_elite, 1.0)
+    if all_valid:  # (a CPU-only path: reading var on the host is free)
+        if normalize and n > 1:
+            var, mean = torch.var_mean(fX, -1, keepdim=True)
+            if bool(torch.isfinite(var).all()):
+                return lml((mean - fX) / ((var.sqrt() + 1e-6) * tscale), n_elite, 1.0)
+            fX = _standardize(fX)  # squares overflowed: rescale before squaring
+        return lml(fX / -tscale, n_elite, 1.0)
     valid = ~_invalid(fX)
     finite = torch.isfinite(fX)  # valid and not -inf
     n_valid = valid.sum(-1, keepdim=True)

@@ -106,14 +106,13 @@ def _newton(
     n = z.shape[-1]
     # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
     tol = torch.finfo(z.dtype).eps * k * (8 + math.log2(n))
-    tiny = torch.finfo(z.dtype).tiny
     lower_form = 2 * k <= n
     for _ in range(n_iter):
         y = torch.sigmoid_(z + nu)
         s = y.sum(-1, keepdim=True)
-        ds = s - torch.linalg.vecdot(y, y).unsqueeze(-1)  # sum of y (1 - y)
+        ds = torch.addcmul(y, y, y, value=-1.0).sum(-1, keepdim=True)  # sum of y (1 - y)
         r = k - s
-        if early_exit and bool(r.abs().amax() <= tol):
+        if early_exit and r.abs().max().item() <= tol:
             return nu, True
         below = r > 0
         lo = torch.where(below, nu, lo)
@@ -125,8 +124,9 @@ def _newton(
             step = torch.log1p(r / s) * s
         else:
             step = torch.log1p(r / (n - k)) * (n - s)
-        cand = nu + step / ds.clamp_min(tiny)
-        nu = torch.where((cand >= lo) & (cand <= hi), cand, 0.5 * (lo + hi))
+        # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection
+        cand = nu + step / ds
+        nu = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
     return nu, False
 
 
