@@ -38,7 +38,7 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train every ``(method, seed)`` (resuming finished or interrupted runs) and analyse them.
 
     Returns:
-        the aggregates written to ``results.json``.
+        the aggregates written to ``results.json`` (empty when ``analyse=false``).
     """
     import torch
     from omegaconf import OmegaConf
@@ -69,6 +69,8 @@ def run(cfg: Any) -> dict[str, Any]:
             log.info("%s seed %s: train MSE %.4g, held-out MSE %.4g (%d updates, %.0f s)",
                      m, s, r["train_mse"], r["test_mse"], r["steps"], r["wall_s"])  # fmt: skip
             runs.append(r)
+    if not plain["analyse"]:
+        return {}
     results = analyse(plain, out_dir, runs)
     log.info("regression: summary\n%s", (out_dir / "summary.md").read_text())
     return results

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +29,7 @@ def target_fn(x: Tensor) -> Tensor:
 
 
 def make_data(
-    n_points: int = 100, dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None
+    n_points: int = 100, dtype: torch.dtype = torch.float32, device: torch.device | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The training grid and a held-out grid on ``[0, 2 pi]``.
 
@@ -75,7 +74,8 @@ class EnergyNet(nn.Module):
         (leading dimensions broadcast). Returns shape ``(...,)``."""
         if x.shape[-1] != self.n_x or y.shape[-1] != self.n_y:
             raise ValueError(
-                f"expected x (..., {self.n_x}) and y (..., {self.n_y}), got {tuple(x.shape)}, {tuple(y.shape)}"
+                f"expected x (..., {self.n_x}) and y (..., {self.n_y}), "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}"
             )
         lead = torch.broadcast_shapes(x.shape[:-1], y.shape[:-1])
         z = torch.cat((x.expand(*lead, self.n_x), y.expand(*lead, self.n_y)), dim=-1)
@@ -120,7 +120,7 @@ class UnrolledGD(nn.Module):
         self.inner_lr = float(inner_lr)
         self.y0 = float(y0)
 
-    def forward(self, x: Tensor, n_iter: Optional[int] = None, trajectory: bool = False) -> Tensor:
+    def forward(self, x: Tensor, n_iter: int | None = None, trajectory: bool = False) -> Tensor:
         """Predict for ``x`` of shape ``(n_batch, n_x)``.
 
         Args:
@@ -175,7 +175,7 @@ class DCEMPredictor(nn.Module):
         init_sigma: float = 7.0,
         y0: float = 0.0,
         normalize: bool = True,
-        iter_eps: Optional[float] = 1e-4,
+        iter_eps: float | None = 1e-4,
     ) -> None:
         super().__init__()
         self.energy = energy
@@ -195,7 +195,7 @@ class DCEMPredictor(nn.Module):
         self.iter_eps = iter_eps
 
     def forward(
-        self, x: Tensor, n_iter: Optional[int] = None, generator: Optional[torch.Generator] = None
+        self, x: Tensor, n_iter: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """Predict for ``x`` of shape ``(n_batch, n_x)``; returns ``(n_batch, n_y)``.
 

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,7 @@ def build(method: str, cfg: Mapping[str, Any], device: torch.device) -> tuple[En
 
 
 def predict(
-    predictor: nn.Module, x: Tensor, n_iter: Optional[int] = None, seed: Optional[int] = None
+    predictor: nn.Module, x: Tensor, n_iter: int | None = None, seed: int | None = None
 ) -> Tensor:
     """Prediction of either predictor for ``x`` ``(n, 1)`` -> ``(n, 1)``; the DCEM samples are
     drawn from a generator seeded with ``seed`` so evaluations are reproducible."""
@@ -90,7 +90,7 @@ def predict(
 
 
 def evaluate_mse(
-    predictor: nn.Module, x: Tensor, y: Tensor, n_iter: Optional[int] = None, seed: Optional[int] = None
+    predictor: nn.Module, x: Tensor, y: Tensor, n_iter: int | None = None, seed: int | None = None
 ) -> Tensor:
     """Mean squared error of the prediction (0-dim tensor, no graph)."""
     with torch.no_grad():
