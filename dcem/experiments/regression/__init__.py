@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,16 @@ def run(cfg: Any) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     """CLI entry point: ``dcem-exp regression [overrides...]``."""
+    if any(a in ("-h", "--help") for a in argv):
+        from omegaconf import OmegaConf
+
+        sys.stdout.write(
+            "usage: dcem-exp regression [scale=short|paper|tiny] [key=value ...]\n"
+            + (__doc__ or "")
+            + "\ndefault configuration:\n\n"
+            + OmegaConf.to_yaml(load_config([a for a in argv if a not in ("-h", "--help")]))
+        )
+        return
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run(load_config(argv))

@@ -152,7 +152,7 @@ def train_run(
     frozen = _frozen(cfg, method)
     rows: list[dict[str, Any]] = []
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ck["frozen"] != frozen:
             raise ValueError(
                 f"checkpoint {ckpt_path} was written with a different configuration "
@@ -161,7 +161,7 @@ def train_run(
         energy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"].to("cpu") if device.type == "cpu" else ck["gen"])
+        gen.set_state(ck["gen"].cpu())  # generator states are CPU byte tensors on every device
         step, wall = int(ck["step"]), float(ck["wall"])
         rows = [r for r in read_log(log_path) if r["step"] <= step]
         _atomic_write_rows(log_path, rows)
