@@ -165,7 +165,10 @@ def train_run(
         step, wall = int(ck["step"]), float(ck["wall"])
         rows = [r for r in read_log(log_path) if r["step"] <= step]
         _atomic_write_rows(log_path, rows)
-        log.info("%s seed %d: resumed at update %d", method, seed, step)
+        if step >= n_updates:
+            log.info("%s seed %d: already trained (%d updates), not retraining", method, seed, step)
+        else:
+            log.info("%s seed %d: resuming at update %d of %d", method, seed, step, n_updates)
     else:
         tr_mse = evaluate_mse(predictor, x, y, seed=eval_seed)
         te_mse = evaluate_mse(predictor, xt, yt, seed=eval_seed)
