@@ -1,0 +1,282 @@
+"""Post-training analysis of the regression experiment: summary tables, the test-time-iterations
+ablation (App. B), energy surfaces (fig. 2) and the figures written to the run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dcem.experiments.regression.model import make_data, target_fn
+from dcem.experiments.regression.train import build, predict, read_log, t_quantile_975
+
+__all__ = ["analyse", "mean_ci", "energy_grid", "grid_argmin"]
+
+log = logging.getLogger(__name__)
+
+_COLORS = {"gd": "tab:blue", "dcem": "tab:red"}
+_NAMES = {"gd": "unrolled GD", "dcem": "DCEM"}
+
+
+def mean_ci(values: Sequence[float] | Tensor) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95% Student-t interval (``nan`` for one value)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    n = v.numel()
+    if n == 0:
+        return math.nan, math.nan
+    m = float(v.mean())
+    if n == 1:
+        return m, math.nan
+    return m, t_quantile_975(n - 1) * float(v.std(unbiased=True)) / math.sqrt(n)
+
+
+def _band(arr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-column mean and 95% CI bounds of ``arr`` of shape ``(n_seeds, n_points)``."""
+    n = arr.shape[0]
+    m = arr.mean(0)
+    if n < 2:
+        return m, m, m
+    h = t_quantile_975(n - 1) * arr.std(0, unbiased=True) / math.sqrt(n)
+    return m, m - h, m + h
+
+
+def energy_grid(energy: nn.Module, xs: Tensor, ys: Tensor) -> Tensor:
+    """``E(x_i, y_j)`` on the grid; ``xs`` ``(nx,)``, ``ys`` ``(ny,)`` -> ``(ny, nx)``."""
+    with torch.no_grad():
+        X = xs.view(1, -1, 1).expand(ys.numel(), -1, 1)
+        Y = ys.view(-1, 1, 1).expand(-1, xs.numel(), 1)
+        return energy(X, Y)
+
+
+def grid_argmin(energy: nn.Module, x: Tensor, y_lo: float, y_hi: float, n: int = 2001) -> Tensor:
+    """The global minimiser of ``E(x, .)`` over a uniform grid of ``[y_lo, y_hi]``; ``x`` ``(m, 1)``
+    -> ``(m, 1)``."""
+    ys = torch.linspace(y_lo, y_hi, n, dtype=x.dtype, device=x.device)
+    E = energy_grid(energy, x.view(-1), ys)
+    return ys[E.argmin(0)].unsqueeze(-1)
+
+
+def _normalised_log_energy(E: Tensor) -> Tensor:
+    """Per-column (per-x) min-max normalisation, then ``log`` (the paper's fig. 2 display)."""
+    lo = E.amin(0, keepdim=True)
+    hi = E.amax(0, keepdim=True)
+    return torch.log((E - lo) / (hi - lo).clamp_min(1e-12) + 1e-3)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Evaluate the trained runs and write tables and figures into ``out_dir``.
+
+    Writes ``summary.csv`` (final metrics per run), ``ablation.csv`` (MSE for 1..max_iter
+    test-time iterations), ``results.json`` (aggregates with 95% CIs), ``summary.md`` and the
+    PNGs ``loss_curves.png``, ``energy_surfaces.png`` (fig. 2, first seed),
+    ``energy_surfaces_all_seeds.png``, ``ablation_mse.png`` and ``ablation_predictions.png``.
+
+    Returns:
+        the aggregates written to ``results.json``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    device = torch.device(cfg["device"])
+    methods = list(cfg["methods"])
+    seeds = [int(s) for s in cfg["seeds"]]
+    eval_seed = int(cfg["eval_seed"])
+    x, y, xt, yt = make_data(int(cfg["n_points"]), device=device)
+    y_lo, y_hi = (float(v) for v in cfg["plot"]["y_range"])
+    max_iter = int(cfg["ablation"]["max_iter"])
+    show = [int(k) for k in cfg["ablation"]["show_iters"]]
+
+    models: dict[tuple[str, int], nn.Module] = {}
+    energies: dict[tuple[str, int], nn.Module] = {}
+    for m in methods:
+        for s in seeds:
+            energy, pred = build(m, cfg, device)
+            energy.load_state_dict(torch.load(out_dir / m / f"seed{s}" / "model.pt", map_location=device))
+            energy.eval()
+            models[(m, s)], energies[(m, s)] = pred, energy
+
+    # ---- final metrics, ablation and exact-argmin errors
+    summary_rows, abl_rows = [], []
+    wall = {(r["method"], r["seed"]): r for r in runs}
+    for (m, s), pred in models.items():
+        with torch.no_grad():
+            tr = float((predict(pred, x, seed=eval_seed) - y).pow(2).mean())
+            te = float((predict(pred, xt, seed=eval_seed) - yt).pow(2).mean())
+            am = float((grid_argmin(energies[(m, s)], x, y_lo, y_hi) - y).pow(2).mean())
+            for k in range(1, max_iter + 1):
+                abl_rows.append({
+                    "method": m, "seed": s, "n_iter": k,
+                    "train_mse": float((predict(pred, x, k, eval_seed) - y).pow(2).mean()),
+                    "test_mse": float((predict(pred, xt, k, eval_seed) - yt).pow(2).mean()),
+                })  # fmt: skip
+        r = wall.get((m, s), {})
+        summary_rows.append({"method": m, "seed": s, "updates": r.get("steps", math.nan),
+                             "wall_s": r.get("wall_s", math.nan), "train_mse": tr, "test_mse": te,
+                             "argmin_mse": am})  # fmt: skip
+    _write_csv(out_dir / "summary.csv", summary_rows)
+    _write_csv(out_dir / "ablation.csv", abl_rows)
+
+    results: dict[str, Any] = {"seeds": seeds, "ablation_iters": list(range(1, max_iter + 1)), "methods": {}}
+    for m in methods:
+        rs = [r for r in summary_rows if r["method"] == m]
+        agg: dict[str, Any] = {}
+        for key in ("train_mse", "test_mse", "argmin_mse", "wall_s"):
+            agg[key] = dict(zip(("mean", "ci95"), mean_ci([r[key] for r in rs])))
+        abl = torch.tensor([[r["train_mse"] for r in abl_rows if r["method"] == m and r["seed"] == s]
+                            for s in seeds], dtype=torch.float64)  # fmt: skip
+        mean, lo, hi = _band(abl)
+        agg["ablation_train_mse"] = {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+        results["methods"][m] = agg
+    with open(out_dir / "results.json", "w") as fh:
+        json.dump(results, fh, indent=2)
+    _write_markdown(out_dir / "summary.md", cfg, results, show)
+
+    # ---- loss curves with 95% bands over seeds
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for m in methods:
+        logs = [read_log(out_dir / m / f"seed{s}" / "log.csv") for s in seeds]
+        n = min(len(lg) for lg in logs)
+        if n == 0:
+            continue
+        steps = torch.tensor([r["step"] for r in logs[0][:n]])
+        for ax, key in zip(axes, ("train_mse", "test_mse")):
+            arr = torch.tensor([[r[key] for r in lg[:n]] for lg in logs], dtype=torch.float64)
+            mu, lo, hi = _band(arr.log10())
+            ax.plot(steps, 10**mu, color=_COLORS.get(m), label=_NAMES.get(m, m))
+            ax.fill_between(steps, 10**lo, 10**hi, color=_COLORS.get(m), alpha=0.25, lw=0)
+    for ax, title in zip(axes, ("training MSE", "held-out MSE (midpoints)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("update")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"mean over {len(seeds)} seeds (geometric), 95% t-interval bands")
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss_curves.png", dpi=110)
+    plt.close(fig)
+
+    # ---- energy surfaces (fig. 2)
+    n_grid = int(cfg["plot"]["grid"])
+    xs = torch.linspace(0.0, 2.0 * math.pi, n_grid, device=device)
+    ys = torch.linspace(y_lo, y_hi, n_grid, device=device)
+    xd = xs.view(-1, 1)
+
+    def surface(ax: Any, m: str, s: int, title: str) -> None:
+        Z = _normalised_log_energy(energy_grid(energies[(m, s)], xs, ys)).cpu()
+        ax.contourf(xs.cpu(), ys.cpu(), Z, levels=30, cmap="magma_r")
+        ax.plot(xs.cpu(), target_fn(xs).cpu(), color="black", lw=2, label="target $x\\sin x$")
+        with torch.no_grad():
+            yp = predict(models[(m, s)], xd, seed=eval_seed).view(-1).cpu()
+        ax.plot(xs.cpu(), yp, ls="--", color="tab:cyan", lw=1.5, label="prediction")
+        am = grid_argmin(energies[(m, s)], xd, y_lo, y_hi).view(-1).cpu()
+        ax.plot(xs.cpu(), am, ls="", marker=".", ms=2, color="tab:green", label="grid argmin$_y E$")
+        ax.set_ylim(y_lo, y_hi)
+        ax.set_title(title)
+        ax.set_xlabel("x")
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        surface(ax, m, seeds[0], f"{_NAMES.get(m, m)} (seed {seeds[0]})")
+    axes[0, 0].set_ylabel("y")
+    axes[0, 0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "energy_surfaces.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(len(methods), len(seeds), figsize=(3.6 * len(seeds), 3.2 * len(methods)),
+                             squeeze=False)  # fmt: skip
+    for i, m in enumerate(methods):
+        for j, s in enumerate(seeds):
+            surface(axes[i, j], m, s, f"{_NAMES.get(m, m)}, seed {s}")
+    axes[0, 0].legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "energy_surfaces_all_seeds.png", dpi=90)
+    plt.close(fig)
+
+    # ---- ablation: MSE against test-time iterations
+    its = list(range(1, max_iter + 1))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for m in methods:
+        # geometric mean and a t-interval of log10(MSE): an arithmetic interval crosses 0 on a log axis
+        abl = torch.tensor([[r["train_mse"] for r in abl_rows if r["method"] == m and r["seed"] == s]
+                            for s in seeds], dtype=torch.float64)  # fmt: skip
+        mu, lo, hi = _band(abl.log10())
+        ax.plot(its, 10**mu, marker="o", ms=3, color=_COLORS.get(m), label=_NAMES.get(m, m))
+        ax.fill_between(its, 10**lo, 10**hi, color=_COLORS.get(m), alpha=0.25, lw=0)
+    train_iters = {int(cfg[m]["n_iter"]) for m in methods}
+    for k in train_iters:
+        ax.axvline(k, color="gray", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("test-time inner iterations")
+    ax.set_ylabel("training-set MSE")
+    ax.set_title(f"trained with {', '.join(map(str, sorted(train_iters)))} inner iterations\n"
+                 f"geometric mean over {len(seeds)} seeds, 95% band", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "ablation_mse.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(len(methods), len(show), figsize=(2.6 * len(show), 2.4 * len(methods)),
+                             sharex=True, sharey=True, squeeze=False)  # fmt: skip
+    for i, m in enumerate(methods):
+        for j, k in enumerate(show):
+            ax = axes[i, j]
+            ax.plot(xs.cpu(), target_fn(xs).cpu(), color="black", lw=1.5)
+            for s in seeds:
+                with torch.no_grad():
+                    yp = predict(models[(m, s)], xd, k, eval_seed).view(-1).cpu()
+                ax.plot(xs.cpu(), yp, color=_COLORS.get(m), alpha=0.7, lw=1)
+            ax.set_ylim(y_lo, y_hi)
+            ax.set_title(f"{_NAMES.get(m, m)}, {k} it.", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_dir / "ablation_predictions.png", dpi=90)
+    plt.close(fig)
+    return results
+
+
+def _fmt(mc: Mapping[str, float]) -> str:
+    return f"{mc['mean']:.4g} ± {mc['ci95']:.2g}"
+
+
+def _write_markdown(path: Path, cfg: Mapping[str, Any], results: Mapping[str, Any], show: list[int]) -> None:
+    tr = cfg["train"]
+    lines = [
+        f"# regression: {len(results['seeds'])} seeds, {tr['n_updates']} updates, batch {tr['batch_size']}",
+        "",
+        "| method | train MSE | held-out MSE | MSE of grid argmin_y E | wall s / run |",
+        "|---|---|---|---|---|",
+    ]
+    for m, a in results["methods"].items():
+        lines.append(f"| {_NAMES.get(m, m)} | {_fmt(a['train_mse'])} | {_fmt(a['test_mse'])} | "
+                     f"{_fmt(a['argmin_mse'])} | {a['wall_s']['mean']:.0f} |")  # fmt: skip
+    lines += ["", "mean ± 95% t-interval half-width over seeds", "",
+              "test-time iterations ablation (training-set MSE, mean over seeds [95% CI]):", "",
+              "| iterations | " + " | ".join(_NAMES.get(m, m) for m in results["methods"]) + " |",
+              "|---" * (1 + len(results["methods"])) + "|"]  # fmt: skip
+    its = sorted(set(show) | {1, 2, 3, 5, 10, 15, 20, 30})
+    for k in its:
+        if k > len(results["ablation_iters"]):
+            continue
+        cells = []
+        for a in results["methods"].values():
+            ab = a["ablation_train_mse"]
+            cells.append(f"{ab['mean'][k - 1]:.4g} [{ab['lo'][k - 1]:.3g}, {ab['hi'][k - 1]:.3g}]")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
