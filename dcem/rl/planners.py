@@ -128,6 +128,10 @@ class LatentDCEMPlanner(nn.Module):
         )
         return z, self.decoder(z)
 
+    def forward(self, h: Tensor, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Same as :meth:`solve` (lets ``torch.func.functional_call`` substitute parameters)."""
+        return self.solve(h, x, generator)
+
     def plan(self, h: Tensor, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Action sequences ``(B, H, A)`` (no gradient)."""
         with torch.no_grad():

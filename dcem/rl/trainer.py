@@ -483,27 +483,43 @@ class MBRLTrainer:
                     w.writeheader()
                 w.writerow(row)
 
-    def phase_eval(self) -> dict[str, dict]:
-        """Final evaluation of every available controller; writes ``eval.json`` and returns it."""
+    def available_controllers(self) -> list[str]:
+        """Names of the controllers this run can evaluate now (see :meth:`phase_eval`)."""
+        names = ["random"]
+        if self.progress["model"] > self.cfg["train"]["seed_episodes"]:
+            names.append("full_cem")
+        if self.progress["decoder"] > 0:
+            names.append("latent_dcem_ppo" if self.progress["ppo"] > 0 else "latent_dcem")
+        return names
+
+    def phase_eval(self, controllers: list[str] | None = None, skip_done: bool = False) -> dict[str, dict]:
+        """Final evaluation over ``eval.episodes`` test episodes, merged into ``eval.json``.
+
+        Args:
+            controllers: subset of ``random, full_cem, latent_dcem, latent_dcem_ppo``; default all
+                that :meth:`available_controllers` lists.
+            skip_done: leave out controllers already in ``eval.json`` (resume of ``phase=all``).
+        """
         n = self.cfg["eval"]["episodes"]
         video = self.cfg["eval"]["video"]
-        results = {}
-        policies = [("random", "random")]
-        if self.progress["model"] > self.cfg["train"]["seed_episodes"]:
-            self._set_obs_stats()
-            policies.append(("full_cem", "cem"))
-        if self.progress["decoder"] > 0:
-            name = "latent_dcem_ppo" if self.progress["ppo"] > 0 else "latent_dcem"
-            policies.append((name, "dcem"))
-        for name, pol in policies:
-            rets = self.evaluate(pol, n, video_path=(self.out / f"video_{name}.gif") if video else None)
-            mean, ci = mean_ci95(rets)
-            results[name] = {"mean": mean, "ci95": ci, "n": n, "returns": rets}
-            log.info("final eval %s: %.1f +- %.1f over %d episodes", name, mean, ci, n)
-        prev = {}
+        kinds = {"random": "random", "full_cem": "cem", "latent_dcem": "dcem", "latent_dcem_ppo": "dcem"}
+        names = self.available_controllers() if controllers is None else list(controllers)
+        bad = [c for c in names if c not in kinds]
+        if bad:
+            raise ValueError(f"controllers must be among {sorted(kinds)}, got {bad}")
         path = self.out / "eval.json"
-        if path.exists():
-            prev = json.loads(path.read_text())
+        prev = json.loads(path.read_text()) if path.exists() else {}
+        if skip_done:
+            names = [c for c in names if c not in prev]
+        if any(c != "random" for c in names):
+            self._set_obs_stats()
+        results = {}
+        for name in names:
+            rets = self.evaluate(kinds[name], n, video_path=(self.out / f"video_{name}.gif") if video else None)
+            mean, ci = mean_ci95(rets)
+            results[name] = {"mean": mean, "ci95": ci, "n": n, "returns": rets,
+                             "env_steps": self.progress["env_steps"]}
+            log.info("final eval %s: %.1f +- %.1f over %d episodes", name, mean, ci, n)
         prev.update(results)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(prev, indent=2))

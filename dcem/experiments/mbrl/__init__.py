@@ -55,7 +55,7 @@ def run(cfg: dict):
     validate_config(cfg)
     if cfg["eval"]["video"]:
         os.environ.setdefault("MUJOCO_GL", "egl")
-    if cfg.get("threads"):
+    if cfg.get("threads"):  # 1 is much faster than 2 on a shared 2-core machine
         torch.set_num_threads(int(cfg["threads"]))
     out = cfg.get("out_dir") or os.path.join("runs", "mbrl", datetime.now().strftime("%Y%m%d-%H%M%S"))
     trainer = MBRLTrainer(cfg, out)
@@ -71,11 +71,14 @@ def run(cfg: dict):
                          "which does not exist")
     log.info("run folder %s, device %s", out, trainer.device)
     phases = ["model", "decoder", "ppo", "eval"] if cfg["phase"] == "all" else [cfg["phase"]]
+    after = {"model": ["random", "full_cem"], "decoder": ["latent_dcem"], "ppo": ["latent_dcem_ppo"]}
     for ph in phases:
         if ph == "eval":
             trainer.phase_eval()
         else:
             getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm)
+            if cfg["phase"] == "all":  # evaluate each controller as soon as it is final
+                trainer.phase_eval(after[ph], skip_done=True)
         trainer.plot()
     if trainer.tb is not None:
         trainer.tb.close()
