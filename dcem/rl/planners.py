@@ -46,8 +46,8 @@ class FullCEMPlanner:
     """
 
     def __init__(
-        self, model: WorldModel, horizon: int = 12, n_sample: int = 1000, n_elite: int = 100, n_iter: int = 10,
-        u_lower: Tensor | float = -1.0, u_upper: Tensor | float = 1.0,
+        self, model: WorldModel, horizon: int = 12, n_sample: int = 1000, n_elite: int = 100,
+        n_iter: int = 10, u_lower: Tensor | float = -1.0, u_upper: Tensor | float = 1.0,
     ) -> None:
         check_planner_sizes(horizon, n_sample, n_elite, n_iter)
         self.model, self.horizon, self.n_sample, self.n_elite, self.n_iter = (
@@ -94,7 +94,9 @@ class LatentDCEMPlanner(nn.Module):
         super().__init__()
         check_planner_sizes(decoder.horizon, n_sample, n_elite, n_iter)
         if decoder.n_ctrl != model.act_dim:
-            raise ValueError(f"decoder.n_ctrl = {decoder.n_ctrl} must equal the model's act_dim = {model.act_dim}")
+            raise ValueError(
+                f"decoder.n_ctrl = {decoder.n_ctrl} must equal the model's act_dim = {model.act_dim}"
+            )
         if not temp > 0:
             raise ValueError(f"temp must be > 0 for differentiable latent planning, got {temp!r}")
         self.model, self.decoder = model, decoder
@@ -128,7 +130,9 @@ class LatentDCEMPlanner(nn.Module):
         )
         return z, self.decoder(z)
 
-    def forward(self, h: Tensor, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, h: Tensor, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Same as :meth:`solve` (lets ``torch.func.functional_call`` substitute parameters)."""
         return self.solve(h, x, generator)
 

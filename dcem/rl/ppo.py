@@ -134,7 +134,8 @@ class PPOFineTuner:
         self.policy_params = trainable_parameters(planner, self.parts)
         self.policy_net = DCEMPolicyNet(planner, sigma=sigma, learn_sigma=learn_sigma)
         m = planner.model
-        self.value_net = ValueNet(m.deter_size, m.obs_dim, m.obs_mean, m.obs_std, critic_hidden).to(m.obs_mean)
+        self.value_net = ValueNet(m.deter_size, m.obs_dim, m.obs_mean, m.obs_std, critic_hidden)
+        self.value_net.to(m.obs_mean)
 
         def make_actor(net: nn.Module):
             return ProbabilisticActor(

@@ -168,7 +168,8 @@ class MBRLTrainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sd = {
-            "config_sizes": self._sizes(), "model": self.model.state_dict(), "model_opt": self.model_opt.state_dict(),
+            "config_sizes": self._sizes(), "model": self.model.state_dict(),
+            "model_opt": self.model_opt.state_dict(),
             "decoder": self.decoder.state_dict(), "dec_opt": self.dec_opt.state_dict(),
             "replay": self.replay.state_dict(), "progress": dict(self.progress), "history": self.history,
             "eval_history": self.eval_history,
@@ -322,8 +323,9 @@ class MBRLTrainer:
     def phase_model(self, pbar_factory=None) -> None:
         c = self.cfg["train"]
         total = c["seed_episodes"] + c["episodes"]
-        bar = pbar_factory(total=total, initial=self.progress["model"], desc="phase 1: model") if pbar_factory \
-            else None
+        bar = None
+        if pbar_factory:
+            bar = pbar_factory(total=total, initial=self.progress["model"], desc="phase 1: model")
         while self.progress["model"] < total:
             i = self.progress["model"]
             stats: dict[str, float] = {}
@@ -354,8 +356,8 @@ class MBRLTrainer:
         if self.progress["model"] < c["seed_episodes"] + c["episodes"]:
             raise ValueError(
                 f"phase {phase!r} needs the world model of phase 'model' "
-                f"({self.progress['model']}/{c['seed_episodes'] + c['episodes']} episodes done): run phase=model "
-                "first in this out_dir (or phase=all)"
+                f"({self.progress['model']}/{c['seed_episodes'] + c['episodes']} episodes done): "
+                "run phase=model first in this out_dir (or phase=all)"
             )
 
     def phase_decoder(self, pbar_factory=None) -> None:
@@ -394,7 +396,8 @@ class MBRLTrainer:
         ep_returns: list[float] = []
         st = getattr(self, "_ppo_state", None)
         if st is None:
-            st = self._ppo_state = {"x": env.reset(), "h": self.model.initial_state((1,), device=dev), "ret": 0.0}
+            h0 = self.model.initial_state((1,), device=dev)
+            st = self._ppo_state = {"x": env.reset(), "h": h0, "ret": 0.0}
         for _ in range(n_steps):
             x = torch.as_tensor(st["x"], device=dev).unsqueeze(0)
             h = st["h"]
@@ -403,7 +406,8 @@ class MBRLTrainer:
             a_env = np.clip(a[0].cpu().numpy(), env.u_lower, env.u_upper)
             o, r, done = env.step(a_env)
             with torch.no_grad():
-                h2 = self.model.transition(h, self.model.normalize(x), torch.as_tensor(a_env, device=dev)[None])
+                u = torch.as_tensor(a_env, device=dev)[None]
+                h2 = self.model.transition(h, self.model.normalize(x), u)
             hs.append(h[0]), xs.append(x[0]), acts.append(a[0])
             nx.append(torch.as_tensor(o, device=dev)), nh.append(h2[0])
             rews.append(r), dones.append(done)
@@ -451,7 +455,10 @@ class MBRLTrainer:
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, policy: str, n_episodes: int, seed_offset: int = 10_000,
                  video_path: str | Path | None = None) -> list[float]:
-        """Returns of ``n_episodes`` noise-free test episodes on a separate env seed (training RNG untouched)."""
+        """Returns of ``n_episodes`` noise-free test episodes.
+
+        They use their own env seed and generators, so the training RNG streams are untouched.
+        """
         e = self.cfg["env"]
         env = DMCEnv(e["name"], e.get("action_repeat"), seed=int(self.cfg["seed"]) + seed_offset,
                      episode_steps=e["episode_steps"])
@@ -515,7 +522,8 @@ class MBRLTrainer:
             self._set_obs_stats()
         results = {}
         for name in names:
-            rets = self.evaluate(kinds[name], n, video_path=(self.out / f"video_{name}.gif") if video else None)
+            vid = (self.out / f"video_{name}.gif") if video else None
+            rets = self.evaluate(kinds[name], n, video_path=vid)
             mean, ci = mean_ci95(rets)
             results[name] = {"mean": mean, "ci95": ci, "n": n, "returns": rets,
                              "env_steps": self.progress["env_steps"]}

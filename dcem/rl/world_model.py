@@ -81,7 +81,8 @@ class WorldModel(nn.Module):
         self.obs_dim, self.act_dim, self.deter_size = obs_dim, act_dim, deter_size
         self.min_std = float(min_std)
         self.embed = nn.Sequential(
-            nn.Linear(obs_dim + act_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size), nn.ReLU()
+            nn.Linear(obs_dim + act_dim, hidden_size), nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size), nn.ReLU(),
         )
         self.cell = GRUCell(hidden_size, deter_size)
         self.obs_head = mlp(deter_size, obs_dim, hidden_size)

@@ -51,7 +51,8 @@ def test_model_loss_matches_hand_computed_one_step_nll():
         for t in range(4):
             h = m.transition(h, obs[:, t], act[:, t])
             mu = m.predict_obs(h)
-            nll.append(0.5 * ((mu - obs[:, t + 1]) ** 2).mean(-1) / 0.49 + math.log(0.7) + 0.5 * math.log(2 * math.pi))
+            sq = ((mu - obs[:, t + 1]) ** 2).mean(-1)
+            nll.append(0.5 * sq / 0.49 + math.log(0.7) + 0.5 * math.log(2 * math.pi))
             rse.append(0.5 * (m.reward(h, mu) - rew[:, t]) ** 2)
         ref = torch.stack(nll).mean() + torch.stack(rse).mean()
     torch.testing.assert_close(loss, ref)
@@ -156,7 +157,8 @@ def test_latent_dcem_gradcheck_float64():
     name = f"decoder.net.{len(dec.net) - 1}.bias"
 
     def f(b):
-        _, u = torch.func.functional_call(p, {name: b}, (h, x), {"generator": torch.Generator().manual_seed(0)})
+        gen = torch.Generator().manual_seed(0)
+        _, u = torch.func.functional_call(p, {name: b}, (h, x), {"generator": gen})
         return u[:, 0]
 
     bias = dict(p.named_parameters())[name]

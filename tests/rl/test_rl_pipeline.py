@@ -57,9 +57,10 @@ def test_ppo_gradients_reach_decoder_through_dcem():
     T = 5
     h, x = torch.randn(T, 8), torch.randn(T, 3)
     a, logp, loc, scale = ft.act(h, x, seed=3)
-    td = TensorDict({"h": h, "x": x, "action": a, "next": TensorDict({
-        "h": torch.randn(T, 8), "x": torch.randn(T, 3), "reward": torch.randn(T, 1),
-        "done": torch.zeros(T, 1, dtype=torch.bool), "terminated": torch.zeros(T, 1, dtype=torch.bool)}, [T])}, [T])
+    no = torch.zeros(T, 1, dtype=torch.bool)
+    nxt = TensorDict({"h": torch.randn(T, 8), "x": torch.randn(T, 3), "reward": torch.randn(T, 1),
+                      "done": no, "terminated": no.clone()}, [T])
+    td = TensorDict({"h": h, "x": x, "action": a, "next": nxt}, [T])
     ft.set_trainable()
     with torch.no_grad():
         ft.gae(td)
