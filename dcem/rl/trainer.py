@@ -476,6 +476,8 @@ class MBRLTrainer:
     def _maybe_eval(self, phase: str, policy: str, last: bool) -> None:
         every = self.cfg["eval"]["every"]
         n = self.progress[phase]
+        if phase == "model" and n <= self.cfg["train"]["seed_episodes"]:
+            return  # the model has not been trained yet
         if every and (n % every == 0 or last):
             rets = self.evaluate(policy, self.cfg["eval"]["episodes_during_training"])
             mean, ci = mean_ci95(rets)
