@@ -159,3 +159,21 @@ def test_end_to_end_pipeline(tmp_path):
     # re-running the finished pipeline resumes and does no more training
     again = run(cfg)
     assert again.progress == tr.progress
+
+
+@pytest.mark.slow
+def test_eval_phase_writes_video_headless(tmp_path):
+    """``phase=eval eval.video=true`` renders with MUJOCO_GL=egl in a fresh process (GIF of an episode)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "dcem.experiments", "mbrl", "scale=test", "phase=eval", "eval.video=true",
+           "eval.episodes=1", f"out_dir={tmp_path}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "EGL" in proc.stderr:
+        pytest.skip("no EGL rendering on this machine")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "video_random.gif").stat().st_size > 1000
+    assert "random" in json.loads((tmp_path / "eval.json").read_text())
