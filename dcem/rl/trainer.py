@@ -387,38 +387,39 @@ class MBRLTrainer:
             bar.close()
 
     def collect_ppo_batch(self, n_steps: int):
-        """``n_steps`` transitions of the stochastic DCEM policy as a TensorDict ``[n_steps]``."""
+        """Whole episodes of the stochastic DCEM policy, at least ``n_steps`` transitions.
+
+        Returns a TensorDict ``[T]`` (``T`` a multiple of the episode length) with ``h, x, action``
+        and ``("next", h/x/reward/done/terminated)``, and the episode returns. Collecting whole
+        episodes keeps PPO iterations aligned with checkpoints, so a resumed run is exact.
+        """
         from tensordict import TensorDict
 
         env, dev = self.env, self.device
         ppo = self.ppo
         hs, xs, acts, nh, nx, rews, dones = [], [], [], [], [], [], []
         ep_returns: list[float] = []
-        st = getattr(self, "_ppo_state", None)
-        if st is None:
-            h0 = self.model.initial_state((1,), device=dev)
-            st = self._ppo_state = {"x": env.reset(), "h": h0, "ret": 0.0}
-        for _ in range(n_steps):
-            x = torch.as_tensor(st["x"], device=dev).unsqueeze(0)
-            h = st["h"]
-            seed = int(self.rng.integers(0, 2**31 - 1))
-            a, _, _, _ = ppo.act(h, x, seed)
-            a_env = np.clip(a[0].cpu().numpy(), env.u_lower, env.u_upper)
-            o, r, done = env.step(a_env)
-            with torch.no_grad():
-                u = torch.as_tensor(a_env, device=dev)[None]
-                h2 = self.model.transition(h, self.model.normalize(x), u)
-            hs.append(h[0]), xs.append(x[0]), acts.append(a[0])
-            nx.append(torch.as_tensor(o, device=dev)), nh.append(h2[0])
-            rews.append(r), dones.append(done)
-            st["ret"] += r
-            self.progress["env_steps"] += env.action_repeat
-            if done:
-                ep_returns.append(st["ret"])
-                st.update(x=env.reset(), h=self.model.initial_state((1,), device=dev), ret=0.0)
-            else:
-                st.update(x=o, h=h2)
-        T = n_steps
+        n_episodes = max(1, math.ceil(n_steps / env.episode_len))
+        for _ in range(n_episodes):
+            o_np = env.reset()
+            h = self.model.initial_state((1,), device=dev)
+            ret, done = 0.0, False
+            while not done:
+                x = torch.as_tensor(o_np, device=dev).unsqueeze(0)
+                a, _, _, _ = ppo.act(h, x, int(self.rng.integers(0, 2**31 - 1)))
+                a_env = np.clip(a[0].cpu().numpy(), env.u_lower, env.u_upper)
+                o_np, r, done = env.step(a_env)
+                with torch.no_grad():
+                    u = torch.as_tensor(a_env, device=dev)[None]
+                    h2 = self.model.transition(h, self.model.normalize(x), u)
+                hs.append(h[0]), xs.append(x[0]), acts.append(a[0])
+                nx.append(torch.as_tensor(o_np, device=dev)), nh.append(h2[0])
+                rews.append(r), dones.append(done)
+                ret += r
+                h = h2
+            self.progress["env_steps"] += env.episode_len * env.action_repeat
+            ep_returns.append(ret)
+        T = len(rews)
         done_t = torch.tensor(dones, device=dev).unsqueeze(-1)
         td = TensorDict({
             "h": torch.stack(hs), "x": torch.stack(xs), "action": torch.stack(acts),
@@ -432,8 +433,6 @@ class MBRLTrainer:
         self._require_model("ppo")
         self._set_obs_stats()
         c = self.cfg["ppo"]
-        # PPO episodes start fresh at each (re)start of the phase
-        self._ppo_state = None
         bar = pbar_factory(total=c["iterations"], initial=self.progress["ppo"], desc="phase 3: ppo") \
             if pbar_factory else None
         while self.progress["ppo"] < c["iterations"]:
