@@ -70,10 +70,12 @@ def validate_config(cfg: dict) -> None:
     check_env_name(cfg["env"]["name"])
     for p in ("model.deter_size", "model.hidden_size", "model.batch_size", "model.seq_len",
               "model.overshooting", "planner.horizon", "train.updates_per_episode", "eval.episodes",
-              "decoder.batch_size", "decoder.n_latent", "ppo.steps_per_iter", "ppo.epochs", "ppo.minibatch"):
+              "decoder.batch_size", "decoder.n_latent", "decoder.context", "train.replay_capacity",
+              "ppo.steps_per_iter", "ppo.epochs", "ppo.minibatch", "env.episode_steps"):
         _pos_int(cfg, p)
     for p in ("train.seed_episodes", "train.episodes", "decoder.episodes", "decoder.updates_per_episode",
-              "decoder.model_updates_per_episode", "ppo.iterations"):
+              "decoder.model_updates_per_episode", "ppo.iterations", "eval.every",
+              "eval.episodes_during_training"):
         _pos_int(cfg, p, 0)
     if cfg["train"]["seed_episodes"] < 1:
         raise ValueError("config train.seed_episodes must be >= 1 (the model needs data)")
@@ -195,7 +197,8 @@ class MBRLTrainer:
     def load(self, path: str | Path | None = None) -> None:
         """Restore everything from a checkpoint; :class:`CheckpointError` if it does not fit this config."""
         path = Path(path) if path is not None else self.ckpt_path
-        sd = load_checkpoint(path, map_location=self.device)
+        # RNG states must stay CPU tensors; load_state_dict moves parameters/optimiser state
+        sd = load_checkpoint(path, map_location="cpu")
         if sd.get("config_sizes") != self._sizes():
             raise CheckpointError(
                 f"checkpoint {str(path)!r} was written for {sd.get('config_sizes')}, "
