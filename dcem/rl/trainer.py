@@ -71,11 +71,11 @@ def validate_config(cfg: dict) -> None:
     for p in ("model.deter_size", "model.hidden_size", "model.batch_size", "model.seq_len",
               "model.overshooting", "planner.horizon", "train.updates_per_episode", "eval.episodes",
               "decoder.batch_size", "decoder.n_latent", "decoder.context", "train.replay_capacity",
-              "ppo.steps_per_iter", "ppo.epochs", "ppo.minibatch", "env.episode_steps"):
+              "ppo.steps_per_iter", "ppo.epochs", "ppo.minibatch", "env.episode_steps",
+              "eval.episodes_during_training"):
         _pos_int(cfg, p)
     for p in ("train.seed_episodes", "train.episodes", "decoder.episodes", "decoder.updates_per_episode",
-              "decoder.model_updates_per_episode", "ppo.iterations", "eval.every",
-              "eval.episodes_during_training"):
+              "decoder.model_updates_per_episode", "ppo.iterations", "eval.every"):
         _pos_int(cfg, p, 0)
     if cfg["train"]["seed_episodes"] < 1:
         raise ValueError("config train.seed_episodes must be >= 1 (the model needs data)")
