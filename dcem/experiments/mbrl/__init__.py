@@ -73,8 +73,8 @@ def run(cfg: dict):
     phases = ["model", "decoder", "ppo", "eval"] if cfg["phase"] == "all" else [cfg["phase"]]
     after = {"model": ["random", "full_cem"], "decoder": ["latent_dcem"], "ppo": ["latent_dcem_ppo"]}
     for ph in phases:
-        if ph == "eval":
-            trainer.phase_eval()
+        if ph == "eval":  # in phase=all every controller has been evaluated right after its phase
+            trainer.phase_eval(skip_done=cfg["phase"] == "all")
         else:
             getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm)
             if cfg["phase"] == "all":  # evaluate each controller as soon as it is final
