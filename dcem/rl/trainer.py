@@ -151,6 +151,8 @@ class MBRLTrainer:
         self.history: list[dict] = []  # one row per episode / PPO iteration
         self.eval_history: list[dict] = []
         self.ckpt_path = self.out / "checkpoint.pt"
+        #: optional ``torch.utils.tensorboard.SummaryWriter`` receiving every logged row
+        self.tb = None
 
     # -- PPO (built lazily: needs torchrl) --------------------------------------------------------
     @property
@@ -319,8 +321,6 @@ class MBRLTrainer:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("episode", "env_steps"):
                     self.tb.add_scalar(f"{row['phase']}/{k}", v, row["env_steps"])
-
-    tb = None
 
     # -- phases ----------------------------------------------------------------------------------
     def phase_model(self, pbar_factory=None) -> None:
@@ -560,6 +560,12 @@ class MBRLTrainer:
                 cs = np.array([r["ci95"] for r in ev])
                 ax.plot(xs, ys, "-o", color=color, label=f"eval ({phase})")
                 ax.fill_between(xs, ys - cs, ys + cs, color=color, alpha=0.2)
+        final = self.out / "eval.json"
+        if final.exists():
+            for k, (name, r) in enumerate(json.loads(final.read_text()).items()):
+                if "env_steps" in r:
+                    ax.errorbar([r["env_steps"]], [r["mean"]], yerr=[r["ci95"]], fmt="s", capsize=3,
+                                color=f"C{3 + k}", label=f"final: {name} (n={r['n']})")
         ax.set_xlabel("environment steps")
         ax.set_ylabel("episode return")
         ax.set_title(self.cfg["env"]["name"])
