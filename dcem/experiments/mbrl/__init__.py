@@ -86,6 +86,14 @@ def run(cfg: dict):
 
 
 def main(argv: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in argv):
+        import sys
+
+        from omegaconf import OmegaConf
+
+        cfg = compose([a for a in argv if a not in ("-h", "--help")])
+        sys.stdout.write((__doc__ or "") + "\nResolved config:\n" + OmegaConf.to_yaml(cfg))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = compose(argv)
     trainer = run(cfg)
