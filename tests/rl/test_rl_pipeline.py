@@ -177,3 +177,25 @@ def test_eval_phase_writes_video_headless(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "video_random.gif").stat().st_size > 1000
     assert "random" in json.loads((tmp_path / "eval.json").read_text())
+
+
+def test_ppo_phase_resumes_exactly(tmp_path):
+    """Phase 3 from a checkpoint in a fresh trainer == phase 3 continued in the same process."""
+    import shutil
+
+    a = MBRLTrainer(_cfg(tmp_path / "a", "eval.every=0"), tmp_path / "a")
+    a.phase_model()
+    a.phase_decoder()  # checkpoints after its episode
+    shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "pre.pt")
+    a.phase_ppo()
+    torch.manual_seed(99)  # disturb the global RNG: the checkpoint restores it
+    b = MBRLTrainer(_cfg(tmp_path / "b", "eval.every=0"), tmp_path / "b")
+    b.load(tmp_path / "pre.pt")
+    before = [v.clone() for v in b.decoder.state_dict().values()]
+    b.phase_ppo()
+    assert any(not torch.equal(v, w) for v, w in zip(before, b.decoder.state_dict().values()))
+    assert a.progress == b.progress
+    for ma, mb in ((a.decoder, b.decoder), (a.model, b.model), (a.ppo.value_net, b.ppo.value_net)):
+        for va, vb in zip(ma.state_dict().values(), mb.state_dict().values()):
+            torch.testing.assert_close(va, vb, rtol=0, atol=0)
+    assert a.history[-1]["return"] == b.history[-1]["return"]
