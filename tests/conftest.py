@@ -1,4 +1,4 @@
-"""Shared fixtures for the core-library tests (``dcem.lml`` and ``dcem.dcem``).
+"""Shared fixtures of the whole suite (every test runs seeded, on one intra-op thread).
 
 Parametrisation:
 

@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     if name not in names:
         raise SystemExit(f"dcem-exp: unknown experiment {name!r}; choose one of: {', '.join(names)}")
     module = importlib.import_module(f"dcem.experiments.{name}")
-    module.main(argv[1:])
+    try:
+        module.main(argv[1:])
+    except ValueError as err:  # bad configuration or arguments: a message, not a traceback
+        raise SystemExit(f"dcem-exp {name}: error: {err}") from err
 
 
 if __name__ == "__main__":

@@ -17,14 +17,6 @@ from dcem.experiments.regression.model import DCEMPredictor, EnergyNet, Unrolled
 from dcem.experiments.regression.train import read_log, train_run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Quadratic(nn.Module):
     """E(x, y) = a/2 (y - b x)^2 + c: minimiser b x, closed-form GD iterates."""
 

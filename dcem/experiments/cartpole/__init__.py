@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dcem.experiments._config import compose_config
+
 __all__ = ["main", "load_config"]
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 def load_config(argv: list[str]) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides ``key=value``."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=list(argv))
+    return compose_config(CONF_DIR, argv)
 
 
 def _plots(cfg: DictConfig, run_dir: Path, n_latent: int | None = None, temp: float | None = None) -> dict:

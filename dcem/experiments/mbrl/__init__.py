@@ -28,21 +28,11 @@ log = logging.getLogger("dcem.experiments.mbrl")
 
 def compose(argv: list[str]) -> dict:
     """Resolve the Hydra config with ``argv`` overrides into a plain dict (clear errors for bad names)."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf import OmegaConf
 
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = hcompose(config_name="config", overrides=list(argv))
-    except MissingConfigException as err:
-        envs = sorted(p.stem for p in (CONF_DIR / "env").glob("*.yaml"))
-        scales = sorted(p.stem for p in (CONF_DIR / "scale").glob("*.yaml"))
-        raise ValueError(f"{err}\n  env must be one of {envs}; scale one of {scales}") from err
-    except ConfigCompositionException as err:
-        raise ValueError(f"bad override: {err}") from err
-    return OmegaConf.to_container(cfg, resolve=True)
+    from dcem.experiments._config import compose_config
+
+    return OmegaConf.to_container(compose_config(CONF_DIR, argv), resolve=True)
 
 
 def run(cfg: dict):

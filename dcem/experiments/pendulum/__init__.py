@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dcem.experiments._config import compose_config
+
 __all__ = ["main", "load_config"]
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 def load_config(argv: list[str]) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides ``key=value``."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=list(argv))
+    return compose_config(CONF_DIR, argv)
 
 
 def plot_trajectories(x: torch.Tensor, u: torch.Tensor, dt: float, path: Path) -> None:

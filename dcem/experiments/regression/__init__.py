@@ -29,10 +29,9 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 def load_config(overrides: list[str] | None = None) -> Any:
     """Compose ``conf/config.yaml`` with Hydra ``overrides`` (e.g. ``["scale=paper"]``)."""
-    from hydra import compose, initialize_config_dir
+    from dcem.experiments._config import compose_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=list(overrides or []))
+    return compose_config(CONF_DIR, overrides)
 
 
 def run(cfg: Any) -> dict[str, Any]:
