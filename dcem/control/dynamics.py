@@ -82,6 +82,24 @@ class Dynamics(nn.Module, ABC):
     goal_weights: Tensor
     ctrl_penalty: float
 
+    def _set_dt_and_params(
+        self, dt: float, params: Tensor | tuple[float, ...] | None, default: tuple[float, ...], names: str
+    ) -> None:
+        """Validate ``dt`` and store the physical ``params`` (a learnable ``nn.Parameter`` as is,
+        anything else as a buffer), which must have ``len(default)`` entries named ``names``."""
+        if not (isinstance(dt, (int, float)) and dt > 0 and math.isfinite(dt)):
+            raise ValueError(f"dt must be a finite float > 0, got {dt!r}")
+        self.dt = float(dt)
+        p = torch.tensor(default) if params is None else params
+        if not isinstance(p, Tensor):
+            p = torch.tensor(p, dtype=torch.get_default_dtype())
+        if p.shape != (len(default),):
+            raise ValueError(f"params must have {len(default)} entries ({names}), got {tuple(p.shape)}")
+        if isinstance(p, nn.Parameter):
+            self.params = p
+        else:
+            self.register_buffer("params", p.clone())
+
     def _set_bounds(self, lower: float | Tensor, upper: float | Tensor) -> None:
         lo = torch.as_tensor(lower, dtype=torch.get_default_dtype()).expand(self.n_ctrl).clone()
         hi = torch.as_tensor(upper, dtype=torch.get_default_dtype()).expand(self.n_ctrl).clone()
@@ -184,20 +202,7 @@ class CartpoleDx(Dynamics):
     def __init__(self, params: Tensor | tuple[float, ...] | None = None, dt: float = 0.05) -> None:
         super().__init__()
         self.n_state, self.n_ctrl = 5, 1
-        if not (isinstance(dt, (int, float)) and dt > 0 and math.isfinite(dt)):
-            raise ValueError(f"dt must be a finite float > 0, got {dt!r}")
-        self.dt = float(dt)
-        p = torch.tensor((9.8, 1.0, 0.1, 0.5)) if params is None else params
-        if not isinstance(p, Tensor):
-            p = torch.tensor(p, dtype=torch.get_default_dtype())
-        if p.shape != (4,):
-            raise ValueError(
-                f"params must have 4 entries (gravity, masscart, masspole, length), got {tuple(p.shape)}"
-            )
-        if isinstance(p, nn.Parameter):
-            self.params = p
-        else:
-            self.register_buffer("params", p.clone())
+        self._set_dt_and_params(dt, params, (9.8, 1.0, 0.1, 0.5), "gravity, masscart, masspole, length")
         self.force_mag = 100.0
         self._set_bounds(-self.force_mag, self.force_mag)
         self.register_buffer("goal_state", torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]))
@@ -251,18 +256,7 @@ class PendulumDx(Dynamics):
     def __init__(self, params: Tensor | tuple[float, ...] | None = None, dt: float = 0.05) -> None:
         super().__init__()
         self.n_state, self.n_ctrl = 3, 1
-        if not (isinstance(dt, (int, float)) and dt > 0 and math.isfinite(dt)):
-            raise ValueError(f"dt must be a finite float > 0, got {dt!r}")
-        self.dt = float(dt)
-        p = torch.tensor((10.0, 1.0, 1.0)) if params is None else params
-        if not isinstance(p, Tensor):
-            p = torch.tensor(p, dtype=torch.get_default_dtype())
-        if p.shape != (3,):
-            raise ValueError(f"params must have 3 entries (g, m, l), got {tuple(p.shape)}")
-        if isinstance(p, nn.Parameter):
-            self.params = p
-        else:
-            self.register_buffer("params", p.clone())
+        self._set_dt_and_params(dt, params, (10.0, 1.0, 1.0), "g, m, l")
         self.max_torque = 2.0
         self._set_bounds(-self.max_torque, self.max_torque)
         self.register_buffer("goal_state", torch.tensor([1.0, 0.0, 0.0]))
