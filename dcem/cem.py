@@ -10,26 +10,20 @@ mean is differentiable with respect to everything ``f`` closes over.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from numbers import Integral, Real
+from numbers import Real
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from dcem.soft_topk import lml
+from dcem._checks import check_int
+from dcem.optim.cem import CEMConfig, CEMState, _tell, ask, init_state
+from dcem.sync import host_reads_free, resolve_sync
 
 __all__ = ["dcem", "IterCallback"]
 
 Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _infer_dtype_device(
@@ -67,15 +61,15 @@ def _as_param(
     return torch.full(shape, float(value), dtype=dtype, device=device)
 
 
-def _as_bound(
-    name: str, value: Bound, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
-) -> Tensor | None:
-    if value is None:
-        return None
-    t = _as_param(name, value, 0.0, shape, dtype, device)
-    if t.device.type == "cpu" and bool(torch.isnan(t).any()):
-        raise ValueError(f"{name} must not contain NaN")
-    return t
+def _check_finite(name: str, t: Tensor, nonneg: bool = False) -> None:
+    """Raise if ``t`` (an initial mean or scale) is not finite (or negative): where reading is free."""
+    if not host_reads_free(t):
+        return
+    v = t.detach()
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    if nonneg and not bool((v >= 0).all()):
+        raise ValueError(f"{name} must be >= 0")
 
 
 def _values(fX: Tensor, n_batch: int, n_sample: int, dtype: torch.dtype) -> Tensor:
@@ -91,96 +85,8 @@ def _values(fX: Tensor, n_batch: int, n_sample: int, dtype: torch.dtype) -> Tens
     if fX.shape in ((n_batch * n_sample,), (n_batch, n_sample, 1)):
         return fX.reshape(n_batch, n_sample)
     raise ValueError(
-        f"f must return values of shape (n_batch, n_sample) = ({n_batch}, {n_sample}), "
-        f"got {tuple(fX.shape)}"
+        f"f must return values of shape (n_batch, n_sample) = ({n_batch}, {n_sample}), got {tuple(fX.shape)}"
     )
-
-
-def _standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Per-row standardisation (unbiased std plus 1e-6, as the reference) over the entries
-    where ``valid`` holds (all by default; the others become 0).
-
-    The deviations are scaled by their largest magnitude before squaring, so costs up to the
-    largest finite value of the dtype normalise without overflow.
-    """
-    if valid is None:
-        count = torch.full_like(v[..., :1], v.shape[-1])
-        dev = v - v.mean(-1, keepdim=True)
-    else:
-        zero = torch.zeros_like(v)
-        count = valid.sum(-1, keepdim=True).to(v.dtype)
-        mean = torch.where(valid, v, zero).sum(-1, keepdim=True) / count.clamp_min(1)
-        dev = torch.where(valid, v - mean, zero)
-    m = dev.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
-    var = (dev / m).pow(2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
-    return dev / (m * var.sqrt() + 1e-6)
-
-
-def _invalid(fX: Tensor) -> Tensor:
-    """NaN and +inf values are never elite (``-inf`` is the best possible value)."""
-    return torch.isnan(fX) | (fX == math.inf)
-
-
-def _hard_elites(fX: Tensor, n_elite: int, on_cpu: bool) -> tuple[Tensor, Tensor]:
-    """Indices ``(B, k)`` of the ``k`` smallest values and their weights (0 for invalid ones).
-
-    On CPU NumPy's introselect is several times faster than ``torch.topk`` for short rows;
-    both order NaN last.
-    """
-    v = fX.detach()
-    if on_cpu:
-        part = np.argpartition(v.numpy(), n_elite - 1, axis=-1)[:, :n_elite]
-        idx = torch.from_numpy(np.ascontiguousarray(part))
-    else:
-        idx = torch.topk(v.nan_to_num(nan=math.inf), n_elite, dim=-1, largest=False, sorted=False).indices
-    w = (~_invalid(v.gather(1, idx))).to(fX.dtype)
-    return idx, w
-
-
-def _soft_weights(
-    fX: Tensor, n_elite: int, temp: float | Tensor, normalize: bool, all_valid: bool
-) -> Tensor:
-    """Soft top-k weights ``(B, N)`` summing to ``n_elite`` per row (Prop. 3, eq. 5).
-
-    Invalid values (NaN, +inf) get weight 0; a row with at most ``n_elite`` valid values
-    weights each of them by one. ``all_valid`` skips the masking when the caller knows
-    every value is finite.
-    """
-    tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
-    n = fX.shape[-1]
-    if all_valid:  # (a CPU-only path: reading var on the host is free)
-        if normalize and n > 1:
-            var, mean = torch.var_mean(fX, -1, keepdim=True)
-            if bool(torch.isfinite(var).all()):
-                return lml((mean - fX) / ((var.sqrt() + 1e-6) * tscale), n_elite, 1.0)
-            fX = _standardize(fX)  # squares overflowed: rescale before squaring
-        return lml(fX / -tscale, n_elite, 1.0)
-    valid = ~_invalid(fX)
-    finite = torch.isfinite(fX)  # valid and not -inf
-    n_valid = valid.sum(-1, keepdim=True)
-    v = torch.where(finite, fX, torch.zeros_like(fX))
-    if normalize:
-        v = _standardize(v, finite)
-    s = v / -tscale
-    # invalid values sit far below every finite score, -inf costs (the best possible) far above
-    inf = torch.full_like(s, math.inf)
-    low = torch.where(finite, s, inf).amin(-1, keepdim=True).nan_to_num(posinf=0.0)
-    high = torch.where(finite, s, -inf).amax(-1, keepdim=True).nan_to_num(neginf=0.0)
-    s = torch.where(finite, s, torch.where(valid, high + 1e3, low - 1e3).detach())
-    I = lml(s, n_elite, 1.0)
-    I = torch.where(valid, I, torch.zeros_like(I))
-    return torch.where(n_valid <= n_elite, valid.to(I.dtype), I)
-
-
-def _moments(w: Tensor, X: Tensor, wsum: Tensor) -> tuple[Tensor, Tensor]:
-    """Weighted mean and standard deviation over dim 1: ``w (B, M)``, ``X (B, M, nx)``."""
-    tiny = torch.finfo(X.dtype).tiny
-    wsum = wsum.clamp_min(tiny)
-    w3 = w.unsqueeze(1)
-    mu = torch.bmm(w3, X).squeeze(1) / wsum
-    D = X - mu.unsqueeze(1)
-    var = torch.bmm(w3, D * D).squeeze(1) / wsum
-    return mu, var.clamp_min(tiny).sqrt()
 
 
 def dcem(
@@ -206,6 +112,7 @@ def dcem(
     generator: torch.Generator | None = None,
     return_best: bool = False,
     dtype: torch.dtype | None = None,
+    sync: str = "auto",
 ) -> Tensor:
     """Minimise ``f`` with (differentiable) CEM over an isotropic Gaussian.
 
@@ -245,6 +152,13 @@ def dcem(
         return_best: return the best sample seen instead of the final mean.
         dtype: dtype of the iterates (default: that of the tensor arguments, else the
             default dtype).
+        sync: ``"auto"`` (default), ``"host"`` or ``"free"`` (:mod:`dcem.sync`). On the
+            host-checked path (default on CPU) the loop stops once every problem has
+            converged and a problem whose samples all have NaN/``+inf`` values raises
+            ``ValueError``; on the sync-free path (default on accelerators and under
+            ``torch.compile``) all ``n_iter`` iterations run with no host read and such a
+            problem keeps its distribution for that iteration (use
+            :func:`dcem.optim.solve` to see its ``failed`` flag).
 
     Returns:
         the final mean (or best sample), shape ``(n_batch, nx)``.
@@ -261,24 +175,9 @@ def dcem(
     del lml_verbose, lml_eps  # compatibility only
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
-    nx = _check_int("nx", nx, 1)
-    n_batch = _check_int("n_batch", n_batch, 1)
-    n_sample = _check_int("n_sample", n_sample, 1)
-    n_iter = _check_int("n_iter", n_iter, 1)
-    if isinstance(n_elite, bool) or not isinstance(n_elite, Integral) or not 1 <= n_elite <= n_sample:
-        raise ValueError(
-            f"n_elite must be an integer with 1 <= n_elite <= n_sample = {n_sample}, got {n_elite!r}"
-        )
-    n_elite = int(n_elite)
-    if temp is not None and not isinstance(temp, Tensor):
-        if isinstance(temp, bool) or not isinstance(temp, Real) or not (temp >= 0 and math.isfinite(temp)):
-            raise ValueError(f"temp must be None, 0 or a finite float > 0, got {temp!r}")
-        temp = float(temp) if temp > 0 else None
-    if iter_eps is not None and (not isinstance(iter_eps, Real) or iter_eps < 0):
-        raise ValueError(f"iter_eps must be None or a float >= 0, got {iter_eps!r}")
+    nx, n_batch = check_int("nx", nx, 1), check_int("n_batch", n_batch, 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-
     inferred_dtype, dev = _infer_dtype_device([init_mu, init_sigma, lb, ub, temp], device)
     dtype = dtype or inferred_dtype
     if not dtype.is_floating_point:
@@ -286,97 +185,50 @@ def dcem(
     shape = (n_batch, nx)
     mu = _as_param("init_mu", init_mu, 0.0, shape, dtype, dev)
     sigma = _as_param("init_sigma", init_sigma, 1.0, shape, dtype, dev)
-    if dev.type == "cpu" and not bool((sigma.detach() >= 0).all()):
-        raise ValueError("init_sigma must be >= 0")
-    lo = _as_bound("lb", lb, shape, dtype, dev)
-    hi = _as_bound("ub", ub, shape, dtype, dev)
-    if lo is not None and hi is not None and dev.type == "cpu" and not bool((lo < hi).all()):
+    _check_finite("init_mu", mu)
+    _check_finite("init_sigma", sigma, nonneg=True)
+    lo = None if lb is None else _as_param("lb", lb, 0.0, shape, dtype, dev)
+    hi = None if ub is None else _as_param("ub", ub, 0.0, shape, dtype, dev)
+    if lo is not None and hi is not None and host_reads_free(lo) and not bool((lo < hi).all()):
         raise ValueError("lb must be < ub in every coordinate")
     if isinstance(temp, Tensor):
         temp = temp.to(device=dev, dtype=dtype)
-        if temp.dim() == 0:
-            temp = temp.expand(n_batch)
+        temp = temp.expand(n_batch) if temp.dim() == 0 else temp
         if temp.shape != (n_batch,):
             raise ValueError(
                 f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}"
             )
-        if temp.device.type == "cpu" and not bool((temp > 0).all()):
-            raise ValueError("temp tensor must be > 0 (use temp=None for hard CEM)")
-
-    on_cpu = dev.type == "cpu"
-    rows = torch.arange(n_batch, device=dev).unsqueeze(-1) * n_sample  # (n_batch, 1) offsets
-    check_iters = bool(iter_eps) and on_cpu
-    done = torch.zeros(n_batch, 1, dtype=torch.bool, device=dev)
-    all_invalid = torch.zeros((), dtype=torch.bool, device=dev)
-    best_x: Tensor | None = None
-    best_f: Tensor | None = None
-    for i in range(n_iter):
-        eps = torch.randn(n_batch, n_sample, nx, generator=generator, device=dev, dtype=dtype)
-        X = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)
-        if lo is not None or hi is not None:
-            X = torch.clamp(
-                X,
-                None if lo is None else lo.unsqueeze(1),
-                None if hi is None else hi.unsqueeze(1),
-            )
-        if proj_iterate_cb is not None:
-            X = proj_iterate_cb(X)
-        fX = _values(f(X), n_batch, n_sample, dtype)
-        if temp is None:
-            idx, w_e = _hard_elites(fX, n_elite, on_cpu)
-            # row-offset indices into the flattened samples: index_select is much faster than
-            # gather with an expanded index on CPU
-            flat = (idx + rows).reshape(-1)
-            X_e = X.reshape(n_batch * n_sample, nx).index_select(0, flat).view(n_batch, n_elite, nx)
-            wsum = w_e.sum(-1, keepdim=True)
-            new_mu, new_sigma = _moments(w_e, X_e, wsum)
-            I = None
-            all_valid = False
-        else:
-            all_valid = on_cpu and bool(torch.isfinite(fX).all())
-            I = _soft_weights(fX, n_elite, temp, normalize, all_valid)
-            wsum = I.sum(-1, keepdim=True)
-            new_mu, new_sigma = _moments(I, X, wsum)
-        if not all_valid:
-            none_valid = (wsum == 0).any()
-            if on_cpu:
-                if bool(none_valid):
-                    raise ValueError(
-                        f"every sample of some batch element has a NaN or +inf value (iteration {i})"
-                    )
-            else:
-                all_invalid = all_invalid | none_valid
-        if return_best:
-            if I is None:
-                fb, Xb = torch.where(w_e > 0, fX.gather(1, idx), math.inf), X_e
-            else:
-                fb, Xb = torch.where(I > 0, fX, math.inf), X
-            fmin, arg = fb.detach().min(-1)
-            xb = Xb.gather(1, arg.view(n_batch, 1, 1).expand(n_batch, 1, nx)).squeeze(1)
-            if best_x is None:
-                best_x, best_f = xb, fmin
-            else:
-                better = (fmin < best_f).unsqueeze(-1)
-                best_x = torch.where(better, xb, best_x)
-                best_f = torch.minimum(fmin, best_f)
-        if iter_eps:
-            moved = (new_mu - mu).detach().norm(dim=-1, keepdim=True)
-            mu = torch.where(done, mu, new_mu)
-            # the reference stops before refitting sigma on the converging iteration
-            sigma = torch.where(done | (moved < iter_eps), sigma, new_sigma)
-            done = done | (moved < iter_eps)
-        else:
-            mu, sigma = new_mu, new_sigma
-        if iter_cb is not None:
-            if I is None:
-                I = torch.zeros_like(fX).scatter(1, idx, w_e)
-            w = I.unsqueeze(-1)
-            iter_cb(i, X, fX, w, w * X, mu, sigma)
-        if check_iters and bool(done.all()):
-            break
-    if not on_cpu and bool(all_invalid):
-        raise ValueError("every sample of some batch element had a NaN or +inf value")
-    out = best_x if return_best and best_x is not None else mu
+    cfg = CEMConfig(
+        n_sample, n_elite, n_iter, temp, lo, hi, normalize, iter_eps, track_best=return_best, sync=sync
+    )
+    state = _run(f, init_state(mu, sigma), cfg, generator, iter_cb, proj_iterate_cb)
+    out = state.best_x if return_best else state.mu
     if lo is not None or hi is not None:
         out = torch.clamp(out, lo, hi)
     return out
+
+
+def _run(
+    f: Callable[[Tensor], Tensor],
+    state: CEMState,
+    cfg: CEMConfig,
+    generator: torch.Generator | None,
+    iter_cb: IterCallback | None,
+    proj_iterate_cb: Callable[[Tensor], Tensor] | None,
+) -> CEMState:
+    """The loop of :func:`dcem` on the functional core, with the reference's callbacks."""
+    host = resolve_sync(cfg.sync, state.mu)
+    n_batch, n_sample = state.mu.shape[0], cfg.n_sample
+    for i in range(cfg.n_iter):
+        X = ask(state, cfg, generator=generator)
+        if proj_iterate_cb is not None:
+            X = proj_iterate_cb(X)
+        fX = _values(f(X), n_batch, n_sample, X.dtype)
+        upd = _tell(state, cfg, X, fX, host, i)
+        state = upd.state
+        if iter_cb is not None:
+            w = upd.weights().unsqueeze(-1)
+            iter_cb(i, X, fX, w, w * X, state.mu, state.sigma)
+        if host and cfg.iter_eps and bool(state.done.all()):
+            break
+    return state

@@ -26,11 +26,14 @@ not saturated close to zero, so their differences are computed exactly even for
 which are nearly linear in ``nu`` far from it, and fall back to bisection whenever a step
 would leave the bracket; typical inputs converge in 3-6 iterations.
 
-Paths: on CPU the loop stops as soon as every row meets a rounding-level tolerance (reading
-the residual costs nothing there), first from a cheap start centred on the row maximum, then,
-if that has not converged in a few iterations, from the k-th value; inputs of a few rows are
-solved in float64 NumPy, where per-operation overhead is lower. On accelerators and inside
-``torch.func``/``torch.compile`` a fixed iteration count runs with no host synchronisation.
+Paths (chosen by the sync policy of :mod:`dcem.sync`): on the host-checked path (the default
+for CPU tensors) the loop stops as soon as every row meets a rounding-level tolerance, first
+from a cheap start centred on the row maximum, then, if that has not converged in a few
+iterations, from the k-th value; CPU inputs of a few rows are solved in float64 NumPy, where
+per-operation overhead is lower. On the sync-free path (the default on accelerators and inside
+``torch.func``/``torch.compile``) a fixed iteration count runs from the k-th value with no host
+synchronisation; rows that reach the tolerance are frozen, so the result meets the same
+accuracy contract.
 
 The backward pass is the closed form obtained by implicitly differentiating the KKT
 conditions: with ``d_i = y_i (1 - y_i)``,
@@ -52,6 +55,8 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from dcem.sync import check_sync, host_reads_free, resolve_sync
 
 __all__ = ["LML", "lml", "hard_topk"]
 
@@ -89,7 +94,7 @@ def _validate_tau(tau: float | Tensor, x: Tensor) -> float | Tensor:
                 f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
                 f"{tuple(batch_shape)} of x"
             ) from err
-        if tau.device.type == "cpu" and not bool(torch.all(tau > 0)):
+        if host_reads_free(tau) and not bool(torch.all(tau > 0)):
             raise ValueError("tau must be > 0 everywhere (use dcem.hard_topk for tau = 0)")
         return tau
     if isinstance(tau, bool) or not isinstance(tau, Real):
@@ -107,8 +112,8 @@ def _newton(
 
     ``lo``/``hi`` bracket the root (``g(lo) <= 0 <= g(hi)``) and ``lo <= nu <= hi``. Returns
     the final ``nu`` and whether every row reached the rounding-level tolerance (always
-    ``False`` when ``early_exit`` is off: then exactly ``n_iter`` iterations run and nothing
-    synchronises with the host).
+    ``False`` when ``early_exit`` is off: then exactly ``n_iter`` iterations run, rows that
+    have reached the tolerance stay where they are, and nothing synchronises with the host).
     """
     n = z.shape[-1]
     # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
@@ -119,7 +124,8 @@ def _newton(
         s = y.sum(-1, keepdim=True)
         ds = torch.addcmul(y, y, y, value=-1.0).sum(-1, keepdim=True)  # sum of y (1 - y)
         r = k - s
-        if early_exit and r.abs().max().item() <= tol:
+        conv = r.abs() <= tol
+        if early_exit and bool(conv.all()):
             return nu, True
         below = r > 0
         lo = torch.where(below, nu, lo)
@@ -133,7 +139,10 @@ def _newton(
             step = torch.log1p(r / (n - k)) * (n - s)
         # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection
         cand = nu + step / ds
-        nu = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
+        cand = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
+        # converged rows keep their root: without the host check the loop runs on, and a
+        # saturated row (r = 0, ds = 0) would otherwise bisect away from its exact root
+        nu = torch.where(conv, nu, cand)
     return nu, False
 
 
@@ -270,7 +279,8 @@ def _solve(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -> t
     ``x`` has shape ``(B, n)`` with ``1 <= k < n``; ``tau`` is a float or a ``(B, 1)``
     tensor. ``u = (x - t) / tau`` for a per-row threshold ``t``.
     """
-    if host and x.numel() <= _NUMPY_MAX_NUMEL and x.shape[0] <= _NUMPY_MAX_ROWS:
+    small = x.numel() <= _NUMPY_MAX_NUMEL and x.shape[0] <= _NUMPY_MAX_ROWS
+    if host and small and x.device.type == "cpu":
         return _solve_numpy(x, tau, k, n_iter)
     if host:
         u, converged = _solve_from_max(x, tau, k, min(n_iter, _MAX_FIRST))
@@ -378,20 +388,9 @@ class _LMLFunction(_LMLCore):
         return y_t
 
 
-def _host_checks_ok(t: Tensor) -> bool:
-    """Whether reading values of ``t`` (and the other inputs) on the host is free and allowed.
-
-    True for CPU tensors outside ``torch.compile`` and ``torch.func`` transforms; on
-    accelerators a read would synchronise the device, so the solver runs a fixed count.
-    """
-    return (
-        t.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
-    )
-
-
-def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = None) -> Tensor:
+def lml(
+    x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = None, sync: str = "auto"
+) -> Tensor:
     """Soft top-k: project ``x / tau`` onto the interior of the LML polytope (eq. 4).
 
     Args:
@@ -402,11 +401,15 @@ def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = No
         tau: temperature ``> 0``: a float, or a tensor broadcastable to ``x.shape[:-1]``
             (then the result is differentiable with respect to it). As ``tau -> 0`` the
             output approaches the hard top-k indicator (Prop. 2).
-        n_iter: maximum number of safeguarded Newton iterations. On CPU the solver stops
-            as soon as every row meets the tolerance (default cap 50) and warns if it
-            does not; on accelerators and inside ``torch.func``/``torch.compile`` it runs
-            exactly ``n_iter`` iterations (default 10 in float32, 14 in float64), with
+        n_iter: maximum number of safeguarded Newton iterations. On the host-checked path
+            the solver stops as soon as every row meets the tolerance (default cap 50) and
+            warns if it does not; on the sync-free path it runs exactly ``n_iter``
+            iterations (default 10 in float32, 14 in float64; converged rows are frozen), with
             no host synchronisation.
+        sync: ``"auto"`` (default), ``"host"`` or ``"free"``: whether the solver may read
+            the residual on the host to stop early (see :mod:`dcem.sync`). ``"auto"`` is
+            ``"host"`` for CPU tensors and ``"free"`` on accelerators and under
+            ``torch.compile``/``torch.func``. Both paths meet the same accuracy contract.
 
     Returns:
         ``y`` of the same shape, dtype and device as ``x``, with ``0 <= y <= 1`` and
@@ -431,6 +434,7 @@ def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = No
     tau = _validate_tau(tau, x)
     if n_iter is not None and (isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1):
         raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
+    check_sync(sync)
 
     in_dtype = x.dtype
     if in_dtype not in (torch.float32, torch.float64):
@@ -443,7 +447,7 @@ def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = No
         if isinstance(tau, Tensor):
             y = y + 0.0 * tau.unsqueeze(-1)
         return y.to(in_dtype)
-    host = _host_checks_ok(x)
+    host = resolve_sync(sync, x)
     if n_iter is not None:
         iters = n_iter
     else:
@@ -454,12 +458,14 @@ def lml(x: Tensor, k: int, tau: float | Tensor = 1.0, *, n_iter: int | None = No
         tau2 = tau.expand(x.shape[:-1]).reshape(-1, 1)  # (B, 1): one temperature per row
     # the dual solve needs no graph: the gradient comes from the KKT conditions
     u, converged = _solve(x2.detach(), tau2.detach() if isinstance(tau2, Tensor) else tau2, k, iters, host)
-    if host and not converged:
-        # checked only here so that the common path pays nothing for it
+    if (not host and host_reads_free(x2)) or (host and not converged):
+        # on the host path checked only here, so that the common path pays nothing for it; on
+        # the sync-free path only where reading is free (elsewhere non-finite rows give NaN)
         if not bool(torch.isfinite(x2).all()):
             raise ValueError(
                 "x must be finite (no NaN or inf); mask invalid entries with a large finite value"
             )
+    if host and not converged:
         warnings.warn(
             f"dcem.lml: the dual solve did not reach the tolerance within {iters} iterations; "
             "increase n_iter",

@@ -4,7 +4,11 @@ Parametrisation:
 
 * ``device``: ``"cpu"`` always, ``"cuda"`` when a GPU is visible (skipped otherwise);
 * ``dtype``: float32 and float64;
-* ``batch_shape``: leading shapes of ``(..., n)`` inputs, from none to two dimensions.
+* ``batch_shape``: leading shapes of ``(..., n)`` inputs, from none to two dimensions;
+* ``sync_path``: the solvers' host-checked and sync-free paths (:mod:`dcem.sync`), both on
+  CPU, so CI runs the accelerator logic on every commit. Modules opt in with
+  ``pytestmark = pytest.mark.usefixtures("sync_path")``; tests of behaviour that exists on
+  one path only mark themselves ``@pytest.mark.host_path`` or ``@pytest.mark.free_path``.
 
 Hypothesis runs under the profile named by ``HYPOTHESIS_PROFILE`` (default ``dev``: few
 examples, no deadline so the first call's start-up cost does not flake); ``ci`` runs more.
@@ -17,6 +21,8 @@ import os
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+import dcem
 
 settings.register_profile(
     "dev",
@@ -71,3 +77,14 @@ def dtype(request) -> torch.dtype:
 @pytest.fixture(params=BATCH_SHAPES, ids=lambda s: "x".join(map(str, s)) or "none")
 def batch_shape(request) -> tuple[int, ...]:
     return request.param
+
+
+@pytest.fixture(params=["host", "free"])
+def sync_path(request):
+    """Run the test under ``dcem.sync_mode(param)``; skip path-specific tests on the other path."""
+    path = request.param
+    other = "free_path" if path == "host" else "host_path"
+    if request.node.get_closest_marker(other) is not None:
+        pytest.skip(f"behaviour of the {other.removesuffix('_path')} path only")
+    with dcem.sync_mode(path):
+        yield path

@@ -21,7 +21,8 @@ import dcem
 from dcem import dcem as solve
 from dcem import hard_topk
 
-pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+# every test runs on the host-checked and on the sync-free path (tests/conftest.py)
+pytestmark = [pytest.mark.filterwarnings("error::RuntimeWarning"), pytest.mark.usefixtures("sync_path")]
 
 
 def quad(target: torch.Tensor):
@@ -468,6 +469,7 @@ def test_few_valid_costs_use_every_valid_sample(temp):
     torch.testing.assert_close(out, X[:, :2].mean(1))
 
 
+@pytest.mark.host_path
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 @pytest.mark.parametrize("temp", [None, 1.0])
 def test_all_invalid_costs_raise(bad, temp):
@@ -483,6 +485,33 @@ def test_all_invalid_costs_raise(bad, temp):
             solve(lambda X: torch.full(X.shape[:2], bad), 2, n_batch=2, temp=temp)
         with pytest.raises(ValueError, match="sample"):
             solve(f, 2, n_batch=2, temp=temp)
+
+
+@pytest.mark.free_path
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("temp", [None, 1.0])
+def test_all_invalid_costs_are_flagged_without_a_sync(bad, temp):
+    # the sync-free path cannot raise without reading the device: the problem keeps its
+    # distribution, is marked failed, and the other problems are solved as without it
+    from dcem.optim import CEMConfig, init_state
+    from dcem.optim import solve as solve_state
+
+    target = torch.tensor([[1.0, -1.0], [0.0, 0.0], [2.0, 0.5]])
+
+    def f(X):
+        v = quad(target)(X)
+        return torch.cat([v[:1], torch.full_like(v[1:2], bad), v[2:]])
+
+    cfg = CEMConfig(n_sample=50, n_elite=5, n_iter=10, temp=temp, iter_eps=None)
+    mu0, sigma0 = torch.full((3, 2), 0.5), torch.full((3, 2), 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st = solve_state(f, init_state(mu0, sigma0), cfg, generator=gen(3))
+        x = solve(f, 2, 3, 50, 5, 10, temp, init_mu=mu0, init_sigma=sigma0, iter_eps=None, generator=gen(3))
+    assert st.failed.tolist() == [False, True, False]
+    assert torch.equal(st.mu[1], mu0[1]) and torch.equal(st.sigma[1], sigma0[1])
+    assert torch.equal(x, st.mu)
+    torch.testing.assert_close(x[[0, 2]], target[[0, 2]], atol=0.15, rtol=0)
 
 
 @pytest.mark.parametrize("temp", [None, 1.0])
@@ -565,6 +594,7 @@ def test_convergence_is_judged_per_batch_element():
     assert (mus[1:, 1] != mus[:-1, 1]).any(-1)[:5].all()  # still moving
 
 
+@pytest.mark.host_path
 def test_stops_early_when_every_element_converged():
     rec = Recorder()
     solve(
@@ -581,6 +611,19 @@ def test_stops_early_when_every_element_converged():
         generator=gen(0),
     )
     assert len(rec.calls) < 50
+
+
+@pytest.mark.parametrize("temp", [None, 1.0])
+def test_sync_free_path_runs_every_iteration_and_matches_the_host_path(temp):
+    # without host reads the loop cannot stop early; converged problems are frozen instead,
+    # so the result is the host path's (elites equal as sets; sums may be ordered otherwise)
+    kw = dict(n_batch=3, n_sample=30, n_elite=5, n_iter=40, temp=temp, iter_eps=1e-3)
+    rec = Recorder()
+    x_free = solve(quad(torch.ones(3, 2)), 2, **kw, iter_cb=rec, generator=gen(0), sync="free")
+    x_host = solve(quad(torch.ones(3, 2)), 2, **kw, generator=gen(0), sync="host")
+    assert len(rec.calls) == 40
+    torch.testing.assert_close(x_free, x_host, rtol=1e-5, atol=1e-6)
+    assert torch.equal(rec.calls[-1].mu, rec.calls[-2].mu)  # frozen at the end
 
 
 def test_iter_eps_none_runs_every_iteration():

@@ -1,0 +1,35 @@
+"""The optimiser layer: CEM/DCEM as a configuration, a state and a step (ask/tell).
+
+- :class:`CEMConfig`, :class:`CEMState`, :func:`init_state`, :func:`ask`, :func:`tell`,
+  :func:`step`, :func:`solve` (:mod:`dcem.optim.cem`);
+- the sample weights and refits shared by every update rule (:mod:`dcem.optim.weights`).
+"""
+
+from dcem.optim.cem import CEMConfig, CEMState, ask, clamp_to_bounds, init_state, solve, step, tell
+from dcem.optim.weights import (
+    best_sample,
+    hard_elites,
+    invalid_mask,
+    safe_sqrt,
+    soft_elite_weights,
+    standardize,
+    weighted_moments,
+)
+
+__all__ = [
+    "CEMConfig",
+    "CEMState",
+    "ask",
+    "best_sample",
+    "clamp_to_bounds",
+    "hard_elites",
+    "init_state",
+    "invalid_mask",
+    "safe_sqrt",
+    "soft_elite_weights",
+    "solve",
+    "standardize",
+    "step",
+    "tell",
+    "weighted_moments",
+]

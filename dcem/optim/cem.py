@@ -1,0 +1,335 @@
+"""CEM and DCEM (Alg. 1) as a configuration, a functional state and a step.
+
+The loop of the cross-entropy method is split the way ask/tell optimisers are:
+
+* :class:`CEMConfig` -- validated once, immutable: sample and elite counts, temperature
+  (``None`` for hard CEM), bounds, normalisation, convergence threshold, sync policy;
+* :class:`CEMState` -- a NamedTuple of tensors: the Gaussian (``mu``, ``sigma``), per-problem
+  ``done`` (converged) and ``failed`` (an iteration had no valid sample) flags, and the best
+  sample seen with its value;
+* :func:`ask` draws reparameterised samples, :func:`tell` refits the Gaussian from their
+  values, :func:`step` does both with an objective, :func:`solve` runs ``n_iter`` steps.
+
+States are never modified in place: every function returns a new state, and gradients flow
+from the new ``mu``/``sigma`` to everything the objective and the old state depend on.
+Problems may carry any leading batch shape ``(*B, D)``; values are ``(*B, N)``.
+
+Example:
+    >>> import torch
+    >>> from dcem.optim import CEMConfig, init_state, ask, tell
+    >>> cfg = CEMConfig(n_sample=100, n_elite=10, temp=None)
+    >>> state = init_state(torch.zeros(3, 2), torch.ones(3, 2))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> for _ in range(10):
+    ...     X = ask(state, cfg, generator=g)                      # (3, 100, 2)
+    ...     state = tell(state, cfg, X, (X - 1).pow(2).sum(-1))   # evaluate anywhere
+    >>> bool(torch.allclose(state.mu, torch.ones(3, 2), atol=0.05))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from numbers import Real
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from dcem._checks import check_bool, check_int, check_real
+from dcem.optim.weights import best_sample, hard_elites, soft_elite_weights, weighted_moments
+from dcem.sync import check_sync, host_reads_free, resolve_sync
+
+__all__ = ["CEMConfig", "CEMState", "init_state", "ask", "tell", "step", "solve"]
+
+Bound = float | Tensor | None
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    """Hyper-parameters of one (D)CEM solve, checked on construction.
+
+    Args:
+        n_sample: samples per iteration ``N >= 1``.
+        n_elite: elites ``k`` with ``1 <= k <= N``.
+        n_iter: iterations ``T >= 1`` run by :func:`solve`.
+        temp: soft top-k temperature ``tau > 0`` (DCEM; a float or a tensor of the batch
+            shape), or ``None``/``0`` for hard CEM.
+        lb, ub: optional box bounds (floats or tensors broadcastable to ``(*B, D)``);
+            samples are clamped into them.
+        normalize: standardise each problem's values before the soft top-k (scale-free temp).
+        iter_eps: a problem stops updating once its mean moves less than this (2-norm) in
+            one iteration; ``None``/``0`` never stops.
+        track_best: keep the best sample seen in the state (``best_x``, ``best_f``).
+        sync: ``"auto"``, ``"host"`` or ``"free"`` (:mod:`dcem.sync`).
+    """
+
+    n_sample: int = 20
+    n_elite: int = 10
+    n_iter: int = 10
+    temp: float | Tensor | None = 1.0
+    lb: Bound = None
+    ub: Bound = None
+    normalize: bool = True
+    iter_eps: float | None = 1e-4
+    track_best: bool = False
+    sync: str = "auto"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "n_sample", check_int("n_sample", self.n_sample, 1))
+        set_(self, "n_elite", check_int("n_elite", self.n_elite, 1, self.n_sample))
+        set_(self, "n_iter", check_int("n_iter", self.n_iter, 1))
+        set_(self, "temp", _check_temp(self.temp))
+        for name in ("lb", "ub"):
+            _check_bound(name, getattr(self, name))
+        check_bool("normalize", self.normalize)
+        check_bool("track_best", self.track_best)
+        eps = check_real("iter_eps", self.iter_eps, 0.0, none_ok=True)
+        set_(self, "iter_eps", eps or None)
+        check_sync(self.sync)
+
+    @property
+    def hard(self) -> bool:
+        """Whether this is vanilla CEM (hard top-k)."""
+        return self.temp is None
+
+
+def _check_temp(temp: object) -> float | Tensor | None:
+    if temp is None or isinstance(temp, Tensor):
+        if isinstance(temp, Tensor):
+            if not temp.is_floating_point():
+                raise TypeError(f"temp must be a floating-point tensor, got dtype {temp.dtype}")
+            if host_reads_free(temp) and not bool((temp > 0).all()):
+                raise ValueError("temp tensor must be > 0 (use temp=None for hard CEM)")
+        return temp
+    if isinstance(temp, bool) or not isinstance(temp, Real) or not (temp >= 0 and math.isfinite(temp)):
+        raise ValueError(f"temp must be None, 0 or a finite float > 0, got {temp!r}")
+    return float(temp) if temp > 0 else None
+
+
+def _check_bound(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        if host_reads_free(value) and bool(torch.isnan(value).any()):
+            raise ValueError(f"{name} must not contain NaN")
+        return
+    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value):
+        raise ValueError(f"{name} must be None, a float or a tensor (no NaN), got {value!r}")
+
+
+class CEMState(NamedTuple):
+    """State of a batch of (D)CEM problems; shapes for a batch shape ``*B`` and dimension ``D``.
+
+    Attributes:
+        mu: mean of the sampling Gaussian, ``(*B, D)``.
+        sigma: its per-coordinate standard deviation, ``(*B, D)``.
+        done: ``(*B,)`` bool, the problem has converged (``iter_eps``) and no longer moves.
+        failed: ``(*B,)`` bool, some iteration had no sample with a valid value (on the
+            sync-free path the problem then kept its distribution for that iteration).
+        best_x: best sample seen, ``(*B, D)`` (``mu`` at the start).
+        best_f: its value, ``(*B,)`` (``+inf`` at the start; never NaN).
+    """
+
+    mu: Tensor
+    sigma: Tensor
+    done: Tensor
+    failed: Tensor
+    best_x: Tensor
+    best_f: Tensor
+
+
+def init_state(mu: Tensor, sigma: Tensor | float = 1.0) -> CEMState:
+    """A fresh state from the initial Gaussian: ``mu (*B, D)``, ``sigma`` broadcastable to it."""
+    if not isinstance(mu, Tensor) or not mu.is_floating_point() or mu.dim() < 1:
+        raise TypeError("mu must be a floating-point tensor of shape (*B, D)")
+    if not isinstance(sigma, Tensor):
+        sigma = torch.full_like(mu, float(check_real("sigma", sigma, 0.0)))
+    else:
+        try:
+            sigma = sigma.to(mu.dtype).expand(mu.shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"sigma of shape {tuple(sigma.shape)} does not broadcast to mu {tuple(mu.shape)}"
+            ) from err
+    batch = mu.shape[:-1]
+    flags = torch.zeros(batch, dtype=torch.bool, device=mu.device)
+    best_f = torch.full(batch, math.inf, dtype=mu.dtype, device=mu.device)
+    return CEMState(mu, sigma, flags, flags, mu, best_f)
+
+
+def _bound(b: Bound, mu: Tensor) -> Tensor | None:
+    if b is None:
+        return None
+    if isinstance(b, Tensor):
+        try:
+            return b.to(mu).expand(mu.shape).unsqueeze(-2)
+        except RuntimeError as err:
+            raise ValueError(
+                f"bounds of shape {tuple(b.shape)} do not broadcast to (*B, D) = {tuple(mu.shape)}"
+            ) from err
+    return torch.full_like(mu, b).unsqueeze(-2)
+
+
+def clamp_to_bounds(X: Tensor, cfg: CEMConfig, mu: Tensor) -> Tensor:
+    """``X (*B, M, D)`` clamped into the bounds of ``cfg`` (given for ``mu (*B, D)``)."""
+    if cfg.lb is None and cfg.ub is None:
+        return X
+    return torch.clamp(X, _bound(cfg.lb, mu), _bound(cfg.ub, mu))
+
+
+def ask(
+    state: CEMState, cfg: CEMConfig, *, generator: torch.Generator | None = None, noise: Tensor | None = None
+) -> Tensor:
+    """Reparameterised samples ``mu + sigma * eps`` clamped into the bounds, ``(*B, N, D)``.
+
+    ``noise`` (standard normal, ``(*B, N, D)``) replaces the draw from ``generator``: pass it
+    to share noise between calls or to draw it outside a compiled region.
+    """
+    mu, sigma = state.mu, state.sigma
+    shape = (*mu.shape[:-1], cfg.n_sample, mu.shape[-1])
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    elif noise.shape != shape:
+        raise ValueError(f"noise must have shape (*B, n_sample, D) = {shape}, got {tuple(noise.shape)}")
+    X = torch.addcmul(mu.unsqueeze(-2), sigma.unsqueeze(-2), noise)
+    return clamp_to_bounds(X, cfg, mu)
+
+
+class _Update(NamedTuple):
+    state: CEMState
+    soft: Tensor | None  # DCEM: (B, N) weights of the samples
+    elites: tuple[Tensor, Tensor] | None  # CEM: (B, k) indices of the elites and their 0/1 weights
+    n_sample: int
+
+    def weights(self) -> Tensor:
+        """Weights ``(B, N)`` of every sample (hard CEM: 1 for valid elites, else 0)."""
+        if self.soft is not None:
+            return self.soft
+        idx, w = self.elites
+        return torch.zeros(idx.shape[0], self.n_sample, dtype=w.dtype, device=w.device).scatter_(1, idx, w)
+
+
+def tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor) -> CEMState:
+    """Refit the Gaussian of ``state`` from samples ``X (*B, N, D)`` and values ``fX (*B, N)``.
+
+    Hard CEM (``temp=None``) averages the ``n_elite`` best samples, DCEM weights every sample
+    by the soft top-k of the (normalised) values (Prop. 3); NaN and ``+inf`` values get
+    weight 0. On the host-checked path a problem with no valid value raises ``ValueError``;
+    on the sync-free path it keeps its Gaussian and is marked ``failed``.
+    """
+    return _tell(state, cfg, X, fX, resolve_sync(cfg.sync, state.mu)).state
+
+
+def _tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, it: int = 0) -> _Update:
+    batch, (N, D) = state.mu.shape[:-1], X.shape[-2:]
+    B = math.prod(batch)
+    X2, f2 = X.reshape(B, N, D), fX.reshape(B, N)
+    mu, sigma = state.mu.reshape(B, D), state.sigma.reshape(B, D)
+    all_valid = False
+    weights, elites = None, None
+    if cfg.hard:
+        idx, w_e = elites = hard_elites(f2, cfg.n_elite, host)
+        # row-offset indices into the flattened samples: index_select is much faster than
+        # gather with an expanded index on CPU
+        rows = torch.arange(0, B * N, N, device=idx.device).unsqueeze(-1)
+        X_e = X2.reshape(B * N, D).index_select(0, (idx + rows).reshape(-1)).view(B, cfg.n_elite, D)
+        wsum = w_e.sum(-1, keepdim=True)
+        new_mu, new_sigma = weighted_moments(w_e, X_e, wsum)
+    else:
+        temp = cfg.temp if isinstance(cfg.temp, float) else cfg.temp.to(f2).expand(batch).reshape(B)
+        all_valid = host and bool(torch.isfinite(f2).all())
+        weights = soft_elite_weights(f2, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
+        wsum = weights.sum(-1, keepdim=True)
+        new_mu, new_sigma = weighted_moments(weights, X2, wsum)
+    failed = state.failed.reshape(B)
+    if not all_valid:
+        none_valid = wsum.squeeze(-1) == 0
+        if host:
+            if bool(none_valid.any()):
+                raise ValueError(
+                    f"every sample of some batch element has a NaN or +inf value (iteration {it})"
+                )
+        else:  # keep the distribution of such problems; flag them
+            new_mu = torch.where(none_valid.unsqueeze(-1), mu, new_mu)
+            new_sigma = torch.where(none_valid.unsqueeze(-1), sigma, new_sigma)
+            failed = failed | none_valid
+    done = state.done.reshape(B)
+    if cfg.iter_eps:
+        moved = (new_mu - mu).detach().norm(dim=-1) < cfg.iter_eps
+        keep, freeze = done.unsqueeze(-1), (done | moved).unsqueeze(-1)
+        # the reference stops before refitting sigma on the converging iteration
+        new_mu, new_sigma, done = (
+            torch.where(keep, mu, new_mu),
+            torch.where(freeze, sigma, new_sigma),
+            done | moved,
+        )
+    best_x, best_f = state.best_x, state.best_f
+    if cfg.track_best:
+        xb, fb = best_sample(X2, f2)
+        better = fb < best_f.reshape(B)
+        best_x = torch.where(better.unsqueeze(-1), xb, best_x.reshape(B, D)).reshape(state.mu.shape)
+        best_f = torch.minimum(fb, best_f.reshape(B)).reshape(batch)
+    new = CEMState(
+        new_mu.reshape(state.mu.shape),
+        new_sigma.reshape(state.mu.shape),
+        done.reshape(batch),
+        failed.reshape(batch),
+        best_x,
+        best_f,
+    )
+    return _Update(new, weights, elites, N)
+
+
+def _evaluate(f: Callable[[Tensor], Tensor], X: Tensor) -> Tensor:
+    fX = f(X)
+    if not isinstance(fX, Tensor):
+        raise TypeError(f"f must return a tensor of shape (*B, n_sample), got {type(fX).__name__}")
+    if fX.is_complex() or fX.dtype == torch.bool:
+        raise TypeError(f"f must return real values, got dtype {fX.dtype}")
+    if fX.shape != X.shape[:-1]:
+        raise ValueError(
+            f"f must return values of shape (*B, n_sample) = {tuple(X.shape[:-1])}, got {tuple(fX.shape)}"
+        )
+    return fX if fX.dtype == X.dtype else fX.to(X.dtype)
+
+
+def step(
+    f: Callable[[Tensor], Tensor],
+    state: CEMState,
+    cfg: CEMConfig,
+    *,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> CEMState:
+    """One iteration: :func:`ask`, evaluate ``f`` (``(*B, N, D) -> (*B, N)``), :func:`tell`."""
+    X = ask(state, cfg, generator=generator, noise=noise)
+    return tell(state, cfg, X, _evaluate(f, X))
+
+
+def solve(
+    f: Callable[[Tensor], Tensor],
+    state: CEMState,
+    cfg: CEMConfig,
+    *,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> CEMState:
+    """``cfg.n_iter`` steps from ``state``; returns the final state.
+
+    On the host-checked path the loop stops once every problem is ``done``. ``noise`` of
+    shape ``(n_iter, *B, N, D)`` gives every iteration's standard normal draws (for compiled
+    or captured solves, where a ``torch.Generator`` cannot be used).
+    """
+    host = resolve_sync(cfg.sync, state.mu)
+    for i in range(cfg.n_iter):
+        X = ask(state, cfg, generator=generator, noise=None if noise is None else noise[i])
+        state = _tell(state, cfg, X, _evaluate(f, X), host, i).state
+        if host and cfg.iter_eps and bool(state.done.all()):
+            break
+    return state

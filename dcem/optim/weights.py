@@ -1,0 +1,155 @@
+"""Sample weights and weighted refits shared by every update rule (CEM, DCEM, MPPI, iCEM).
+
+All functions act on a batch of rows: values ``fX`` of shape ``(B, N)`` (lower is better),
+samples ``X`` of shape ``(B, N, D)``. The conventions hold everywhere in dcem:
+
+* NaN and ``+inf`` values are *invalid*: never elite, never the best sample, weight 0;
+* ``-inf`` is the best possible value;
+* nothing here reads tensor values on the host unless the caller says it may (``host``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dcem.soft_topk import lml
+
+__all__ = [
+    "invalid_mask",
+    "standardize",
+    "hard_elites",
+    "soft_elite_weights",
+    "weighted_moments",
+    "best_sample",
+    "safe_sqrt",
+]
+
+
+def invalid_mask(fX: Tensor) -> Tensor:
+    """``True`` where a value is NaN or ``+inf`` (``-inf`` is the best possible value)."""
+    return torch.isnan(fX) | (fX == math.inf)
+
+
+def safe_sqrt(v: Tensor) -> Tensor:
+    """``sqrt(v)`` for ``v >= 0`` with a finite (zero) gradient at ``v = 0``.
+
+    The plain square root has an infinite derivative at 0, which turns zero-spread costs (a
+    flat objective, ``init_sigma = 0``) into NaN gradients; below the smallest normal number
+    the value is clamped, which changes it by less than ``sqrt(tiny)``.
+    """
+    return v.clamp_min(torch.finfo(v.dtype).tiny).sqrt()
+
+
+def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Per-row standardisation of ``v (B, N)`` over the entries where ``valid`` holds.
+
+    Unbiased standard deviation plus ``1e-6``, as the reference; entries outside ``valid``
+    become 0. The deviations are scaled by their largest magnitude before squaring, so values
+    up to the dtype's largest finite number normalise without overflow, and rows of equal
+    values (zero spread) give zeros with finite gradients.
+    """
+    if valid is None:
+        count = torch.full_like(v[..., :1], v.shape[-1])
+        dev = v - v.mean(-1, keepdim=True)
+    else:
+        zero = torch.zeros_like(v)
+        count = valid.sum(-1, keepdim=True).to(v.dtype)
+        mean = torch.where(valid, v, zero).sum(-1, keepdim=True) / count.clamp_min(1)
+        dev = torch.where(valid, v - mean, zero)
+    m = dev.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
+    var = (dev / m).pow(2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
+    return dev / (m * safe_sqrt(var) + 1e-6)
+
+
+def hard_elites(fX: Tensor, n_elite: int, host: bool) -> tuple[Tensor, Tensor]:
+    """Indices ``(B, k)`` of the ``k`` smallest values and their weights (0 for invalid ones).
+
+    With ``host`` and CPU values NumPy's introselect is used (several times faster than
+    ``torch.topk`` for short rows); otherwise ``torch.topk``, which is what accelerators and
+    ``torch.compile`` run. Both order NaN last; ties may be broken differently.
+    """
+    v = fX.detach()
+    if host and v.device.type == "cpu":
+        part = np.argpartition(v.numpy(), n_elite - 1, axis=-1)[:, :n_elite]
+        idx = torch.from_numpy(np.ascontiguousarray(part))
+    else:
+        idx = torch.topk(v.nan_to_num(nan=math.inf), n_elite, dim=-1, largest=False, sorted=False).indices
+    w = (~invalid_mask(v.gather(1, idx))).to(fX.dtype)
+    return idx, w
+
+
+def soft_elite_weights(
+    fX: Tensor,
+    n_elite: int,
+    temp: float | Tensor,
+    normalize: bool,
+    *,
+    all_valid: bool = False,
+    sync: str = "auto",
+) -> Tensor:
+    """Soft top-k weights ``(B, N)`` summing to ``n_elite`` per row (Prop. 3, eq. 5).
+
+    ``temp`` is a float or a ``(B,)`` tensor dividing the (optionally standardised) values.
+    Invalid values get weight 0; a row with at most ``n_elite`` valid values weights each of
+    them by one. ``all_valid`` (a promise by a caller that has checked every value is finite
+    on the host) skips the masking.
+    """
+    tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
+    n = fX.shape[-1]
+    if all_valid:
+        if normalize and n > 1:
+            var, mean = torch.var_mean(fX, -1, keepdim=True)
+            if bool(torch.isfinite(var).all()):
+                return lml((mean - fX) / ((safe_sqrt(var) + 1e-6) * tscale), n_elite, 1.0, sync=sync)
+            fX = standardize(fX)  # squares overflowed: rescale before squaring
+        return lml(fX / -tscale, n_elite, 1.0, sync=sync)
+    valid = ~invalid_mask(fX)
+    finite = torch.isfinite(fX)  # valid and not -inf
+    n_valid = valid.sum(-1, keepdim=True)
+    v = torch.where(finite, fX, torch.zeros_like(fX))
+    if normalize:
+        v = standardize(v, finite)
+    s = v / -tscale
+    # invalid values sit far below every finite score, -inf costs (the best possible) far above
+    inf = torch.full_like(s, math.inf)
+    low = torch.where(finite, s, inf).amin(-1, keepdim=True).nan_to_num(posinf=0.0)
+    high = torch.where(finite, s, -inf).amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    s = torch.where(finite, s, torch.where(valid, high + 1e3, low - 1e3).detach())
+    I = lml(s, n_elite, 1.0, sync=sync)
+    I = torch.where(valid, I, torch.zeros_like(I))
+    return torch.where(n_valid <= n_elite, valid.to(I.dtype), I)
+
+
+def weighted_moments(w: Tensor, X: Tensor, wsum: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Weighted mean and standard deviation over dim 1: ``w (B, M)``, ``X (B, M, D)`` -> ``(B, D)`` each.
+
+    ``wsum`` (``(B, 1)``, default ``w.sum(-1)``) may be passed when the caller has it. Rows of
+    zero total weight give a zero mean; callers keep their previous iterate for them.
+    """
+    tiny = torch.finfo(X.dtype).tiny
+    if wsum is None:
+        wsum = w.sum(-1, keepdim=True)
+    wsum = wsum.clamp_min(tiny)
+    w3 = w.unsqueeze(1)
+    mu = torch.bmm(w3, X).squeeze(1) / wsum
+    D = X - mu.unsqueeze(1)
+    var = torch.bmm(w3, D * D).squeeze(1) / wsum
+    return mu, safe_sqrt(var)
+
+
+def best_sample(X: Tensor, fX: Tensor) -> tuple[Tensor, Tensor]:
+    """The lowest-valued valid sample of each row: ``X (B, N, D)``, ``fX (B, N)`` -> ``(B, D)``, ``(B,)``.
+
+    The one best-sample rule of dcem: NaN and ``+inf`` are never best, ``-inf`` is the best
+    possible value; a row with no valid value returns ``+inf`` (and its first sample), which
+    never replaces a tracked best.
+    """
+    fb = torch.where(invalid_mask(fX), math.inf, fX).detach()
+    fmin, arg = fb.min(-1)
+    B, _, D = X.shape
+    xb = X.gather(1, arg.view(B, 1, 1).expand(B, 1, D)).squeeze(1)
+    return xb, fmin
