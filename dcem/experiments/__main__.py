@@ -8,10 +8,14 @@ import sys
 
 import dcem.experiments as _pkg
 
+#: subpackages that are not ``dcem-exp`` experiments
+NOT_EXPERIMENTS = ("common", "demo")
+
 
 def available() -> list[str]:
     """Names of the experiments shipped in :mod:`dcem.experiments`."""
-    return sorted(m.name for m in pkgutil.iter_modules(_pkg.__path__) if m.ispkg)
+    return sorted(m.name for m in pkgutil.iter_modules(_pkg.__path__)
+                  if m.ispkg and m.name not in NOT_EXPERIMENTS and not m.name.startswith("_"))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     names = available()
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(
-            "usage: dcem-exp NAME [key=value ...]\n\nexperiments: " + ", ".join(names) + "\n"
+            "usage: dcem-exp NAME [key=value ...]   (dcem-exp NAME --help lists the keys)\n\n"
+            "experiments: " + ", ".join(names) + "\n"
         )
         return
     name = argv[0]
@@ -28,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(f"dcem.experiments.{name}")
     try:
         module.main(argv[1:])
-    except ValueError as err:  # bad configuration or arguments: a message, not a traceback
-        raise SystemExit(f"dcem-exp {name}: error: {err}") from err
+    except ValueError as err:  # bad configuration, run folder or checkpoint: a message, not a traceback
+        raise SystemExit(f"dcem-exp {name}: error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
-"""Plots of the cartpole experiment: learning curves, fig. 3 (samples), cost surfaces, ablation."""
+"""Plots of the cartpole experiment: learning curves, fig. 3 (samples), cost surfaces, ablation.
+
+Call them inside :func:`dcem.experiments.common.plots.style` (the shared, local plot style).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from dcem.control import MPC, LatentDCEMController  # noqa: E402
+from dcem.control import MPC, LatentDCEMController
+from dcem.experiments.common.plots import figure, save
 
 
 def _smooth(y: np.ndarray, w: int) -> np.ndarray:
@@ -34,7 +34,8 @@ def plot_curves(
     """Training (smoothed) and validation cost per decoder update, with the expert's cost as a line."""
     tr = [r for r in rows if r["mode"] == "train"]
     va = [r for r in rows if r["mode"] == "val"]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.subplots()
     if tr:
         it = np.array([r["iter"] for r in tr])
         c = np.array([r["cost"] for r in tr])
@@ -55,10 +56,8 @@ def plot_curves(
     ax.set_xlabel("decoder update")
     ax.set_ylabel("plan cost (lower is better)")
     ax.set_title(title or "cartpole: latent DCEM controller")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.legend()
+    save(fig, path, dpi=100)
 
 
 def _record(store: list[tuple[Tensor, Tensor, Tensor]]):
@@ -89,7 +88,8 @@ def plot_fig3(
     p = expert.plan(x, iter_cb=_record(cem_store))
     lat = ctrl.solve(x, generator=torch.Generator().manual_seed(seed), iter_cb=_record(lat_store))
     iters = sorted({0, 1, 3, min(len(cem_store), len(lat_store)) - 1})
-    fig, axes = plt.subplots(2, len(iters), figsize=(3 * len(iters), 5), sharey=True, squeeze=False)
+    fig = figure(figsize=(3.4 * len(iters), 6.0), layout="constrained")
+    axes = fig.subplots(2, len(iters), sharey=True, squeeze=False)
     t = np.arange(H)
     for row, (store, name, decode) in enumerate(
         (
@@ -110,16 +110,13 @@ def plot_fig3(
             el = torch.topk(w, min(10, w.numel())).indices  # largest (soft) elite weights
             for k in el.tolist():
                 ax.plot(t, U[k].numpy(), color="C3", alpha=0.8, lw=0.8)
-            ax.set_title(f"{name}\niteration {i + 1}", fontsize=7)
+            ax.set_title(f"{name}\niteration {i + 1}")
             ax.set_xlabel("t")
         axes[row, 0].set_ylabel("force u_t")
     fig.suptitle(
         f"CEM plan cost {float(p.cost[0]):.2f} vs latent DCEM {float(lat.cost[0]):.2f} (red: elites)",
-        fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path, dpi=100)
     return {"fig3_cem_cost": float(p.cost[0]), "fig3_latent_cost": float(lat.cost[0])}
 
 
@@ -139,19 +136,18 @@ def plot_surface(ctrl: LatentDCEMController, x0: Tensor, path: Path, grid: int =
     z[..., 0] = Z1.reshape(-1)
     z[..., 1] = Z2.reshape(-1) if ctrl.n_latent > 1 else z[..., 1 % ctrl.n_latent]
     C = ctrl.latent_cost(x0)(z).view(k, grid, grid)
-    fig, axes = plt.subplots(1, k, figsize=(3 * k, 2.9), squeeze=False)
+    fig = figure(figsize=(3.6 * k, 3.4), layout="constrained")
+    axes = fig.subplots(1, k, squeeze=False)
     for j in range(k):
         ax = axes[0, j]
         cs = ax.contourf(Z1.numpy(), Z2.numpy(), C[j].numpy(), levels=20, cmap="Blues_r")
         fig.colorbar(cs, ax=ax, fraction=0.046)
         ax.plot(float(sol.z[j, 0]), float(sol.z[j, min(1, ctrl.n_latent - 1)]), "r*", ms=10)
         th = float(torch.atan2(x0[j, 3], x0[j, 2]))
-        ax.set_title(f"th0={th:.2f}, C(z*)={float(sol.cost[j]):.2f} (dark=low)", fontsize=8)
+        ax.set_title(f"θ0 = {th:.2f}, C(z*) = {float(sol.cost[j]):.2f}\n(dark = low cost)")
         ax.set_xlabel("z1")
     axes[0, 0].set_ylabel("z2")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def plot_ablation(
@@ -162,7 +158,8 @@ def plot_ablation(
 ) -> None:
     """Validation curves of the tau x latent-size ablation, one panel per latent size."""
     sizes = sorted({r["n_latent"] for r in results})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.2), sharey=True, squeeze=False)
+    fig = figure(figsize=(4.4 * len(sizes), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(sizes), sharey=True, squeeze=False)
     for j, nz in enumerate(sizes):
         ax = axes[0, j]
         for r in results:
@@ -172,10 +169,8 @@ def plot_ablation(
             label = f"tau={r['temp']:g}" if r["temp"] else "tau=0 (hard CEM)"
             ax.plot([c["iter"] for c in rows], [c["cost"] for c in rows], "o-", ms=2, label=label)
         ax.axhline(expert, color="k", ls="--", label="expert")
-        ax.set_title(f"latent size {nz}", fontsize=9)
+        ax.set_title(f"latent size {nz}")
         ax.set_xlabel("decoder update")
     axes[0, 0].set_ylabel("validation cost")
-    axes[0, -1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    axes[0, -1].legend()
+    save(fig, path, dpi=90)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,23 +21,11 @@ from dcem.control import (
     cartpole_swingup_cost,
     train_step,
 )
+from dcem.experiments.common.runs import CsvLog, atomic_write_text, incompatible, load_torch, save_torch
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ["iter", "mode", "cost", "loss", "grad_norm", "lr", "wall_s"]
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace`` it onto ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def validation_states(cfg: DictConfig, dx: CartpoleDx) -> Tensor:
@@ -113,7 +99,7 @@ def expert_costs(
     with torch.no_grad():
         costs = torch.cat([mpc.plan(xb).cost for xb in x_val.split(25)])
     if cache is not None:
-        atomic_write_text(json.dumps({"key": key, "costs": costs.tolist()}), cache)
+        atomic_write_text(cache, json.dumps({"key": key, "costs": costs.tolist()}))
     return costs
 
 
@@ -123,25 +109,85 @@ def evaluate(ctrl: LatentDCEMController, x_val: Tensor, seed: int) -> Tensor:
     return ctrl.solve(x_val, generator=torch.Generator().manual_seed(seed)).cost
 
 
-def _append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-
-
 def read_csv(path: Path) -> list[dict[str, Any]]:
-    with path.open() as fh:
-        return [
-            {
-                k: (v if k == "mode" else int(v) if k == "iter" else float(v))
-                for k, v in row.items()
-                if v != ""
-            }
-            for row in csv.DictReader(fh)
-        ]
+    """Rows of ``log.csv`` (empty cells left out)."""
+    return [{k: v for k, v in r.items() if v is not None} for r in CsvLog(path, CSV_FIELDS).rows()]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    ck = load_torch(path, weights_only=False)
+    if not isinstance(ck, dict) or "decoder" not in ck:
+        raise incompatible(path, "not a cartpole checkpoint")
+    return ck
+
+
+def _load_decoder(ctrl: LatentDCEMController, path: Path) -> dict[str, Any]:
+    ck = _load(path)
+    try:
+        ctrl.decoder.load_state_dict(ck["decoder"])
+    except RuntimeError as err:
+        raise incompatible(path, str(err).splitlines()[0][:120]) from None
+    return ck
+
+
+class _Training:
+    """Decoder, optimiser, schedule, generators and log of one Alg. 2 run in ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, n_latent: int | None, temp: float | None) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg, self.dx = cfg, CartpoleDx()
+        torch.manual_seed(int(cfg.seed))
+        self.ctrl = make_controller(cfg, self.dx, n_latent, temp)
+        self.opt = torch.optim.Adam(self.ctrl.decoder.parameters(), lr=float(cfg.lr))
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, "min", patience=int(cfg.lr_patience), factor=float(cfg.lr_factor)
+        )
+        self.g_train = torch.Generator().manual_seed(int(cfg.seed) + 100)  # DCEM samples
+        self.g_init = torch.Generator().manual_seed(int(cfg.seed) + 200)  # initial states
+        self.ckpt_path, self.best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
+        self.log = CsvLog(run_dir / "log.csv", CSV_FIELDS)
+        self.start, self.best_val, self.random_cost, self.wall0 = 0, math.inf, None, 0.0
+
+    def restore(self) -> None:
+        """Load ``checkpoint.pt`` and drop the log rows written after it (an interrupted run)."""
+        ck = _load(self.ckpt_path)
+        try:
+            self.ctrl.decoder.load_state_dict(ck["decoder"])
+            self.opt.load_state_dict(ck["opt"])
+            self.sched.load_state_dict(ck["sched"])
+            self.g_train.set_state(ck["g_train"])
+            self.g_init.set_state(ck["g_init"])
+            self.start, self.best_val = int(ck["iter"]), float(ck["best_val"])
+            self.random_cost, self.wall0 = ck["random_cost"], float(ck["wall_s"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise incompatible(self.ckpt_path, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}") \
+                from None
+        self.log.rewrite(r for r in self.log.rows() if r["iter"] < self.start)
+
+    def save(self, it: int, wall: float) -> None:
+        save_torch({"decoder": self.ctrl.decoder.state_dict(), "opt": self.opt.state_dict(),
+                    "sched": self.sched.state_dict(), "g_train": self.g_train.get_state(),
+                    "g_init": self.g_init.get_state(), "iter": it, "best_val": self.best_val,
+                    "random_cost": self.random_cost, "wall_s": wall,
+                    "config": OmegaConf.to_container(self.cfg), "n_latent": self.ctrl.n_latent,
+                    "temp": self.ctrl.temp}, self.ckpt_path)  # fmt: skip
+
+    def validate(self, it: int, x_val: Tensor, wall: float) -> dict[str, Any]:
+        val = float(evaluate(self.ctrl, x_val, int(self.cfg.seed) + 300).mean())
+        if it == 0:
+            self.random_cost = val
+        self.sched.step(val)
+        if val < self.best_val:
+            self.best_val = val
+            save_torch({"decoder": self.ctrl.decoder.state_dict(), "iter": it, "val": val}, self.best_path)
+        return dict(iter=it, mode="val", cost=val, lr=self.opt.param_groups[0]["lr"], wall_s=wall)
+
+    def step(self, it: int, wall: float) -> dict[str, Any]:
+        x0 = self.dx.sample_state(int(self.cfg.n_batch), self.g_init)
+        out = train_step(self.ctrl, self.opt, x0, generator=self.g_train, clip_grad=self.cfg.clip_grad)
+        return dict(iter=it, mode="train", cost=float(out["cost"]), loss=float(out["loss"]),
+                    grad_norm=float(out["grad_norm"]), lr=self.opt.param_groups[0]["lr"],
+                    wall_s=wall)  # fmt: skip
 
 
 def train(
@@ -156,133 +202,36 @@ def train(
     """Alg. 2 on the cartpole; resumable from ``run_dir/checkpoint.pt``. Returns the summary."""
     from tqdm.auto import tqdm
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dx = CartpoleDx()
     n_iters = int(cfg.n_train_iter if n_train_iter is None else n_train_iter)
-    torch.manual_seed(int(cfg.seed))
-    ctrl = make_controller(cfg, dx, n_latent, temp)
-    opt = torch.optim.Adam(ctrl.decoder.parameters(), lr=float(cfg.lr))
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, "min", patience=int(cfg.lr_patience), factor=float(cfg.lr_factor)
-    )
-    g_train = torch.Generator().manual_seed(int(cfg.seed) + 100)  # DCEM samples
-    g_init = torch.Generator().manual_seed(int(cfg.seed) + 200)  # initial states
-    x_val = validation_states(cfg, dx)
-    ckpt_path, best_path, csv_path = (
-        run_dir / "checkpoint.pt",
-        run_dir / "best.pt",
-        run_dir / "log.csv",
-    )
-    start, best_val, random_cost, wall0 = 0, math.inf, None, 0.0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        ctrl.decoder.load_state_dict(ck["decoder"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        g_train.set_state(ck["g_train"])
-        g_init.set_state(ck["g_init"])
-        start, best_val, random_cost, wall0 = (
-            ck["iter"],
-            ck["best_val"],
-            ck["random_cost"],
-            ck["wall_s"],
-        )
-        # drop log rows written after the checkpoint (an interrupted run)
-        if csv_path.exists():
-            rows = [r for r in read_csv(csv_path) if r["iter"] < start]
-            csv_path.unlink()
-            if rows:
-                _append_csv(csv_path, [{k: r.get(k, "") for k in CSV_FIELDS} for r in rows])
-        log.info("resuming %s at iteration %d", run_dir, start)
-    elif csv_path.exists():
-        csv_path.unlink()
-
+    tr = _Training(cfg, run_dir, n_latent, temp)
+    x_val = validation_states(cfg, tr.dx)
+    if tr.ckpt_path.exists():
+        tr.restore()
+        log.info("resuming %s at iteration %d", run_dir, tr.start)
+    else:
+        tr.log.rewrite([])
     if expert is None:
-        expert = expert_costs(cfg, dx, x_val, run_dir / "expert.json")
+        expert = expert_costs(cfg, tr.dx, x_val, run_dir / "expert.json")
     expert_mean = float(expert.mean())
-    val_seed = int(cfg.seed) + 300
-    t0 = time.perf_counter() - wall0
+    t0 = time.perf_counter() - tr.wall0
     pending: list[dict[str, Any]] = []
-
-    def save(it: int) -> None:
-        atomic_torch_save(
-            {
-                "decoder": ctrl.decoder.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
-                "g_train": g_train.get_state(),
-                "g_init": g_init.get_state(),
-                "iter": it,
-                "best_val": best_val,
-                "random_cost": random_cost,
-                "wall_s": time.perf_counter() - t0,
-                "config": OmegaConf.to_container(cfg),
-                "n_latent": ctrl.n_latent,
-                "temp": ctrl.temp,
-            },
-            ckpt_path,
-        )
-
-    bar = tqdm(
-        range(start, n_iters + 1),
-        initial=start,
-        total=n_iters + 1,
-        disable=not cfg.progress,
-        desc=run_dir.name,
-    )
+    bar = tqdm(range(tr.start, n_iters + 1), initial=tr.start, total=n_iters + 1, disable=not cfg.progress,
+               desc=run_dir.name)  # fmt: skip
     for it in bar:
         if it % int(cfg.val_interval) == 0 or it == n_iters:
-            val = float(evaluate(ctrl, x_val, val_seed).mean())
-            if it == 0:
-                random_cost = val
-            sched.step(val)
-            pending.append(
-                dict(
-                    iter=it,
-                    mode="val",
-                    cost=val,
-                    loss="",
-                    grad_norm="",
-                    lr=opt.param_groups[0]["lr"],
-                    wall_s=time.perf_counter() - t0,
-                )
-            )
-            if val < best_val:
-                best_val = val
-                atomic_torch_save({"decoder": ctrl.decoder.state_dict(), "iter": it, "val": val}, best_path)
-            bar.set_postfix(val=f"{val:.2f}", expert=f"{expert_mean:.2f}")
+            pending.append(tr.validate(it, x_val, time.perf_counter() - t0))
+            bar.set_postfix(val=f"{pending[-1]['cost']:.2f}", expert=f"{expert_mean:.2f}")
         if it == n_iters:
             break
-        x0 = dx.sample_state(int(cfg.n_batch), g_init)
-        out = train_step(ctrl, opt, x0, generator=g_train, clip_grad=cfg.clip_grad)
-        pending.append(
-            dict(
-                iter=it,
-                mode="train",
-                cost=float(out["cost"]),
-                loss=float(out["loss"]),
-                grad_norm=float(out["grad_norm"]),
-                lr=opt.param_groups[0]["lr"],
-                wall_s=time.perf_counter() - t0,
-            )
-        )
+        pending.append(tr.step(it, time.perf_counter() - t0))
         if (it + 1) % int(cfg.ckpt_interval) == 0:
-            _append_csv(csv_path, pending)
+            tr.log.append(pending)
             pending = []
-            save(it + 1)
-    _append_csv(csv_path, pending)
-    save(n_iters)
-
-    return summarize(
-        cfg,
-        run_dir,
-        n_latent,
-        temp,
-        expert,
-        expert_test,
-        n_iters=n_iters,
-        wall_s=time.perf_counter() - t0,
-    )
+            tr.save(it + 1, time.perf_counter() - t0)
+    tr.log.append(pending)
+    tr.save(n_iters, time.perf_counter() - t0)
+    return summarize(cfg, run_dir, n_latent, temp, expert, expert_test, n_iters=n_iters,
+                     wall_s=time.perf_counter() - t0)  # fmt: skip
 
 
 def summarize(
@@ -301,12 +250,11 @@ def summarize(
     never used to select the checkpoint. Writes and returns ``summary.json``.
     """
     dx = CartpoleDx()
-    ck = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ck = _load(run_dir / "checkpoint.pt")
     nz = int(ck.get("n_latent", n_latent or cfg.decoder.n_latent))
     tau = ck.get("temp", temp)
     ctrl = make_controller(cfg, dx, nz, 0.0 if tau is None else float(tau))
-    best = torch.load(run_dir / "best.pt", weights_only=False)
-    ctrl.decoder.load_state_dict(best["decoder"])
+    best = _load_decoder(ctrl, run_dir / "best.pt")
     x_val, x_test = validation_states(cfg, dx), test_states(cfg, dx)
     if expert is None:
         expert = expert_costs(cfg, dx, x_val, run_dir / "expert.json")
@@ -335,5 +283,5 @@ def summarize(
         "frac_test_states_latent_beats_expert": float((latent_test <= expert_test).float().mean()),
         "wall_s": float(ck.get("wall_s", 0.0) if wall_s is None else wall_s),
     }
-    atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

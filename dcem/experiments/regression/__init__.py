@@ -3,35 +3,45 @@
 ``dcem-exp regression [scale=short|paper|tiny] [key=value ...]`` trains an energy network
 ``E_theta(x, y)`` on ``y = x sin x`` with both unrolled inner optimisers for every seed in
 ``seeds``, then writes tables and figures into ``out_dir`` (default
-``runs/regression/<timestamp>``; pointing ``out_dir`` at an existing run resumes it):
+``runs/regression/<timestamp>``; pointing ``out_dir`` at an existing run with the same
+configuration resumes it; ``resume=false`` moves it aside and starts over):
 
-- ``config.yaml``: the resolved configuration;
+- ``config.yaml``: the resolved configuration (written once);
 - ``{gd,dcem}/seed<k>/log.csv``, ``ckpt.pt``, ``model.pt``: per-run logs and checkpoints;
 - ``summary.csv``, ``ablation.csv``, ``results.json``, ``summary.md``: final metrics;
 - ``loss_curves.png``, ``energy_surfaces.png`` (fig. 2), ``energy_surfaces_all_seeds.png``,
   ``ablation_mse.png``, ``ablation_predictions.png`` (app. B).
+
+Scales: ``short`` (default, 1000 updates), ``paper`` (100k updates, the reference protocol),
+``tiny`` (seconds, a smoke test).
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "load_config", "run"]
+from dcem.experiments.common.config import Experiment
+from dcem.experiments.common.config import load as _load
+from dcem.experiments.regression.schema import RegressionConfig
+
+__all__ = ["EXPERIMENT", "main", "load_config", "run"]
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+EXPERIMENT = Experiment(
+    "regression", Path(__file__).resolve().parent / "conf", RegressionConfig, __doc__ or "",
+    free_keys=("out_dir", "progress", "num_threads", "resume", "analyse", "device", "methods", "seeds"),
+)  # fmt: skip
 
 
 def load_config(overrides: list[str] | None = None) -> Any:
-    """Compose ``conf/config.yaml`` with Hydra ``overrides`` (e.g. ``["scale=paper"]``)."""
-    from dcem.experiments._config import compose_config
-
-    return compose_config(CONF_DIR, overrides)
+    """The typed, validated configuration for Hydra ``overrides`` (e.g. ``["scale=paper"]``)."""
+    cfg = _load(EXPERIMENT, overrides or [])
+    if cfg is None:
+        raise ValueError("load_config does not take --help")
+    return cfg
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -40,25 +50,14 @@ def run(cfg: Any) -> dict[str, Any]:
     Returns:
         the aggregates written to ``results.json`` (empty when ``analyse=false``).
     """
-    import torch
     from omegaconf import OmegaConf
 
+    from dcem.experiments.common.runs import open_run, set_threads
     from dcem.experiments.regression.analysis import analyse
     from dcem.experiments.regression.train import train_run
 
-    for m in cfg.methods:
-        if m not in ("gd", "dcem"):
-            raise ValueError(f"methods must be a subset of [gd, dcem], got {m!r}")
-    if len(cfg.seeds) < 1:
-        raise ValueError("seeds must list at least one seed")
-    if cfg.num_threads is not None:
-        torch.set_num_threads(int(cfg.num_threads))
-    out = cfg.out_dir
-    if out is None:
-        out = Path("runs") / "regression" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml")
+    set_threads(cfg.num_threads)
+    out_dir = open_run("regression", cfg, EXPERIMENT.free_keys, resume=bool(cfg.resume))
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     log.info("regression: writing to %s", out_dir)
 
@@ -77,17 +76,11 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    """CLI entry point: ``dcem-exp regression [overrides...]``."""
-    if any(a in ("-h", "--help") for a in argv):
-        from omegaconf import OmegaConf
+    """CLI entry point: ``dcem-exp regression [overrides...]`` (``--help`` lists every key)."""
+    from dcem.experiments.common.runs import setup_logging
 
-        sys.stdout.write(
-            "usage: dcem-exp regression [scale=short|paper|tiny] [key=value ...]\n"
-            + (__doc__ or "")
-            + "\ndefault configuration:\n\n"
-            + OmegaConf.to_yaml(load_config([a for a in argv if a not in ("-h", "--help")]))
-        )
+    cfg = _load(EXPERIMENT, argv)
+    if cfg is None:
         return
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run(load_config(argv))
+    setup_logging()
+    run(cfg)

@@ -4,6 +4,7 @@ ablation (App. B), energy surfaces (fig. 2) and the figures written to the run f
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -14,8 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dcem.experiments.common import plots
+from dcem.experiments.common.runs import atomic_write_text, load_torch, t_quantile
+from dcem.experiments.common.runs import mean_ci95 as _mean_ci95
 from dcem.experiments.regression.model import make_data, target_fn
-from dcem.experiments.regression.train import build, predict, read_log, t_quantile_975
+from dcem.experiments.regression.train import build, predict, read_log
 
 __all__ = ["analyse", "mean_ci", "energy_grid", "grid_argmin"]
 
@@ -27,14 +31,7 @@ _NAMES = {"gd": "unrolled GD", "dcem": "DCEM"}
 
 def mean_ci(values: Sequence[float] | Tensor) -> tuple[float, float]:
     """Mean and half-width of the two-sided 95% Student-t interval (``nan`` for one value)."""
-    v = torch.as_tensor(values, dtype=torch.float64).flatten()
-    n = v.numel()
-    if n == 0:
-        return math.nan, math.nan
-    m = float(v.mean())
-    if n == 1:
-        return m, math.nan
-    return m, t_quantile_975(n - 1) * float(v.std(unbiased=True)) / math.sqrt(n)
+    return _mean_ci95(torch.as_tensor(values, dtype=torch.float64).flatten().tolist())
 
 
 def _band(arr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -43,7 +40,7 @@ def _band(arr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     m = arr.mean(0)
     if n < 2:
         return m, m, m
-    h = t_quantile_975(n - 1) * arr.std(0, unbiased=True) / math.sqrt(n)
+    h = t_quantile(n - 1) * arr.std(0, unbiased=True) / math.sqrt(n)
     return m, m - h, m + h
 
 
@@ -71,10 +68,11 @@ def _normalised_log_energy(E: Tensor) -> Tensor:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,11 +86,6 @@ def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -
     Returns:
         the aggregates written to ``results.json``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     device = torch.device(cfg["device"])
     methods = list(cfg["methods"])
     seeds = [int(s) for s in cfg["seeds"]]
@@ -107,7 +100,8 @@ def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -
     for m in methods:
         for s in seeds:
             energy, pred = build(m, cfg, device)
-            energy.load_state_dict(torch.load(out_dir / m / f"seed{s}" / "model.pt", map_location=device))
+            energy.load_state_dict(load_torch(out_dir / m / f"seed{s}" / "model.pt", map_location=device,
+                                              weights_only=True))
             energy.eval()
             models[(m, s)], energies[(m, s)] = pred, energy
 
@@ -143,12 +137,27 @@ def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -
         mean, lo, hi = _band(abl)
         agg["ablation_train_mse"] = {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
         results["methods"][m] = agg
-    with open(out_dir / "results.json", "w") as fh:
-        json.dump(results, fh, indent=2)
-    _write_markdown(out_dir / "summary.md", cfg, results, show)
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    _write_markdown(out_dir / "summary.md", cfg, results, show, runs)
+    with plots.style():
+        _figures(cfg, out_dir, models, energies, abl_rows)
+    return results
 
-    # ---- loss curves with 95% bands over seeds
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+
+def _figures(cfg: Mapping[str, Any], out_dir: Path, models: dict, energies: dict, abl_rows: list) -> None:
+    """The PNGs of :func:`analyse` (call inside :func:`plots.style`)."""
+    methods = list(cfg["methods"])
+    seeds = [int(s) for s in cfg["seeds"]]
+    _plot_loss_curves(out_dir, methods, seeds)
+    _plot_surfaces(cfg, out_dir, models, energies)
+    _plot_ablation_mse(cfg, out_dir, abl_rows)
+    _plot_ablation_predictions(cfg, out_dir, models)
+
+
+def _plot_loss_curves(out_dir: Path, methods: list[str], seeds: list[int]) -> None:
+    """Training and held-out MSE per update, geometric mean over seeds with 95% bands."""
+    fig = plots.figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
     for m in methods:
         logs = [read_log(out_dir / m / f"seed{s}" / "log.csv") for s in seeds]
         n = min(len(lg) for lg in logs)
@@ -167,51 +176,63 @@ def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"mean over {len(seeds)} seeds (geometric), 95% t-interval bands")
-    fig.tight_layout()
-    fig.savefig(out_dir / "loss_curves.png", dpi=110)
-    plt.close(fig)
+    plots.save(fig, out_dir / "loss_curves.png", dpi=110)
 
-    # ---- energy surfaces (fig. 2)
+
+def _grids(cfg: Mapping[str, Any]) -> tuple[Tensor, Tensor, float, float]:
+    device = torch.device(cfg["device"])
+    y_lo, y_hi = (float(v) for v in cfg["plot"]["y_range"])
     n_grid = int(cfg["plot"]["grid"])
     xs = torch.linspace(0.0, 2.0 * math.pi, n_grid, device=device)
-    ys = torch.linspace(y_lo, y_hi, n_grid, device=device)
+    return xs, torch.linspace(y_lo, y_hi, n_grid, device=device), y_lo, y_hi
+
+
+def _plot_surfaces(cfg: Mapping[str, Any], out_dir: Path, models: dict, energies: dict) -> None:
+    """Fig. 2: normalised log-energy surfaces with target, prediction and grid argmin."""
+    methods, seeds = list(cfg["methods"]), [int(s) for s in cfg["seeds"]]
+    xs, ys, y_lo, y_hi = _grids(cfg)
     xd = xs.view(-1, 1)
 
-    def surface(ax: Any, m: str, s: int, title: str) -> None:
+    def surface(ax: Any, m: str, s: int, title: str) -> Any:
         Z = _normalised_log_energy(energy_grid(energies[(m, s)], xs, ys)).cpu()
-        ax.contourf(xs.cpu(), ys.cpu(), Z, levels=30, cmap="magma_r")
+        cs = ax.contourf(xs.cpu(), ys.cpu(), Z, levels=30, cmap="magma_r")
         ax.plot(xs.cpu(), target_fn(xs).cpu(), color="black", lw=2, label="target $x\\sin x$")
         with torch.no_grad():
-            yp = predict(models[(m, s)], xd, seed=eval_seed).view(-1).cpu()
+            yp = predict(models[(m, s)], xd, seed=int(cfg["eval_seed"])).view(-1).cpu()
         ax.plot(xs.cpu(), yp, ls="--", color="tab:cyan", lw=1.5, label="prediction")
         am = grid_argmin(energies[(m, s)], xd, y_lo, y_hi).view(-1).cpu()
-        ax.plot(xs.cpu(), am, ls="", marker=".", ms=2, color="tab:green", label="grid argmin$_y E$")
+        ax.plot(xs.cpu(), am, ls="", marker=".", ms=3, color="tab:green", label="grid argmin$_y E$")
         ax.set_ylim(y_lo, y_hi)
         ax.set_title(title)
         ax.set_xlabel("x")
+        return cs
 
-    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+    label = "log of min-max normalised $E(x, \\cdot)$ (dark = low)"
+    fig = plots.figure(figsize=(5.2 * len(methods) + 1, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, m in zip(axes[0], methods):
-        surface(ax, m, seeds[0], f"{_NAMES.get(m, m)} (seed {seeds[0]})")
+        cs = surface(ax, m, seeds[0], f"{_NAMES.get(m, m)} (seed {seeds[0]})")
+    fig.colorbar(cs, ax=axes, label=label, shrink=0.9)
     axes[0, 0].set_ylabel("y")
-    axes[0, 0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "energy_surfaces.png", dpi=110)
-    plt.close(fig)
+    axes[0, 0].legend(loc="lower left")
+    plots.save(fig, out_dir / "energy_surfaces.png", dpi=110)
 
-    fig, axes = plt.subplots(len(methods), len(seeds), figsize=(3.6 * len(seeds), 3.2 * len(methods)),
-                             squeeze=False)  # fmt: skip
+    fig = plots.figure(figsize=(3.8 * len(seeds) + 1, 3.4 * len(methods)), layout="constrained")
+    axes = fig.subplots(len(methods), len(seeds), squeeze=False)
     for i, m in enumerate(methods):
         for j, s in enumerate(seeds):
-            surface(axes[i, j], m, s, f"{_NAMES.get(m, m)}, seed {s}")
-    axes[0, 0].legend(loc="lower left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "energy_surfaces_all_seeds.png", dpi=90)
-    plt.close(fig)
+            cs = surface(axes[i, j], m, s, f"{_NAMES.get(m, m)}, seed {s}")
+    fig.colorbar(cs, ax=axes, label=label, shrink=0.9)
+    axes[0, 0].legend(loc="lower left")
+    plots.save(fig, out_dir / "energy_surfaces_all_seeds.png", dpi=90)
 
-    # ---- ablation: MSE against test-time iterations
-    its = list(range(1, max_iter + 1))
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+
+def _plot_ablation_mse(cfg: Mapping[str, Any], out_dir: Path, abl_rows: list) -> None:
+    """Training MSE against the number of test-time inner iterations."""
+    methods, seeds = list(cfg["methods"]), [int(s) for s in cfg["seeds"]]
+    its = list(range(1, int(cfg["ablation"]["max_iter"]) + 1))
+    fig = plots.figure(figsize=(5.8, 4.0), layout="constrained")
+    ax = fig.subplots()
     for m in methods:
         # geometric mean and a t-interval of log10(MSE): an arithmetic interval crosses 0 on a log axis
         abl = torch.tensor([[r["train_mse"] for r in abl_rows if r["method"] == m and r["seed"] == s]
@@ -226,39 +247,44 @@ def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -
     ax.set_xlabel("test-time inner iterations")
     ax.set_ylabel("training-set MSE")
     ax.set_title(f"trained with {', '.join(map(str, sorted(train_iters)))} inner iterations\n"
-                 f"geometric mean over {len(seeds)} seeds, 95% band", fontsize=10)
+                 f"geometric mean over {len(seeds)} seeds, 95% band")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "ablation_mse.png", dpi=110)
-    plt.close(fig)
+    plots.save(fig, out_dir / "ablation_mse.png", dpi=110)
 
-    fig, axes = plt.subplots(len(methods), len(show), figsize=(2.6 * len(show), 2.4 * len(methods)),
-                             sharex=True, sharey=True, squeeze=False)  # fmt: skip
+
+def _plot_ablation_predictions(cfg: Mapping[str, Any], out_dir: Path, models: dict) -> None:
+    """Predictions of every seed with 1..max_iter test-time iterations (App. B)."""
+    methods, seeds = list(cfg["methods"]), [int(s) for s in cfg["seeds"]]
+    show = [int(k) for k in cfg["ablation"]["show_iters"]]
+    xs, _, y_lo, y_hi = _grids(cfg)
+    xd = xs.view(-1, 1)
+    fig = plots.figure(figsize=(2.8 * len(show), 2.6 * len(methods)), layout="constrained")
+    axes = fig.subplots(len(methods), len(show), sharex=True, sharey=True, squeeze=False)
     for i, m in enumerate(methods):
         for j, k in enumerate(show):
             ax = axes[i, j]
             ax.plot(xs.cpu(), target_fn(xs).cpu(), color="black", lw=1.5)
             for s in seeds:
                 with torch.no_grad():
-                    yp = predict(models[(m, s)], xd, k, eval_seed).view(-1).cpu()
+                    yp = predict(models[(m, s)], xd, k, int(cfg["eval_seed"])).view(-1).cpu()
                 ax.plot(xs.cpu(), yp, color=_COLORS.get(m), alpha=0.7, lw=1)
             ax.set_ylim(y_lo, y_hi)
-            ax.set_title(f"{_NAMES.get(m, m)}, {k} it.", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_dir / "ablation_predictions.png", dpi=90)
-    plt.close(fig)
-    return results
+            ax.set_title(f"{_NAMES.get(m, m)}, {k} it.")
+    plots.save(fig, out_dir / "ablation_predictions.png", dpi=90)
 
 
 def _fmt(mc: Mapping[str, float]) -> str:
     return f"{mc['mean']:.4g} ± {mc['ci95']:.2g}"
 
 
-def _write_markdown(path: Path, cfg: Mapping[str, Any], results: Mapping[str, Any], show: list[int]) -> None:
+def _write_markdown(path: Path, cfg: Mapping[str, Any], results: Mapping[str, Any], show: list[int],
+                    runs: list[dict[str, Any]]) -> None:  # fmt: skip
     tr = cfg["train"]
+    done = sorted({int(r["steps"]) for r in runs}) or [int(tr["n_updates"])]
     lines = [
-        f"# regression: {len(results['seeds'])} seeds, {tr['n_updates']} updates, batch {tr['batch_size']}",
+        f"# regression: {len(results['seeds'])} seeds, {'/'.join(map(str, done))} updates, "
+        f"batch {tr['batch_size']}",
         "",
         "| method | train MSE | held-out MSE | MSE of grid argmin_y E | wall s / run |",
         "|---|---|---|---|---|",
@@ -279,4 +305,4 @@ def _write_markdown(path: Path, cfg: Mapping[str, Any], results: Mapping[str, An
             ab = a["ablation_train_mse"]
             cells.append(f"{ab['mean'][k - 1]:.4g} [{ab['lo'][k - 1]:.3g}, {ab['hi'][k - 1]:.3g}]")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")

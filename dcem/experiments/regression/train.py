@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,18 +13,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dcem.experiments.common.runs import CsvLog, incompatible, load_torch, save_torch
 from dcem.experiments.regression.model import DCEMPredictor, EnergyNet, build_predictor, make_data
 
-__all__ = [
-    "LOG_FIELDS",
-    "atomic_save",
-    "build",
-    "evaluate_mse",
-    "predict",
-    "read_log",
-    "train_run",
-    "t_quantile_975",
-]
+__all__ = ["LOG_FIELDS", "build", "evaluate_mse", "predict", "read_log", "train_run"]
 
 log = logging.getLogger(__name__)
 
@@ -36,38 +26,10 @@ LOG_FIELDS = ["step", "batch_loss", "train_mse", "test_mse", "lr", "grad_norm", 
 _FROZEN_TRAIN_KEYS = ("lr", "batch_size", "n_repeat", "clip_norm")
 
 
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t quantile ``t_{0.975, df}`` (exact table up to 30, normal beyond)."""
-    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-             2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-             2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
-    if df < 1:
-        return math.nan
-    return table[df - 1] if df <= len(table) else 1.960
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path`` then ``os.replace`` it."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 def read_log(path: Path) -> list[dict[str, float]]:
     """Rows of a run's ``log.csv`` as floats (empty list if the file does not exist)."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return [{k: float("nan") if v is None else float(v) for k, v in r.items()}
+            for r in CsvLog(path, LOG_FIELDS).rows()]  # fmt: skip
 
 
 def build(method: str, cfg: Mapping[str, Any], device: torch.device) -> tuple[EnergyNet, nn.Module]:
@@ -109,6 +71,91 @@ def _frozen(cfg: Mapping[str, Any], method: str) -> dict[str, Any]:
     }
 
 
+class _Run:
+    """State of one ``(method, seed)`` training run (model, optimiser, schedule, generator, log)."""
+
+    def __init__(self, cfg: Mapping[str, Any], method: str, seed: int, run_dir: Path) -> None:
+        tr = cfg["train"]
+        self.cfg, self.tr, self.method, self.seed = cfg, tr, method, seed
+        self.device = device = torch.device(cfg["device"])
+        self.n_points = int(cfg["n_points"])
+        self.bs = self.n_points if tr["batch_size"] is None else int(tr["batch_size"])  # see schema.py
+        self.eval_seed = int(cfg["eval_seed"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = run_dir / "ckpt.pt"
+        self.log = CsvLog(run_dir / "log.csv", LOG_FIELDS)
+        self.data = make_data(self.n_points, device=device)
+        torch.manual_seed(seed)
+        self.energy, self.predictor = build(method, cfg, device)
+        self.opt = torch.optim.Adam(self.energy.parameters(), lr=float(tr["lr"]))
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=float(tr["plateau_factor"]), patience=int(tr["plateau_patience"]),
+            min_lr=float(tr["min_lr"]),
+        )  # fmt: skip
+        self.gen = torch.Generator(device=device).manual_seed(10_000 + seed)
+        self.step, self.wall = 0, 0.0
+        self.frozen = _frozen(cfg, method)
+
+    def restore(self) -> None:
+        """Load ``ckpt.pt`` and drop log rows written after it (an interrupted run)."""
+        path = self.ckpt_path
+        ck = load_torch(path, map_location=self.device, weights_only=True)
+        if not isinstance(ck, dict) or ck.get("frozen") != self.frozen:
+            got = ck.get("frozen") if isinstance(ck, dict) else type(ck).__name__
+            raise incompatible(path, f"written for {got}, this run has {self.frozen}")
+        try:
+            self.energy.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["opt"])
+            self.sched.load_state_dict(ck["sched"])
+            self.gen.set_state(ck["gen"].cpu())  # generator states are CPU byte tensors on every device
+            self.step, self.wall = int(ck["step"]), float(ck["wall"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise incompatible(path, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}") from None
+        self.log.rewrite(r for r in read_log(self.log.path) if r["step"] <= self.step)
+
+    def start(self) -> None:
+        x, y, xt, yt = self.data
+        self.log.rewrite([dict(step=0, batch_loss=math.nan, train_mse=float(self.mse(x, y)),
+                               test_mse=float(self.mse(xt, yt)), lr=float(self.tr["lr"]),
+                               grad_norm=math.nan, wall_s=0.0)])  # fmt: skip
+
+    def mse(self, x: Tensor, y: Tensor) -> Tensor:
+        return evaluate_mse(self.predictor, x, y, seed=self.eval_seed)
+
+    def checkpoint(self) -> None:
+        save_torch({"step": self.step, "wall": self.wall, "model": self.energy.state_dict(),
+                    "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                    "gen": self.gen.get_state(), "frozen": self.frozen}, self.ckpt_path)  # fmt: skip
+
+    def batch(self) -> tuple[Tensor, Tensor]:
+        x, y = self.data[0], self.data[1]
+        if self.bs == self.n_points:
+            return x, y
+        idx = torch.randperm(self.n_points, generator=self.gen, device=self.device)[: self.bs]
+        return x[idx], y[idx]
+
+    def update(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """One Adam step on the batch; returns the loss and the gradient norm (before clipping)."""
+        if isinstance(self.predictor, DCEMPredictor):
+            yhat = self.predictor(xb, generator=self.gen)
+        else:
+            yhat = self.predictor(xb)
+        loss = (yhat - yb).pow(2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = nn.utils.clip_grad_norm_(self.energy.parameters(), float(self.tr["clip_norm"]))
+        self.opt.step()
+        self.step += 1
+        return loss.detach(), gn.detach()
+
+    def eval_row(self, loss_mean: float, gn_mean: float) -> dict[str, Any]:
+        x, y, xt, yt = self.data
+        tr_mse, te_mse = self.mse(x, y), self.mse(xt, yt)
+        self.sched.step(float(tr_mse))
+        return dict(step=self.step, batch_loss=loss_mean, train_mse=float(tr_mse), test_mse=float(te_mse),
+                    lr=self.opt.param_groups[0]["lr"], grad_norm=gn_mean, wall_s=self.wall)  # fmt: skip
+
+
 def train_run(
     cfg: Mapping[str, Any], method: str, seed: int, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
@@ -122,120 +169,39 @@ def train_run(
     Returns:
         ``{"method", "seed", "steps", "wall_s", "train_mse", "test_mse"}`` of the final model.
     """
-    tr = cfg["train"]
-    device = torch.device(cfg["device"])
-    n_updates, eval_every = int(tr["n_updates"]), int(tr["eval_every"])
-    ckpt_every, n_repeat = int(tr["ckpt_every"]), int(tr["n_repeat"])
-    n_points = int(cfg["n_points"])
-    bs = n_points if tr["batch_size"] in (None, "all") else int(tr["batch_size"])
-    if not 1 <= bs <= n_points:
-        raise ValueError(f"train.batch_size must be in [1, n_points={n_points}] or null, got {bs}")
-    for name, v in (("n_updates", n_updates), ("eval_every", eval_every), ("ckpt_every", ckpt_every),
-                    ("n_repeat", n_repeat)):  # fmt: skip
-        if v < 1:
-            raise ValueError(f"train.{name} must be >= 1, got {v}")
-    eval_seed = int(cfg["eval_seed"])
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = run_dir / "ckpt.pt", run_dir / "log.csv"
-    x, y, xt, yt = make_data(n_points, device=device)
-
-    torch.manual_seed(seed)
-    energy, predictor = build(method, cfg, device)
-    opt = torch.optim.Adam(energy.parameters(), lr=float(tr["lr"]))
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=float(tr["plateau_factor"]), patience=int(tr["plateau_patience"]),
-        min_lr=float(tr["min_lr"]),
-    )  # fmt: skip
-    gen = torch.Generator(device=device).manual_seed(10_000 + seed)
-    step, wall = 0, 0.0
-    frozen = _frozen(cfg, method)
-    rows: list[dict[str, Any]] = []
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ck["frozen"] != frozen:
-            raise ValueError(
-                f"checkpoint {ckpt_path} was written with a different configuration "
-                f"({ck['frozen']} != {frozen}); use a fresh out_dir"
-            )
-        energy.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"].cpu())  # generator states are CPU byte tensors on every device
-        step, wall = int(ck["step"]), float(ck["wall"])
-        rows = [r for r in read_log(log_path) if r["step"] <= step]
-        _atomic_write_rows(log_path, rows)
-        if step >= n_updates:
-            log.info("%s seed %d: already trained (%d updates), not retraining", method, seed, step)
-        else:
-            log.info("%s seed %d: resuming at update %d of %d", method, seed, step, n_updates)
+    r = _Run(cfg, method, seed, run_dir)
+    n_updates, eval_every = int(r.tr["n_updates"]), int(r.tr["eval_every"])
+    ckpt_every, n_repeat = int(r.tr["ckpt_every"]), int(r.tr["n_repeat"])
+    if r.ckpt_path.exists():
+        r.restore()
+        what = "already trained, not retraining" if r.step >= n_updates else "resuming"
+        log.info("%s seed %d: %s at update %d of %d", method, seed, what, r.step, n_updates)
     else:
-        tr_mse = evaluate_mse(predictor, x, y, seed=eval_seed)
-        te_mse = evaluate_mse(predictor, xt, yt, seed=eval_seed)
-        rows = [dict(step=0, batch_loss=math.nan, train_mse=float(tr_mse), test_mse=float(te_mse),
-                     lr=float(tr["lr"]), grad_norm=math.nan, wall_s=0.0)]  # fmt: skip
-        _atomic_write_rows(log_path, rows)
-
-    def checkpoint() -> None:
-        atomic_save(
-            {"step": step, "wall": wall, "model": energy.state_dict(), "opt": opt.state_dict(),
-             "sched": sched.state_dict(), "gen": gen.get_state(), "frozen": frozen},
-            ckpt_path,
-        )  # fmt: skip
-
-    loss_acc = torch.zeros((), device=device)
-    gn_acc = torch.zeros((), device=device)
-    n_acc = 0
-    bar = tqdm(total=n_updates, initial=min(step, n_updates), desc=f"{method} seed {seed}",
+        r.start()
+    loss_acc, gn_acc, n_acc = 0.0, 0.0, 0
+    bar = tqdm(total=n_updates, initial=min(r.step, n_updates), desc=f"{method} seed {seed}",
                disable=not progress, dynamic_ncols=True, leave=False)  # fmt: skip
     t0 = time.perf_counter()
-    with open(log_path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        while step < n_updates:
-            if bs == n_points:
-                xb, yb = x, y
-            else:
-                idx = torch.randperm(n_points, generator=gen, device=device)[:bs]
-                xb, yb = x[idx], y[idx]
-            for _ in range(min(n_repeat, n_updates - step)):
-                if isinstance(predictor, DCEMPredictor):
-                    yhat = predictor(xb, generator=gen)
-                else:
-                    yhat = predictor(xb)
-                loss = (yhat - yb).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = nn.utils.clip_grad_norm_(energy.parameters(), float(tr["clip_norm"]))
-                opt.step()
-                step += 1
-                loss_acc += loss.detach()
-                gn_acc += gn.detach()
-                n_acc += 1
-                bar.update(1)
-                if step % eval_every == 0 or step == n_updates:
-                    tr_mse = evaluate_mse(predictor, x, y, seed=eval_seed)
-                    te_mse = evaluate_mse(predictor, xt, yt, seed=eval_seed)
-                    sched.step(float(tr_mse))
-                    now = time.perf_counter()
-                    wall += now - t0
-                    t0 = now
-                    row = dict(step=step, batch_loss=float(loss_acc) / n_acc, train_mse=float(tr_mse),
-                               test_mse=float(te_mse), lr=opt.param_groups[0]["lr"],
-                               grad_norm=float(gn_acc) / n_acc, wall_s=wall)  # fmt: skip
-                    writer.writerow(row)
-                    fh.flush()
-                    loss_acc.zero_()
-                    gn_acc.zero_()
-                    n_acc = 0
-                    bar.set_postfix(train_mse=f"{row['train_mse']:.4f}", lr=f"{row['lr']:.1e}")
-                if step % ckpt_every == 0 or step == n_updates:
-                    wall += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    fh.flush()
-                    checkpoint()
+    while r.step < n_updates:
+        xb, yb = r.batch()
+        for _ in range(min(n_repeat, n_updates - r.step)):
+            loss, gn = r.update(xb, yb)
+            loss_acc, gn_acc, n_acc = loss_acc + loss, gn_acc + gn, n_acc + 1
+            bar.update(1)
+            if r.step % eval_every == 0 or r.step == n_updates:
+                now = time.perf_counter()
+                r.wall, t0 = r.wall + now - t0, now
+                row = r.eval_row(float(loss_acc) / n_acc, float(gn_acc) / n_acc)
+                r.log.append([row])
+                loss_acc, gn_acc, n_acc = 0.0, 0.0, 0
+                bar.set_postfix(train_mse=f"{row['train_mse']:.4f}", lr=f"{row['lr']:.1e}")
+            if r.step % ckpt_every == 0 or r.step == n_updates:
+                now = time.perf_counter()
+                r.wall, t0 = r.wall + now - t0, now
+                r.checkpoint()
     bar.close()
-    if not (run_dir / "model.pt").exists() or step == n_updates:
-        atomic_save(energy.state_dict(), run_dir / "model.pt")
-    final = read_log(log_path)[-1]
-    return {"method": method, "seed": seed, "steps": step, "wall_s": final["wall_s"],
+    if not (run_dir / "model.pt").exists() or r.step == n_updates:
+        save_torch(r.energy.state_dict(), run_dir / "model.pt")
+    final = read_log(r.log.path)[-1]
+    return {"method": method, "seed": seed, "steps": r.step, "wall_s": final["wall_s"],
             "train_mse": final["train_mse"], "test_mse": final["test_mse"]}  # fmt: skip

@@ -1,0 +1,81 @@
+"""Typed configuration of ``dcem-exp cartpole`` (defaults in ``conf/``; ranges and rules here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dcem.experiments.common.config import ConfigError, opt
+
+
+@dataclass
+class Decoder:
+    n_latent: int = opt(ge=1)
+    hidden_sizes: list[int] = opt(ge=1, each=True)
+    activation: str = opt(choices=("relu", "elu", "tanh", "softplus"))
+
+
+@dataclass
+class Latent:
+    n_sample: int = opt(ge=2)
+    n_elite: int = opt(ge=1, doc="<= dcem.n_sample")
+    n_iter: int = opt(ge=1)
+    temp: float = opt(ge=0, doc="0: hard CEM")
+    init_sigma: float = opt(gt=0)
+    z_bound: float = opt(gt=0)
+    normalize: bool = opt()
+
+
+@dataclass
+class Expert:
+    n_sample: int = opt(ge=2)
+    n_elite: int = opt(ge=1, doc="<= expert.n_sample")
+    n_iter: int = opt(ge=1)
+    sigma_scale: float = opt(gt=0)
+
+
+@dataclass
+class Vis:
+    n_states: int = opt(ge=1, doc="<= n_val")
+    grid: int = opt(ge=2)
+    n_lines: int = opt(ge=1)
+
+
+@dataclass
+class Ablation:
+    temps: list[float] = opt(ge=0, each=True, nonempty=True)
+    latent_sizes: list[int] = opt(ge=1, each=True, nonempty=True)
+    n_train_iter: int = opt(ge=1)
+
+
+@dataclass
+class CartpoleConfig:
+    mode: str = opt(choices=("train", "ablation", "vis", "eval"))
+    out_dir: str | None = opt(doc="null: runs/cartpole/<timestamp>")
+    resume: bool = opt(doc="false: move a previous run in out_dir aside and start over")
+    seed: int = opt(ge=0)
+    num_threads: int | None = opt(ge=1, doc="null: torch's default")
+    progress: bool = opt()
+    plots: bool = opt()
+    horizon: int = opt(ge=1)
+    n_train_iter: int = opt(ge=1)
+    n_batch: int = opt(ge=1)
+    lr: float = opt(gt=0)
+    clip_grad: float | None = opt(gt=0)
+    lr_patience: int = opt(ge=0)
+    lr_factor: float = opt(gt=0, le=1)
+    decoder: Decoder = field(default_factory=Decoder)
+    dcem: Latent = field(default_factory=Latent)
+    expert: Expert = field(default_factory=Expert)
+    n_val: int = opt(ge=2)
+    val_seed: int = opt(ge=0)
+    val_interval: int = opt(ge=1)
+    ckpt_interval: int = opt(ge=1)
+    vis: Vis = field(default_factory=Vis)
+    ablation: Ablation = field(default_factory=Ablation)
+
+    def validate(self) -> None:
+        for name, c in (("dcem", self.dcem), ("expert", self.expert)):
+            if c.n_elite > c.n_sample:
+                raise ConfigError(f"{name}.n_elite={c.n_elite}: must be <= {name}.n_sample ({c.n_sample})")
+        if self.vis.n_states > self.n_val:
+            raise ConfigError(f"vis.n_states={self.vis.n_states}: must be <= n_val ({self.n_val})")

@@ -1,0 +1,252 @@
+"""Run folders, atomic files, CSV logs, checkpoints and confidence intervals for the experiments."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "CheckpointError",
+    "CsvLog",
+    "RunError",
+    "atomic_open",
+    "atomic_write_text",
+    "load_torch",
+    "mean_ci95",
+    "open_run",
+    "save_torch",
+    "set_threads",
+    "setup_logging",
+    "t_quantile",
+]
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """An unreadable or incompatible checkpoint; the message names the file and the way out."""
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used with this configuration."""
+
+
+def setup_logging() -> None:
+    """INFO lines of the ``dcem`` loggers on stderr; the root logger (and so every dependency's
+    INFO chatter) is left alone."""
+    lg = logging.getLogger("dcem")
+    if not lg.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+
+
+def set_threads(n: int | None) -> None:
+    """``torch.set_num_threads(n)`` unless ``n`` is ``None`` (the config schema checks ``n >= 1``)."""
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on success flush, fsync and rename it onto ``path``.
+
+    A crash (or an exception in the block) never leaves ``path`` half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kw) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (temporary file, fsync, rename)."""
+    import torch
+
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def load_torch(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = False,
+               fmt: str | None = None) -> Any:  # fmt: skip
+    """``torch.load`` with a short :class:`CheckpointError` for a missing, truncated or foreign file.
+
+    ``fmt``: the value the ``"format"`` entry of a checkpoint dict must have.
+    """
+    import torch
+
+    path = Path(path)
+    way_out = "delete it or rerun with resume=false to start the run over"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means unreadable
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable (truncated or not a checkpoint: "
+                              f"{reason}); {way_out}") from None  # fmt: skip
+    if fmt is not None and (not isinstance(obj, dict) or obj.get("format") != fmt):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a {fmt} checkpoint; {way_out}")
+    return obj
+
+
+def incompatible(path: str | os.PathLike, why: str) -> CheckpointError:
+    """The error for a checkpoint that does not fit the current configuration."""
+    return CheckpointError(f"checkpoint {str(path)!r} does not fit this configuration ({why}); "
+                           "rerun with resume=false to start over, or use another out_dir")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + str(k)] = v
+    return out
+
+
+def open_run(name: str, cfg: Any, free_keys: Sequence[str], resume: bool = True) -> Path:
+    """The run folder of ``cfg`` (``cfg.out_dir`` or ``runs/NAME/<timestamp>``), with its
+    ``config.yaml`` written once.
+
+    An existing folder is resumed only if its ``config.yaml`` matches ``cfg`` on every key but
+    ``free_keys``; otherwise :class:`RunError`. With ``resume=False`` a previous run in the folder
+    is moved aside to ``<out_dir>.old-<timestamp>`` and a fresh one starts.
+    """
+    from omegaconf import OmegaConf
+
+    out = Path(cfg.out_dir) if cfg.out_dir else Path("runs") / name / _stamp()
+    path = out / "config.yaml"
+    now = OmegaConf.to_container(cfg, resolve=True)
+    if path.exists():
+        if not resume:
+            aside = out.with_name(f"{out.name}.old-{_stamp()}")
+            out.rename(aside)
+            log.info("resume=false: moved the previous run in %s to %s", out, aside)
+        else:
+            try:
+                old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            except Exception as err:  # noqa: BLE001
+                raise RunError(f"{path} is unreadable ({type(err).__name__}); "
+                               "rerun with resume=false to start over") from None  # fmt: skip
+            a = {k: v for k, v in _flat(old).items() if k not in free_keys}
+            b = {k: v for k, v in _flat(now).items() if k not in free_keys}
+            diffs = [k for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+            if diffs:
+                shown = "; ".join(f"{k}: {a.get(k, '<unset>')} there, {b.get(k, '<unset>')} now"
+                                  for k in diffs[:3])  # fmt: skip
+                more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+                raise RunError(f"out_dir={out} holds a run with another configuration ({shown}{more}); "
+                               "repeat its settings to resume it, choose another out_dir, or pass "
+                               "resume=false to start over (the old run is moved aside)")  # fmt: skip
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, OmegaConf.to_yaml(cfg))
+    return out
+
+
+def _stamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+# --------------------------------------------------------------------------- CSV logs
+
+
+def _num(v: str) -> Any:
+    if v == "":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+class CsvLog:
+    """A CSV log with fixed columns, appended row by row and truncated on resume."""
+
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.fields = list(fields)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows, numbers parsed (ints stay ints, empty cells are ``None``)."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as fh:
+            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+    def rewrite(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the file by ``rows`` atomically (e.g. the rows up to a checkpoint)."""
+        with atomic_open(self.path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in self.fields} for r in rows)
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in self.fields} for r in rows)
+            fh.flush()
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """Two-sided Student-t quantile ``t_{(1 + level) / 2, df}`` (SciPy); ``nan`` for ``df < 1``."""
+    if df < 1:
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, df))
+
+
+def mean_ci95(values: Sequence[float] | Any) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95% Student-t interval (``nan`` half-width for one
+    value, ``(nan, nan)`` for none)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), math.nan
+    return float(v.mean()), t_quantile(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)

@@ -1,0 +1,38 @@
+"""Typed configuration of ``dcem-exp pendulum`` (defaults in ``conf/``; ranges and rules here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dcem.experiments.common.config import ConfigError, opt
+
+
+@dataclass
+class MPCConfig:
+    n_sample: int = opt(ge=2)
+    n_elite: int = opt(ge=1, doc="<= mpc.n_sample")
+    n_iter: int = opt(ge=1)
+    temp: float | None = opt(gt=0, doc="null: CEM")
+    sigma_scale: float = opt(gt=0)
+    shift_fill: str = opt(choices=("last", "zero", "mid"))
+
+
+@dataclass
+class PendulumConfig:
+    out_dir: str | None = opt(doc="null: runs/pendulum/<timestamp>")
+    resume: bool = opt(doc="false: move a previous run in out_dir aside and start over")
+    seed: int = opt(ge=0)
+    num_threads: int | None = opt(ge=1, doc="null: torch's default")
+    progress: bool = opt()
+    n_systems: int = opt(ge=1)
+    n_steps: int = opt(ge=1)
+    horizon: int = opt(ge=1)
+    ckpt_every: int = opt(ge=1)
+    mpc: MPCConfig = field(default_factory=MPCConfig)
+    animate: bool = opt()
+    n_animate: int = opt(ge=1)
+
+    def validate(self) -> None:
+        if self.mpc.n_elite > self.mpc.n_sample:
+            n, s = self.mpc.n_elite, self.mpc.n_sample
+            raise ConfigError(f"mpc.n_elite={n}: must be <= mpc.n_sample ({s})")
