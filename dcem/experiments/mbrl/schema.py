@@ -1,0 +1,136 @@
+"""Typed configuration of ``dcem-exp mbrl`` (defaults in ``conf/``; ranges and rules here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dcem.experiments.common.config import ConfigError, opt
+from dcem.rl.envs import ENVS
+from dcem.rl.ppo import PPO_PARTS
+
+PHASES = ("model", "decoder", "ppo", "eval")
+
+
+@dataclass
+class Env:
+    name: str = opt(choices=tuple(sorted(ENVS)))
+    action_repeat: int | None = opt(ge=1, doc="null: PlaNet's repeat of the task")
+    episode_steps: int = opt(ge=1)
+
+
+@dataclass
+class Log:
+    tensorboard: bool = opt()
+
+
+@dataclass
+class Model:
+    deter_size: int = opt(ge=1)
+    hidden_size: int = opt(ge=1)
+    lr: float = opt(gt=0)
+    adam_eps: float = opt(gt=0)
+    grad_clip: float = opt(gt=0)
+    batch_size: int = opt(ge=1)
+    seq_len: int = opt(ge=1, doc="<= episode length (env.episode_steps / action_repeat)")
+    overshooting: int = opt(ge=1)
+    overshooting_scale: float = opt(ge=0)
+    reward_scale: float = opt(ge=0)
+
+
+@dataclass
+class Train:
+    seed_episodes: int = opt(ge=1)
+    episodes: int = opt(ge=0)
+    updates_per_episode: int = opt(ge=1)
+    expl_noise: float = opt(ge=0)
+    replay_capacity: int = opt(ge=1)
+
+
+@dataclass
+class CEM:
+    n_sample: int = opt(ge=1)
+    n_elite: int = opt(ge=1, doc="<= n_sample")
+    n_iter: int = opt(ge=1)
+
+
+@dataclass
+class DCEM:
+    n_sample: int = opt(ge=1)
+    n_elite: int = opt(ge=1, doc="<= n_sample")
+    n_iter: int = opt(ge=1)
+    temp: float = opt(gt=0)
+    latent_bound: float | None = opt(gt=0)
+
+
+@dataclass
+class Planner:
+    horizon: int = opt(ge=1)
+    cem: CEM = field(default_factory=CEM)
+    dcem: DCEM = field(default_factory=DCEM)
+
+
+@dataclass
+class Decoder:
+    n_latent: int = opt(ge=1)
+    hidden_sizes: list[int] = opt(ge=1, each=True)
+    lr: float = opt(gt=0)
+    grad_clip: float = opt(gt=0)
+    batch_size: int = opt(ge=1)
+    context: int = opt(ge=1)
+    episodes: int = opt(ge=0)
+    updates_per_episode: int = opt(ge=0)
+    model_updates_per_episode: int = opt(ge=0)
+
+
+@dataclass
+class PPO:
+    iterations: int = opt(ge=0)
+    steps_per_iter: int = opt(ge=1)
+    parts: list[str] = opt(choices=PPO_PARTS, each=True, nonempty=True)
+    sigma: float = opt(gt=0)
+    learn_sigma: bool = opt()
+    lr: float = opt(gt=0)
+    clip_epsilon: float = opt(gt=0)
+    gamma: float = opt(ge=0, le=1)
+    lmbda: float = opt(ge=0, le=1)
+    entropy_coeff: float = opt(ge=0)
+    epochs: int = opt(ge=1)
+    minibatch: int = opt(ge=1)
+
+
+@dataclass
+class Eval:
+    episodes: int = opt(ge=1)
+    every: int = opt(ge=0, doc="0: never")
+    episodes_during_training: int = opt(ge=1)
+    video: bool = opt()
+
+
+@dataclass
+class MBRLConfig:
+    phase: str = opt(choices=(*PHASES, "all"))
+    seed: int = opt(ge=0)
+    device: str = opt(device=True, choices=("auto",), doc="auto: cuda if available")
+    out_dir: str | None = opt(doc="null: runs/mbrl/<timestamp>")
+    resume: bool = opt(doc="false: move a previous run in out_dir aside and start over")
+    num_threads: int | None = opt(ge=1, doc="null: torch's default")
+    env: Env = field(default_factory=Env)
+    log: Log = field(default_factory=Log)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    planner: Planner = field(default_factory=Planner)
+    decoder: Decoder = field(default_factory=Decoder)
+    ppo: PPO = field(default_factory=PPO)
+    eval: Eval = field(default_factory=Eval)
+
+    def validate(self) -> None:
+        for name in ("cem", "dcem"):
+            c = getattr(self.planner, name)
+            if c.n_elite > c.n_sample:
+                raise ConfigError(f"planner.{name}.n_elite={c.n_elite}: must be <= planner.{name}.n_sample "
+                                  f"({c.n_sample})")  # fmt: skip
+        ar = self.env.action_repeat or ENVS[self.env.name]
+        ep_len = self.env.episode_steps // ar
+        if self.model.seq_len > ep_len:
+            raise ConfigError(f"model.seq_len={self.model.seq_len}: must be <= the episode length {ep_len} "
+                              f"(env.episode_steps / action_repeat)")  # fmt: skip

@@ -1,0 +1,286 @@
+"""The model-based RL pipeline of sect. 5.2.2 / App. D, phase by phase, resumable (``dcem-exp mbrl``).
+
+Phases (each one resumable from the run folder's ``checkpoint.pt``):
+
+1. ``model``: PlaNet-style online training of the world model with the full-CEM planner:
+   ``seed_episodes`` random episodes, then alternately ``updates_per_episode`` model updates
+   on batches of sequences and one episode with exploration noise.
+2. ``decoder``: the action decoder is learned online through DCEM (loss of
+   :meth:`~dcem.rl.planners.LatentDCEMPlanner.decoder_loss` on states from the replay buffer)
+   while the model keeps training on the episodes the latent-DCEM controller collects.
+3. ``ppo``: PPO fine-tuning of the chosen controller parts (:mod:`dcem.rl.ppo`).
+4. ``eval``: ``N`` test episodes each of the random policy, full CEM, latent DCEM (and
+   latent DCEM after PPO), mean and 95% confidence interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcem.control import ActionDecoder
+from dcem.experiments.common.runs import (
+    CsvLog,
+    incompatible,
+    load_torch,
+    mean_ci95,
+    save_torch,
+)
+from dcem.experiments.mbrl.evaluation import EvalMixin
+from dcem.experiments.mbrl.phases import PhasesMixin
+from dcem.experiments.mbrl.schema import PHASES
+from dcem.rl.envs import DMCEnv
+from dcem.rl.planners import FullCEMPlanner, LatentDCEMPlanner
+from dcem.rl.replay import SequenceReplay
+from dcem.rl.world_model import WorldModel
+
+__all__ = ["FORMAT", "PHASES", "MBRLTrainer", "mean_ci95", "seed_everything", "validate_config"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dcem-mbrl-v1"
+
+TRAIN_FIELDS = ["phase", "episode", "env_steps", "return", "model_loss", "obs_mse", "reward_mse",
+                "decoder_loss", "ppo_loss_objective", "ppo_loss_critic", "ppo_clip_fraction"]
+EVAL_FIELDS = ["phase", "policy", "step", "env_steps", "mean", "ci95", "n"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (the entry point's job, not the trainer's)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def validate_config(cfg: dict) -> None:
+    """Check a plain config dict against the typed schema; :class:`ConfigError` naming the key."""
+    from omegaconf import OmegaConf
+
+    from dcem.experiments.common.config import _check_tree
+    from dcem.experiments.mbrl.schema import MBRLConfig
+
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MBRLConfig), cfg))
+    except Exception as err:  # noqa: BLE001 - OmegaConf's type errors
+        from dcem.experiments.common.config import ConfigError
+
+        raise ConfigError(str(err).splitlines()[0]) from None
+    _check_tree(obj)
+    obj.validate()
+
+
+class MBRLTrainer(PhasesMixin, EvalMixin):
+    """State and loops of one run; see the module docstring for the phases.
+
+    The global RNGs are not seeded here (see :func:`seed_everything`); the checkpoint saves and
+    restores them so that a resumed run continues exactly.
+
+    Args:
+        cfg: plain nested dict (the Hydra config resolved to containers).
+        out_dir: run folder (checkpoint, CSV logs, plots, eval results).
+    """
+
+    def __init__(self, cfg: dict, out_dir: str | Path) -> None:
+        validate_config(cfg)
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        dev = cfg.get("device", "auto")
+        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if dev == "auto" else dev))
+        seed = int(cfg["seed"])
+        e = cfg["env"]
+        self.env = DMCEnv(e["name"], e.get("action_repeat"), seed=seed, episode_steps=e["episode_steps"])
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        m = cfg["model"]
+        self.model = WorldModel(self.env.obs_dim, self.env.act_dim, m["deter_size"], m["hidden_size"]).to(
+            self.device)
+        self.model_opt = torch.optim.Adam(self.model.parameters(), lr=m["lr"], eps=m["adam_eps"])
+        p = cfg["planner"]
+        lo = torch.as_tensor(self.env.u_lower, device=self.device)
+        hi = torch.as_tensor(self.env.u_upper, device=self.device)
+        self.cem = FullCEMPlanner(self.model, p["horizon"], p["cem"]["n_sample"], p["cem"]["n_elite"],
+                                  p["cem"]["n_iter"], lo, hi)
+        d = cfg["decoder"]
+        self.decoder = ActionDecoder(d["n_latent"], p["horizon"], self.env.act_dim, lo.cpu(), hi.cpu(),
+                                     hidden_sizes=tuple(d["hidden_sizes"])).to(self.device)
+        self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=d["lr"])
+        pd = p["dcem"]
+        self.latent = LatentDCEMPlanner(self.model, self.decoder, pd["n_sample"], pd["n_elite"], pd["n_iter"],
+                                        pd["temp"], pd.get("latent_bound"))
+        self.replay = SequenceReplay(self.env.obs_dim, self.env.act_dim, self.env.episode_len,
+                                     cfg["train"]["replay_capacity"])
+        self._ppo = None
+        self.progress = {"model": 0, "decoder": 0, "ppo": 0, "env_steps": 0, "model_updates": 0,
+                         "obs_stats_set": False}
+        self.history: list[dict] = []  # one row per episode / PPO iteration
+        self.eval_history: list[dict] = []
+        self.ckpt_path = self.out / "checkpoint.pt"
+        #: optional ``torch.utils.tensorboard.SummaryWriter`` receiving every logged row
+        self.tb = None
+
+    # -- PPO (built lazily: needs torchrl) --------------------------------------------------------
+    @property
+    def ppo(self):
+        if self._ppo is None:
+            from dcem.rl.ppo import PPOFineTuner
+
+            c = self.cfg["ppo"]
+            self._ppo = PPOFineTuner(
+                self.latent, parts=c["parts"], sigma=c["sigma"], learn_sigma=c["learn_sigma"], lr=c["lr"],
+                clip_epsilon=c["clip_epsilon"], gamma=c["gamma"], lmbda=c["lmbda"],
+                entropy_coeff=c["entropy_coeff"], epochs=c["epochs"], minibatch=c["minibatch"],
+                critic_hidden=self.cfg["model"]["hidden_size"],
+            )
+        return self._ppo
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        sd = {
+            "config_sizes": self._sizes(), "model": self.model.state_dict(),
+            "model_opt": self.model_opt.state_dict(),
+            "decoder": self.decoder.state_dict(), "dec_opt": self.dec_opt.state_dict(),
+            "replay": self.replay.state_dict(), "progress": dict(self.progress), "history": self.history,
+            "eval_history": self.eval_history,
+            "rng": {"numpy": self.rng.bit_generator.state, "torch_gen": self.gen.get_state(),
+                    "torch": torch.get_rng_state(), "np_global": np.random.get_state(),
+                    "python": random.getstate(), "env": self.env.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        if self._ppo is not None:
+            sd["ppo"] = self._ppo.state_dict()
+        return sd
+
+    def _sizes(self) -> dict:
+        c = self.cfg
+        return {"env": c["env"]["name"], "obs_dim": self.env.obs_dim, "act_dim": self.env.act_dim,
+                "episode_len": self.env.episode_len, "deter_size": c["model"]["deter_size"],
+                "hidden_size": c["model"]["hidden_size"], "horizon": c["planner"]["horizon"],
+                "n_latent": c["decoder"]["n_latent"], "decoder_hidden": list(c["decoder"]["hidden_sizes"])}
+
+    def save(self) -> None:
+        save_torch({"format": FORMAT, **self.state_dict()}, self.ckpt_path)
+
+    def load(self, path: str | Path | None = None) -> None:
+        """Restore everything from a checkpoint; :class:`CheckpointError` if it does not fit this config."""
+        path = Path(path) if path is not None else self.ckpt_path
+        # RNG states must stay CPU tensors; load_state_dict moves parameters/optimiser state
+        sd = load_torch(path, map_location="cpu", fmt=FORMAT)
+        if sd.get("config_sizes") != self._sizes():
+            raise incompatible(path, f"written for {sd.get('config_sizes')}, this config has {self._sizes()}")
+        try:
+            self.model.load_state_dict(sd["model"])
+            self.model_opt.load_state_dict(sd["model_opt"])
+            self.decoder.load_state_dict(sd["decoder"])
+            self.dec_opt.load_state_dict(sd["dec_opt"])
+            self.replay.load_state_dict(sd["replay"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise incompatible(path, str(err).splitlines()[0][:120]) from None
+        self.progress = dict(sd["progress"])
+        self.history = list(sd["history"])
+        self.eval_history = list(sd.get("eval_history", []))
+        r = sd["rng"]
+        self.rng.bit_generator.state = r["numpy"]
+        self.gen.set_state(r["torch_gen"])
+        torch.set_rng_state(r["torch"])
+        np.random.set_state(r["np_global"])
+        random.setstate(r["python"])
+        self.env.set_rng_state(r["env"])
+        if r.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(r["cuda"])
+        if "ppo" in sd:
+            self.ppo.load_state_dict(sd["ppo"])
+        # the logs are rewritten from the checkpoint: rows of an interrupted episode are dropped
+        CsvLog(self.out / "train.csv", TRAIN_FIELDS).rewrite(self.history)
+        CsvLog(self.out / "eval_curve.csv", EVAL_FIELDS).rewrite(self.eval_history)
+
+    # -- acting ----------------------------------------------------------------------------------
+    def run_episode(
+        self, env: DMCEnv, policy: str, noise: float = 0.0, rng: np.random.Generator | None = None,
+        gen: torch.Generator | None = None, frames: list | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One episode with ``policy`` in ``{"random", "cem", "dcem"}``; returns obs, actions, rewards."""
+        rng = self.rng if rng is None else rng
+        gen = self.gen if gen is None else gen
+        planner = {"cem": self.cem, "dcem": self.latent}.get(policy)
+        if policy != "random" and planner is None:
+            raise ValueError(f"policy must be 'random', 'cem' or 'dcem', got {policy!r}")
+        T, A = env.episode_len, env.act_dim
+        obs = np.zeros((T + 1, env.obs_dim), np.float32)
+        act = np.zeros((T, A), np.float32)
+        rew = np.zeros(T, np.float32)
+        obs[0] = env.reset()
+        h = self.model.initial_state((1,), device=self.device)
+        for t in range(T):
+            if policy == "random":
+                a = rng.uniform(env.u_lower, env.u_upper).astype(np.float32)
+            else:
+                x = torch.as_tensor(obs[t], device=self.device).unsqueeze(0)
+                u = planner.plan(h, x, generator=gen)[0, 0]
+                a = u.cpu().numpy()
+                if noise > 0:
+                    a = a + noise * rng.standard_normal(A).astype(np.float32)
+                a = np.clip(a, env.u_lower, env.u_upper)
+            if frames is not None:
+                frames.append(env.render())
+            o, r, _ = env.step(a)
+            obs[t + 1], act[t], rew[t] = o, a, r
+            if policy != "random":
+                with torch.no_grad():
+                    xn = self.model.normalize(x)
+                    h = self.model.transition(h, xn, torch.as_tensor(a, device=self.device).unsqueeze(0))
+        return obs, act, rew
+
+    # -- learning steps --------------------------------------------------------------------------
+    def model_update(self) -> dict[str, float]:
+        m = self.cfg["model"]
+        o, a, r = self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device)
+        loss, stats = self.model.loss(o, a, r, m["overshooting"], m["overshooting_scale"], m["reward_scale"])
+        self.model_opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), m["grad_clip"])
+        self.model_opt.step()
+        self.progress["model_updates"] += 1
+        return {k: float(v) for k, v in stats.items()}
+
+    def sample_states(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` filtered states ``h (n, D)`` and raw observations ``x (n, O)`` from the replay buffer."""
+        L = min(self.cfg["decoder"]["context"], self.env.episode_len)
+        o, a, _ = self.replay.sample(n, L, self.rng, self.device)
+        with torch.no_grad():
+            h = self.model.filter(o, a)
+        return h[:, -1], o[:, -1]
+
+    def decoder_update(self) -> float:
+        h, x = self.sample_states(self.cfg["decoder"]["batch_size"])
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        try:
+            loss = self.latent.decoder_loss(h, x, generator=self.gen)
+            self.dec_opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), self.cfg["decoder"]["grad_clip"])
+            self.dec_opt.step()
+        finally:
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+        return float(loss.detach())
+
+    def _set_obs_stats(self) -> None:
+        if not self.progress["obs_stats_set"]:
+            mean, std = self.replay.obs_stats()
+            self.model.set_obs_stats(torch.as_tensor(mean), torch.as_tensor(std))
+            self.progress["obs_stats_set"] = True
+
+    def _record(self, row: dict) -> None:
+        self.history.append(row)
+        CsvLog(self.out / "train.csv", TRAIN_FIELDS).append([row])
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("episode", "env_steps"):
+                    self.tb.add_scalar(f"{row['phase']}/{k}", v, row["env_steps"])
