@@ -2,10 +2,12 @@
 
 - :class:`CEMConfig`, :class:`CEMState`, :func:`init_state`, :func:`ask`, :func:`tell`,
   :func:`step`, :func:`solve` (:mod:`dcem.optim.cem`);
+- :class:`Solver`, which compiles or captures the loop once per shape (:mod:`dcem.optim.solver`);
 - the sample weights and refits shared by every update rule (:mod:`dcem.optim.weights`).
 """
 
 from dcem.optim.cem import CEMConfig, CEMState, ask, clamp_to_bounds, init_state, solve, step, tell
+from dcem.optim.solver import CAPTURE_MODES, Solver
 from dcem.optim.weights import (
     best_sample,
     hard_elites,
@@ -17,6 +19,8 @@ from dcem.optim.weights import (
 )
 
 __all__ = [
+    "CAPTURE_MODES",
+    "Solver",
     "CEMConfig",
     "CEMState",
     "ask",
