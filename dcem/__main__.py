@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dcem", description="Differentiable cross-entropy method")
     sub = parser.add_subparsers(dest="command", required=True)
-    from dcem import demo
+    from dcem.experiments import demo
 
     demo.add_arguments(sub.add_parser("demo", help="2-D CEM / DCEM demo with plots"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

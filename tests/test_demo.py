@@ -1,4 +1,4 @@
-"""Tests of the ``dcem demo`` command (dcem/demo.py)."""
+"""Tests of the ``dcem demo`` command (dcem/experiments/demo/)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
 from dcem.__main__ import main  # noqa: E402
-from dcem.demo import BumpObjective, DemoConfig, _run_cem, run  # noqa: E402
+from dcem.experiments.demo import BumpObjective, DemoConfig, run  # noqa: E402
+from dcem.experiments.demo.compute import run_cem as _run_cem  # noqa: E402
 
 PNGS = ("cem_iterates.png", "dcem_loss.png", "dcem_surface.png")
 
