@@ -229,8 +229,10 @@ def test_functional_call_compatible():
 
 
 def test_mean_ci_and_grid_argmin():
+    stats = pytest.importorskip("scipy.stats")
     m, h = mean_ci([1.0, 2.0, 3.0])
-    assert m == 2.0 and math.isclose(h, 4.303 * 1.0 / math.sqrt(3), rel_tol=1e-6)
+    assert m == 2.0 and math.isclose(h, stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3), rel_tol=1e-12)
+    assert math.isclose(mean_ci([1.0, 3.0])[1], 12.706 * math.sqrt(2) / math.sqrt(2), rel_tol=1e-4)
     assert math.isnan(mean_ci([1.0])[1])
     E = Quadratic(a=1.0, b=0.5)
     x = torch.tensor([[0.0], [2.0], [4.0]], dtype=torch.float64)
@@ -265,16 +267,48 @@ def test_end_to_end_tiny(tmp_path):
         summ = {(r["method"], r["seed"]): float(r["train_mse"]) for r in csv.DictReader(fh)}
     assert math.isclose(summ[("dcem", "1")], lg[-1]["train_mse"], rel_tol=1e-5)
 
-    # finished runs are not retrained; a longer schedule resumes from the checkpoint
+    # finished runs are not retrained
     mtime = (tmp_path / "gd" / "seed0" / "ckpt.pt").stat().st_mtime_ns
+    config = (tmp_path / "config.yaml").read_bytes()
+    summary = (tmp_path / "summary.md").read_text()
     main(_tiny(tmp_path, "analyse=false"))
     assert [r["step"] for r in read_log(tmp_path / "gd" / "seed0" / "log.csv")] == [0, 3, 6]
     assert (tmp_path / "gd" / "seed0" / "ckpt.pt").stat().st_mtime_ns == mtime
-    main(_tiny(tmp_path, "train.n_updates=9", "methods=[gd]", "analyse=false"))
-    assert [r["step"] for r in read_log(tmp_path / "gd" / "seed0" / "log.csv")] == [0, 3, 6, 9]
-    # an incompatible configuration is refused
-    with pytest.raises(ValueError, match="different configuration"):
-        main(_tiny(tmp_path, "train.lr=0.1", "methods=[gd]", "analyse=false"))
+    assert "6 updates" in summary
+    # another configuration (or a bad override) pointed at the run is refused; nothing is rewritten
+    for bad in (["train.n_updates=12"], ["train.lr=0.1"], ["methods=[gd]"]):
+        with pytest.raises(ValueError, match="another configuration"):
+            main(_tiny(tmp_path, *bad))
+    with pytest.raises(ValueError, match="train.lr"):
+        main(_tiny(tmp_path, "train.lr=abc"))
+    assert (tmp_path / "config.yaml").read_bytes() == config
+    assert (tmp_path / "summary.md").read_text() == summary
+    assert (tmp_path / "gd" / "seed0" / "ckpt.pt").stat().st_mtime_ns == mtime
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    from dcem.experiments.common.runs import CheckpointError
+
+    out = tmp_path / "run"
+    main(_tiny(out, "methods=[gd]", "seeds=[0]", "analyse=false"))
+    ckpt = out / "gd" / "seed0" / "ckpt.pt"
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[: len(good) // 2])  # truncated by a crash of something else
+    with pytest.raises(CheckpointError, match="unreadable") as err:
+        main(_tiny(out, "methods=[gd]", "seeds=[0]", "analyse=false"))
+    assert str(ckpt) in str(err.value) and "resume=false" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    # a checkpoint of another configuration (copied in by hand)
+    other = tmp_path / "other"
+    main(_tiny(other, "methods=[gd]", "seeds=[0]", "analyse=false", "train.lr=0.01"))
+    ckpt.write_bytes((other / "gd" / "seed0" / "ckpt.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="does not fit"):
+        main(_tiny(out, "methods=[gd]", "seeds=[0]", "analyse=false"))
+    # the way out: resume=false moves the old run aside and starts over
+    main(_tiny(out, "methods=[gd]", "seeds=[0]", "analyse=false", "resume=false"))
+    assert [r["step"] for r in read_log(out / "gd" / "seed0" / "log.csv")] == [0, 3, 6]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and (aside[0] / "config.yaml").exists()
 
 
 @pytest.mark.parametrize("method", ["gd", "dcem"])
@@ -310,6 +344,4 @@ def test_config_scales():
         assert cfg.dcem.temp == 1.0 and cfg.dcem.init_sigma == 7.0 and cfg.dcem.normalize
         assert cfg.n_points == 100 and cfg.n_hidden == 128 and list(cfg.seeds) == [0, 1, 2]
     with pytest.raises(ValueError, match="methods"):
-        from dcem.experiments.regression import run
-
-        run(load_config(["methods=[sgd]", "scale=tiny"]))
+        load_config(["methods=[sgd]", "scale=tiny"])

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = Experiment(
     "regression", Path(__file__).resolve().parent / "conf", RegressionConfig, __doc__ or "",
-    free_keys=("out_dir", "progress", "num_threads", "resume", "analyse", "device", "methods", "seeds"),
+    free_keys=("out_dir", "progress", "num_threads", "resume", "analyse", "device"),
 )  # fmt: skip
 
 
