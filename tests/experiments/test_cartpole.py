@@ -5,23 +5,7 @@ import pytest
 
 from dcem.experiments import cartpole
 
-TINY = [
-    "progress=false",
-    "n_val=4",
-    "val_interval=2",
-    "ckpt_interval=2",
-    "expert.n_sample=40",
-    "expert.n_elite=4",
-    "expert.n_iter=2",
-    "dcem.n_sample=20",
-    "dcem.n_elite=4",
-    "dcem.n_iter=2",
-    "horizon=8",
-    "decoder.hidden_sizes=[16]",
-    "vis.grid=5",
-    "vis.n_states=2",
-    "vis.n_lines=5",
-]
+TINY = ["scale=tiny", "progress=false"]
 
 
 def _rows(path):
@@ -35,9 +19,14 @@ def test_config_composes_with_overrides():
     assert cfg.horizon == 20 and cfg.dcem.n_sample == 100 and cfg.expert.n_sample >= 10 * cfg.dcem.n_sample
 
 
+def test_tiny_preset_matches_the_test_sizes():
+    cfg = cartpole.load_config(["scale=tiny"])
+    assert cfg.n_train_iter == 4 and cfg.n_val == 4 and cfg.horizon == 8 and cfg.dcem.n_sample == 20
+
+
 def test_train_writes_outputs_and_resumes(tmp_path):
     out = tmp_path / "run"
-    cartpole.main([f"out_dir={out}", "n_train_iter=4", *TINY])
+    cartpole.main([f"out_dir={out}", *TINY])
     for f in (
         "config.yaml",
         "log.csv",
@@ -65,30 +54,57 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert s["improvement_factor"] == pytest.approx(s["latent_cost"] / s["expert_cost"])
     rows = _rows(out / "log.csv")
     assert [int(r["iter"]) for r in rows if r["mode"] == "train"] == [0, 1, 2, 3]
-    # resume the same run for more updates: the log continues without duplicates
-    cartpole.main([f"out_dir={out}", "n_train_iter=6", "plots=false", *TINY])
-    rows = _rows(out / "log.csv")
-    assert [int(r["iter"]) for r in rows if r["mode"] == "train"] == list(range(6))
-    assert [int(r["iter"]) for r in rows if r["mode"] == "val"] == [0, 2, 4, 6]
-    s6 = json.loads((out / "summary.json").read_text())
-    assert s6["n_train_iter"] == 6
+    assert [int(r["iter"]) for r in rows if r["mode"] == "val"] == [0, 2, 4]
     # the random decoder is the initial one: its validation cost is the first validation row
-    assert s6["random_decoder_cost"] == pytest.approx(float(rows[0]["cost"]))
+    assert s["random_decoder_cost"] == pytest.approx(float(rows[0]["cost"]))
+    # the same run again: finished, nothing retrained, the log unchanged
+    cartpole.main([f"out_dir={out}", "plots=false", *TINY])
+    assert _rows(out / "log.csv") == rows
+    # a longer schedule is another configuration: refused, config.yaml untouched
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="another configuration.*n_train_iter: 4 there, 6 now"):
+        cartpole.main([f"out_dir={out}", "n_train_iter=6", *TINY])
+    assert (out / "config.yaml").read_text() == config
     # mode=eval recomputes the same summary from the checkpoints
     (out / "summary.json").unlink()
     cartpole.main([f"out_dir={out}", "mode=eval", *TINY])
     s_eval = json.loads((out / "summary.json").read_text())
-    assert s_eval["latent_test_cost"] == pytest.approx(s6["latent_test_cost"])
+    assert s_eval["latent_test_cost"] == pytest.approx(s["latent_test_cost"])
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    from dcem.experiments.cartpole.run import train
+
     a, b = tmp_path / "a", tmp_path / "b"
-    cartpole.main([f"out_dir={a}", "n_train_iter=4", "plots=false", *TINY])
-    cartpole.main([f"out_dir={b}", "n_train_iter=2", "plots=false", *TINY])  # "interrupted" after 2 updates
-    cartpole.main([f"out_dir={b}", "n_train_iter=4", "plots=false", *TINY])
+    cartpole.main([f"out_dir={a}", "plots=false", *TINY])
+    train(cartpole.load_config(TINY), b, n_train_iter=2)  # "interrupted": the checkpoint after 2 updates
+    cartpole.main([f"out_dir={b}", "plots=false", *TINY])
     ra = [r for r in _rows(a / "log.csv") if r["mode"] == "train"]
     rb = [r for r in _rows(b / "log.csv") if r["mode"] == "train"]
     assert [float(r["cost"]) for r in ra] == pytest.approx([float(r["cost"]) for r in rb], rel=1e-5)
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    from dcem.experiments.common.runs import CheckpointError
+
+    out = tmp_path / "run"
+    cartpole.main([f"out_dir={out}", "plots=false", *TINY])
+    ckpt = out / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[:100])
+    with pytest.raises(CheckpointError, match="unreadable") as err:
+        cartpole.main([f"out_dir={out}", "plots=false", *TINY])
+    assert str(ckpt) in str(err.value) and "resume=false" in str(err.value)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        cartpole.main([f"out_dir={out}", "mode=vis", *TINY])
+    # a checkpoint of another decoder size (copied in by hand)
+    other = tmp_path / "other"
+    cartpole.main([f"out_dir={other}", "plots=false", "decoder.n_latent=3", *TINY])
+    ckpt.write_bytes((other / "checkpoint.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="does not fit"):
+        cartpole.main([f"out_dir={out}", "plots=false", *TINY])
+    cartpole.main([f"out_dir={out}", "plots=false", "resume=false", *TINY])
+    assert json.loads((out / "summary.json").read_text())["n_latent"] == 2
 
 
 def test_ablation_mode(tmp_path):
@@ -97,8 +113,6 @@ def test_ablation_mode(tmp_path):
         [
             f"out_dir={out}",
             "mode=ablation",
-            "ablation.n_train_iter=2",
-            "ablation.temps=[1.0,0.0]",
             "ablation.latent_sizes=[2,3]",
             *TINY,
         ]
@@ -115,7 +129,7 @@ def test_ablation_mode(tmp_path):
 
 def test_vis_mode_redoes_plots(tmp_path):
     out = tmp_path / "v"
-    cartpole.main([f"out_dir={out}", "n_train_iter=2", "plots=false", *TINY])
+    cartpole.main([f"out_dir={out}", "plots=false", *TINY])
     assert not (out / "fig3.png").exists()
     cartpole.main([f"out_dir={out}", "mode=vis", *TINY])
     assert (out / "fig3.png").exists() and (out / "surface.png").exists() and (out / "curves.png").exists()

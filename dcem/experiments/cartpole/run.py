@@ -149,7 +149,7 @@ class _Training:
         self.start, self.best_val, self.random_cost, self.wall0 = 0, math.inf, None, 0.0
 
     def restore(self) -> None:
-        """Load ``checkpoint.pt`` and drop the log rows written after it (an interrupted run)."""
+        """Load ``checkpoint.pt``."""
         ck = _load(self.ckpt_path)
         try:
             self.ctrl.decoder.load_state_dict(ck["decoder"])
@@ -162,7 +162,6 @@ class _Training:
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             raise incompatible(self.ckpt_path, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}") \
                 from None
-        self.log.rewrite(r for r in self.log.rows() if r["iter"] < self.start)
 
     def save(self, it: int, wall: float) -> None:
         save_torch({"decoder": self.ctrl.decoder.state_dict(), "opt": self.opt.state_dict(),
@@ -207,7 +206,11 @@ def train(
     x_val = validation_states(cfg, tr.dx)
     if tr.ckpt_path.exists():
         tr.restore()
+        if tr.start >= n_iters:
+            log.info("%s: already trained (%d updates), not retraining", run_dir, tr.start)
+            return summarize(cfg, run_dir, n_latent, temp, expert, expert_test)
         log.info("resuming %s at iteration %d", run_dir, tr.start)
+        tr.log.rewrite(r for r in tr.log.rows() if r["iter"] < tr.start)  # rows after the checkpoint
     else:
         tr.log.rewrite([])
     if expert is None:
