@@ -1,0 +1,135 @@
+"""Update rules and the validated, immutable configuration of the trajectory planner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from dcem._checks import check_bool, check_choice, check_int, check_real
+from dcem.sync import check_sync
+
+__all__ = ["Rule", "PlannerConfig", "RULE_DEFAULTS", "SELECT_MODES"]
+
+
+class Rule(str, Enum):
+    """How a planner refits its Gaussian from evaluated candidates (strings work too).
+
+    - ``CEM``: mean/std of the ``n_elite`` lowest-cost candidates (hard top-k);
+    - ``DCEM``: weights from the soft top-k of the (standardised) costs at temperature
+      ``temp`` (differentiable, eq. 5 of the paper);
+    - ``MPPI``: weights ``softmax(-cost / lam)`` (costs standardised first with
+      ``normalize``); differentiable like DCEM unless ``differentiable=False``;
+    - ``ICEM``: CEM with coloured noise, elite keeping, population decay and momentum
+      (Pinneri et al., 2020), with the defaults of :data:`RULE_DEFAULTS`.
+    """
+
+    CEM = "cem"
+    DCEM = "dcem"
+    MPPI = "mppi"
+    ICEM = "icem"
+
+
+#: Defaults of the options left at ``None``: (noise_beta, keep_frac, pop_decay, momentum).
+#: Tuned on the cartpole swing-up benchmark (benchmarks/bench_planners.py).
+RULE_DEFAULTS: dict[Rule, tuple[float, float, float, float]] = {
+    Rule.CEM: (0.0, 0.0, 1.0, 0.0),
+    Rule.DCEM: (0.0, 0.0, 1.0, 0.0),
+    Rule.MPPI: (0.0, 0.0, 1.0, 0.0),
+    Rule.ICEM: (2.0, 0.3, 1.25, 0.1),
+}
+
+SELECT_MODES = ("mean", "best", "min")
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Hyper-parameters of a :class:`dcem.planning.Planner`, checked on construction.
+
+    Args:
+        rule: ``"cem"``, ``"dcem"``, ``"mppi"`` or ``"icem"`` (or a :class:`Rule`).
+        n_sample: candidates drawn per iteration ``N >= 1`` (the current mean and any kept
+            elites are evaluated with them in the same call).
+        n_elite: elites ``k`` (``1 <= k <= n_sample``): CEM/iCEM average them, DCEM's soft
+            top-k weights sum to ``k``; the pool of kept elites. Unused by MPPI's weights.
+        n_iter: iterations; each is exactly one call of the objective.
+        temp: DCEM soft top-k temperature ``> 0``.
+        lam: MPPI temperature ``lambda > 0``.
+        normalize: standardise each row of costs before the DCEM/MPPI weights.
+        noise_beta: exponent of the coloured sampling noise along time (power spectrum
+            ``1 / f**beta``; 0 is white noise). Full-plan search only.
+        keep_frac: fraction of the elites carried into the next iteration's candidates.
+        pop_decay: the population shrinks as ``n_sample / pop_decay**i`` (never below
+            ``2 * n_elite``); ``1`` keeps it fixed.
+        momentum: ``mu <- momentum * mu_old + (1 - momentum) * mu_new`` (and the std).
+        iter_eps: a problem stops updating once its mean moves less than this (2-norm) in
+            one iteration; ``None`` never stops.
+        select: plan returned among the evaluated candidates: ``"mean"`` (the mean of the
+            last sampled Gaussian), ``"best"`` (best candidate seen) or ``"min"`` (the
+            better of the two). A non-finite mean is always replaced by a finite best.
+        differentiable: MPPI weights carry gradients (``False``: classic MPPI, weights
+            detached; CEM/iCEM never differentiate through their elite choice).
+        checkpoint: recompute each iteration in the backward pass
+            (``torch.utils.checkpoint``, non-reentrant) instead of storing its activations.
+        sync: ``"auto"``, ``"host"`` or ``"free"`` (:mod:`dcem.sync`).
+
+    ``None`` for ``noise_beta``, ``keep_frac``, ``pop_decay`` or ``momentum`` takes the
+    rule's default from :data:`RULE_DEFAULTS`.
+    """
+
+    rule: Rule | str = Rule.CEM
+    n_sample: int = 100
+    n_elite: int = 10
+    n_iter: int = 10
+    temp: float = 1.0
+    lam: float = 1.0
+    normalize: bool = True
+    noise_beta: float | None = None
+    keep_frac: float | None = None
+    pop_decay: float | None = None
+    momentum: float | None = None
+    iter_eps: float | None = None
+    select: str = "min"
+    differentiable: bool = True
+    checkpoint: bool = False
+    sync: str = "auto"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        rule = self.rule.value if isinstance(self.rule, Rule) else self.rule
+        rule = Rule(check_choice("rule", rule, tuple(r.value for r in Rule)))
+        set_(self, "rule", rule)
+        set_(self, "n_sample", check_int("n_sample", self.n_sample, 1))
+        set_(self, "n_elite", check_int("n_elite", self.n_elite, 1, self.n_sample))
+        set_(self, "n_iter", check_int("n_iter", self.n_iter, 1))
+        set_(self, "temp", check_real("temp", self.temp, 0.0, strict=True))
+        set_(self, "lam", check_real("lam", self.lam, 0.0, strict=True))
+        check_bool("normalize", self.normalize)
+        beta, keep, decay, mom = RULE_DEFAULTS[rule]
+        opts = (("noise_beta", beta, 0.0, None), ("keep_frac", keep, 0.0, 1.0),
+                ("pop_decay", decay, 1.0, None), ("momentum", mom, 0.0, 1.0))  # fmt: skip
+        for name, default, low, high in opts:
+            v = getattr(self, name)
+            v = default if v is None else check_real(name, v, low)
+            if high is not None and not v <= high:
+                raise ValueError(f"{name} must be a finite float with {low} <= {name} <= {high}, got {v!r}")
+            set_(self, name, float(v))
+        if self.momentum >= 1.0:
+            raise ValueError(f"momentum must be < 1 (1 never moves the mean), got {self.momentum!r}")
+        eps = check_real("iter_eps", self.iter_eps, 0.0, none_ok=True)
+        set_(self, "iter_eps", eps or None)
+        check_choice("select", self.select, SELECT_MODES)
+        check_bool("differentiable", self.differentiable)
+        check_bool("checkpoint", self.checkpoint)
+        check_sync(self.sync)
+
+    @property
+    def n_keep(self) -> int:
+        """Elites carried into the next iteration."""
+        return int(round(self.keep_frac * self.n_elite))
+
+    def population(self, it: int) -> int:
+        """Candidates drawn at iteration ``it`` (population decay, floored at ``2 * n_elite``)."""
+        if self.pop_decay == 1.0:
+            return self.n_sample
+        n = int(round(self.n_sample / self.pop_decay**it))
+        return max(min(self.n_sample, 2 * self.n_elite), n)

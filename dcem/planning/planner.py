@@ -1,0 +1,398 @@
+"""One trajectory planner: CEM, DCEM, MPPI and iCEM over batch-major plans ``(*B, H, A)``.
+
+The planner minimises an objective ``cost(plans (*B, N, H, A)) -> (*B, N)`` over action
+sequences inside per-dimension bounds, or over a latent ``z`` whose decoded plans are
+evaluated (eq. 8 of the paper). Every iteration draws ``N`` candidates from a Gaussian,
+evaluates them *together with the Gaussian's mean* (and, for iCEM, the kept elites) in one
+call of the objective and refits the Gaussian by the chosen rule (:mod:`dcem.planning.rules`).
+The returned plan is chosen among evaluated candidates, so a plan of ``n_iter`` iterations
+costs exactly ``n_iter`` objective calls: ``select="mean"`` is the mean of the last sampled
+Gaussian, ``"best"`` the best candidate seen (:func:`dcem.optim.best_sample`: NaN and
+``+inf`` never best, ``-inf`` best), ``"min"`` the better of the two. The last refit gives
+the final distribution (``PlanResult.mean``/``std``) for warm starts.
+
+Example:
+    >>> import torch
+    >>> from dcem.planning import Planner
+    >>> target = torch.linspace(-0.5, 0.5, 4).view(4, 1)
+    >>> cost = lambda U: (U - target).pow(2).sum((-1, -2))     # (B, N, 4, 1) -> (B, N)
+    >>> p = Planner(4, 1, lower=-1.0, upper=1.0, rule="cem", n_sample=200, n_elite=20, n_iter=10)
+    >>> res = p.plan(cost, batch_shape=(2,), generator=torch.Generator().manual_seed(0))
+    >>> res.plan.shape, bool(res.cost.max() < 1e-2)
+    (torch.Size([2, 4, 1]), True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from dcem._checks import check_int
+from dcem.optim import best_sample, invalid_mask
+from dcem.planning.config import PlannerConfig
+from dcem.planning.noise import colored_noise
+from dcem.planning.rules import Gaussian, refit
+from dcem.sync import host_reads_free, resolve_sync
+
+__all__ = ["Planner", "PlanResult", "IterCallback"]
+
+Bound = float | Tensor | None
+IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
+"""``iter_cb(i, X, fX, I, X_I, mu, sigma)`` with flattened candidates ``X (B, M, D)``, costs
+``fX (B, M)``, weights ``I (B, M, 1)``, ``X_I = I * X`` and the refit ``mu, sigma (B, D)``."""
+
+
+class PlanResult(NamedTuple):
+    """Result of :meth:`Planner.plan` (``*B`` the batch shape).
+
+    Attributes:
+        plan: the selected plans ``(*B, H, A)``.
+        cost: their costs ``(*B,)`` (from the objective calls, with gradients).
+        best_plan, best_cost: the best candidate evaluated ``(*B, H, A)``, ``(*B,)``
+            (``+inf`` where no candidate had a valid cost).
+        mean, std: the final Gaussian in the search space, ``(*B, H, A)`` or ``(*B, n_latent)``.
+        z, best_z: the latents of ``plan`` and ``best_plan`` ``(*B, n_latent)`` (None
+            without a decoder).
+        failed: ``(*B,)`` bool, some iteration had no valid candidate (sync-free path).
+        n_evals: objective calls made.
+    """
+
+    plan: Tensor
+    cost: Tensor
+    best_plan: Tensor
+    best_cost: Tensor
+    mean: Tensor
+    std: Tensor
+    z: Tensor | None
+    best_z: Tensor | None
+    failed: Tensor
+    n_evals: int
+
+
+def _check_bound_pair(lo: Bound, hi: Bound, what: str) -> None:
+    for name, v in ((f"{what}lower", lo), (f"{what}upper", hi)):
+        if v is None:
+            continue
+        if isinstance(v, Tensor):
+            if not v.is_floating_point():
+                raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {v.dtype}")
+            if host_reads_free(v) and bool(torch.isnan(v).any()):
+                raise ValueError(f"{name} must not contain NaN")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            raise ValueError(f"{name} must be None, a float or a tensor, got {v!r}")
+    if lo is None or hi is None:
+        return
+    lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
+    if host_reads_free(lo_t) and host_reads_free(hi_t) and not bool((lo_t < hi_t).all()):
+        raise ValueError(f"{what}lower must be < {what}upper in every dimension")
+
+
+def _search_tensor(v: Bound, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+    """``v`` broadcast to ``shape`` in ``like``'s dtype/device (None stays None)."""
+    if v is None:
+        return None
+    t = torch.as_tensor(v, dtype=like.dtype, device=like.device) if not isinstance(v, Tensor) else v.to(like)
+    try:
+        return t.expand(shape)
+    except RuntimeError as err:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {shape}") from err
+
+
+class Planner:
+    """Trajectory optimisation by CEM / DCEM / MPPI / iCEM (see the module docstring).
+
+    Args:
+        horizon: plan length ``H >= 1``.
+        n_ctrl: action dimension ``A >= 1``.
+        config: a :class:`PlannerConfig`; or give its fields as keyword ``options``.
+        lower, upper: per-dimension action bounds (floats or tensors broadcastable to
+            ``(A,)``, ``(H, A)`` or ``(*B, H, A)``); candidates (decoded ones too) are
+            clamped into them. ``None``: unbounded.
+        decoder: optional ``z (..., n_latent) -> plans (..., H, A)``; the planner then
+            searches the latent space (``n_latent`` from the argument or ``decoder.n_latent``).
+        z_lower, z_upper: latent bounds (floats or tensors broadcastable to ``(n_latent,)``).
+
+    The planner holds no tensors of its own besides the given bounds; dtype and device
+    follow ``init_mean`` (else the ``dtype``/``device`` arguments of :meth:`plan`).
+    """
+
+    def __init__(
+        self,
+        horizon: int,
+        n_ctrl: int,
+        config: PlannerConfig | None = None,
+        *,
+        lower: Bound = None,
+        upper: Bound = None,
+        decoder: Callable[[Tensor], Tensor] | None = None,
+        n_latent: int | None = None,
+        z_lower: Bound = None,
+        z_upper: Bound = None,
+        **options: Any,
+    ) -> None:
+        self.horizon = check_int("horizon", horizon, 1)
+        self.n_ctrl = check_int("n_ctrl", n_ctrl, 1)
+        if config is not None and options:
+            raise ValueError(f"give either config or options, not both (got {sorted(options)})")
+        self.config = config if config is not None else PlannerConfig(**options)
+        if not isinstance(self.config, PlannerConfig):
+            raise TypeError(f"config must be a PlannerConfig, got {type(self.config).__name__}")
+        _check_bound_pair(lower, upper, "")
+        self.lower, self.upper = lower, upper
+        if decoder is not None:
+            if not callable(decoder):
+                raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
+            n_latent = getattr(decoder, "n_latent", None) if n_latent is None else n_latent
+            self.n_latent: int | None = check_int("n_latent", n_latent, 1)
+            if self.config.noise_beta:
+                raise ValueError("noise_beta > 0 colours noise along time: not available with a decoder")
+        else:
+            self.n_latent = None
+        _check_bound_pair(z_lower, z_upper, "z_")
+        self.decoder, self.z_lower, self.z_upper = decoder, z_lower, z_upper
+
+    @property
+    def search_shape(self) -> tuple[int, ...]:
+        """Per-problem shape of the search space: ``(H, A)`` or ``(n_latent,)``."""
+        return (self.horizon, self.n_ctrl) if self.n_latent is None else (self.n_latent,)
+
+    def plan(
+        self,
+        cost: Callable[[Tensor], Tensor],
+        *,
+        batch_shape: tuple[int, ...] | None = None,
+        init_mean: Tensor | None = None,
+        init_std: float | Tensor | None = None,
+        generator: torch.Generator | None = None,
+        iter_cb: IterCallback | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> PlanResult:
+        """Minimise ``cost`` over plans (or latents); see the module docstring.
+
+        Args:
+            cost: objective ``(*B, M, H, A) -> (*B, M)``; ``M`` is the number of candidates
+                of an iteration (``n_sample`` plus the mean and kept elites).
+            batch_shape: ``*B`` (default: from ``init_mean``, else ``()``).
+            init_mean: initial mean ``(*B, *search_shape)``; default the middle of the
+                bounds (0 where unbounded).
+            init_std: initial std (float or tensor broadcastable to the search shape);
+                default half the width of the bounds (1 where unbounded).
+            generator: ``torch.Generator`` for the sampling noise.
+            iter_cb: see :data:`IterCallback`; not called again while checkpointed
+                iterations are recomputed in the backward pass.
+            dtype, device: of the iterates when ``init_mean`` is not given.
+
+        Returns:
+            :class:`PlanResult`.
+        """
+        if not callable(cost):
+            raise TypeError(f"cost must be callable, got {type(cost).__name__}")
+        mu, sigma, lo, hi, batch = self._initial(batch_shape, init_mean, init_std, dtype, device)
+        evaluate, counter = self._evaluator(cost, batch)
+        g, best_xf, mean_xf = self._loop(evaluate, mu, sigma, lo, hi, generator, iter_cb)
+        return self._result(g, best_xf, mean_xf, batch, counter[0])
+
+    # -- set-up -------------------------------------------------------------------------
+    def _initial(
+        self,
+        batch_shape: tuple[int, ...] | None,
+        init_mean: Tensor | None,
+        init_std: float | Tensor | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, tuple[int, ...]]:
+        S = self.search_shape
+        if init_mean is not None:
+            if not isinstance(init_mean, Tensor) or not init_mean.is_floating_point():
+                raise TypeError("init_mean must be a floating-point tensor of shape (*B, *search_shape)")
+            if init_mean.dim() < len(S) or tuple(init_mean.shape[init_mean.dim() - len(S) :]) != S:
+                raise ValueError(
+                    f"init_mean must have shape (*B, {', '.join(map(str, S))}), got {tuple(init_mean.shape)}"
+                )
+            inferred = tuple(init_mean.shape[: init_mean.dim() - len(S)])
+            if batch_shape is not None and tuple(batch_shape) != inferred:
+                raise ValueError(
+                    f"init_mean has batch shape {inferred}, but batch_shape = {tuple(batch_shape)}"
+                )
+            batch, like = inferred, init_mean
+        else:
+            batch = tuple(check_int("batch_shape", b, 1) for b in (batch_shape or ()))
+            like = torch.empty(0, dtype=dtype or torch.get_default_dtype(), device=device)
+        full = (*batch, *S)
+        lo_b, hi_b = (self.lower, self.upper) if self.n_latent is None else (self.z_lower, self.z_upper)
+        names = ("lower", "upper") if self.n_latent is None else ("z_lower", "z_upper")
+        lo = _search_tensor(lo_b, names[0], full, like)
+        hi = _search_tensor(hi_b, names[1], full, like)
+        if init_mean is None:
+            mid = torch.zeros(full, dtype=like.dtype, device=like.device)
+            if lo is not None and hi is not None:
+                mid = 0.5 * (lo + hi)
+            elif lo is not None or hi is not None:
+                mid = torch.clamp(mid, lo, hi)
+            init_mean = mid
+        if init_std is None:
+            init_std = 0.5 * (hi - lo) if lo is not None and hi is not None else 1.0
+        sigma = _search_tensor(init_std, "init_std", full, init_mean)
+        if host_reads_free(sigma) and not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
+            raise ValueError("init_std must be finite and >= 0")
+        if host_reads_free(init_mean) and not bool(torch.isfinite(init_mean).all()):
+            raise ValueError("init_mean must be finite")
+        B, D = math.prod(batch), math.prod(S)
+        flat = lambda t: None if t is None else t.reshape(B, 1, D)  # noqa: E731
+        return init_mean.reshape(B, D), sigma.reshape(B, D), flat(lo), flat(hi), batch
+
+    def _evaluator(
+        self, cost: Callable[[Tensor], Tensor], batch: tuple[int, ...]
+    ) -> tuple[Callable[[Tensor], Tensor], list[int]]:
+        """``evaluate(X (B, M, D)) -> (B, M)``: decode, clamp, call ``cost``, check; counts calls."""
+        counter = [0]
+        H, A = self.horizon, self.n_ctrl
+
+        def evaluate(X: Tensor) -> Tensor:
+            B, M, _ = X.shape
+            if self.decoder is not None:
+                P = self.decoder(X.reshape(*batch, M, self.n_latent))
+                if not isinstance(P, Tensor) or tuple(P.shape) != (*batch, M, H, A):
+                    got = tuple(P.shape) if isinstance(P, Tensor) else type(P).__name__
+                    raise ValueError(
+                        f"decoder must return plans of shape (*B, M, H, A) = {(*batch, M, H, A)}, got {got}"
+                    )
+                P = self._clamp_plans(P)
+            else:
+                P = X.reshape(*batch, M, H, A)
+            fX = cost(P)
+            counter[0] += 1
+            if not isinstance(fX, Tensor) or fX.is_complex() or fX.dtype == torch.bool:
+                raise TypeError(
+                    f"cost must return a real tensor of shape (*B, M) = {(*batch, M)}, "
+                    f"got {type(fX).__name__}"
+                )
+            if tuple(fX.shape) != (*batch, M):
+                raise ValueError(
+                    f"cost must return values of shape (*B, M) = {(*batch, M)}, got {tuple(fX.shape)}"
+                )
+            return fX.reshape(B, M).to(X.dtype)
+
+        return evaluate, counter
+
+    # -- the loop -----------------------------------------------------------------------
+    def _noise(self, B: int, N: int, D: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        beta = self.config.noise_beta
+        if beta and self.n_latent is None:
+            shape = (B, N, self.horizon, self.n_ctrl)
+            return colored_noise(
+                shape, beta, generator=generator, dtype=like.dtype, device=like.device
+            ).reshape(B, N, D)
+        return torch.randn(B, N, D, generator=generator, dtype=like.dtype, device=like.device)
+
+    def _loop(
+        self,
+        evaluate: Callable[[Tensor], Tensor],
+        mu: Tensor,
+        sigma: Tensor,
+        lo: Tensor | None,
+        hi: Tensor | None,
+        generator: torch.Generator | None,
+        iter_cb: IterCallback | None,
+    ) -> tuple[Gaussian, Tensor, Tensor]:
+        cfg = self.config
+        host = resolve_sync(cfg.sync, mu)
+        B, D = mu.shape
+        flags = torch.zeros(B, dtype=torch.bool, device=mu.device)
+        g = Gaussian(mu, sigma, flags, flags)
+        kept = mu.new_zeros(B, 0, D)
+        best_f = torch.full((B,), math.inf, dtype=mu.dtype, device=mu.device)
+        best_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
+        forward = [True]  # False while checkpointed iterations are recomputed in backward
+        use_ckpt = cfg.checkpoint and torch.is_grad_enabled()
+        mean_xf = best_xf
+        for i in range(cfg.n_iter):
+            noise = self._noise(B, cfg.population(i), D, mu, generator)
+
+            def it(mu_, sigma_, done_, failed_, kept_, noise_, i=i):
+                return self._iteration(evaluate, Gaussian(mu_, sigma_, done_, failed_), kept_, noise_, lo, hi,
+                                       host, i, iter_cb if forward[0] else None)  # fmt: skip
+
+            args = (g.mu, g.sigma, g.done, g.failed, kept, noise)
+            out = _checkpoint(it, *args, use_reentrant=False) if use_ckpt else it(*args)
+            mu_, sigma_, done_, failed_, kept, xf, fb, mean_xf = out
+            g = Gaussian(mu_, sigma_, done_, failed_)
+            better = fb < best_f
+            best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
+            best_f = torch.minimum(fb, best_f)
+            if host and cfg.iter_eps and bool(g.done.all()):
+                break
+        forward[0] = False
+        return g, best_xf, mean_xf
+
+    def _iteration(
+        self,
+        evaluate: Callable[[Tensor], Tensor],
+        g: Gaussian,
+        kept: Tensor,
+        noise: Tensor,
+        lo: Tensor | None,
+        hi: Tensor | None,
+        host: bool,
+        i: int,
+        iter_cb: IterCallback | None,
+    ) -> tuple[Tensor, ...]:
+        """Sample, evaluate (one call), refit; returns the new state and this iteration's best."""
+        X = torch.addcmul(g.mu.unsqueeze(1), g.sigma.unsqueeze(1), noise)
+        X = torch.cat((X, kept, g.mu.unsqueeze(1)), 1)  # the current mean is the last candidate
+        if lo is not None or hi is not None:
+            X = torch.clamp(X, lo, hi)
+        fX = evaluate(X)
+        r = refit(self.config, g, X, fX, host, i, want_weights=iter_cb is not None)
+        Xf = torch.cat((X, fX.unsqueeze(-1)), -1)  # carries each candidate's cost (with its gradient)
+        xf, fb = best_sample(Xf, fX)
+        if iter_cb is not None:
+            w = r.weights.unsqueeze(-1)
+            iter_cb(i, X, fX, w, w * X, r.state.mu, r.state.sigma)
+        s = r.state
+        return s.mu, s.sigma, s.done, s.failed, r.kept, xf, fb, Xf[:, -1]
+
+    def _result(
+        self, g: Gaussian, best_xf: Tensor, mean_xf: Tensor, batch: tuple[int, ...], n_evals: int
+    ) -> PlanResult:
+        D = g.mu.shape[-1]
+        best_f = best_xf[:, D].detach()
+        mean_f = mean_xf[:, D].detach()
+        sel = self.config.select
+        if sel == "best":
+            use_best = torch.ones_like(best_f, dtype=torch.bool)
+        elif sel == "min":
+            use_best = ~(mean_f <= best_f)
+        else:
+            use_best = invalid_mask(mean_f)
+        use_best = use_best & (best_f < math.inf)
+        chosen = torch.where(use_best.unsqueeze(-1), best_xf, mean_xf)
+        S = self.search_shape
+        x_sel, x_best = chosen[:, :D].reshape(*batch, *S), best_xf[:, :D].reshape(*batch, *S)
+        z = zb = None
+        if self.decoder is not None:
+            z, zb = x_sel, x_best
+            x_sel, x_best = self._decode(z), self._decode(zb)
+        return PlanResult(
+            x_sel, chosen[:, D].reshape(batch), x_best, best_xf[:, D].reshape(batch),
+            g.mu.reshape(*batch, *S), g.sigma.reshape(*batch, *S), z, zb, g.failed.reshape(batch), n_evals,
+        )  # fmt: skip
+
+    def _decode(self, z: Tensor) -> Tensor:
+        """Plans ``(*B, H, A)`` of latents ``(*B, n_latent)`` (decoded and clamped like candidates)."""
+        return self._clamp_plans(self.decoder(z))
+
+    def _clamp_plans(self, P: Tensor) -> Tensor:
+        """Decoded plans ``(..., H, A)`` clamped into the action bounds (if any)."""
+        if self.lower is None and self.upper is None:
+            return P
+        S = (self.horizon, self.n_ctrl)
+        return torch.clamp(
+            P, _search_tensor(self.lower, "lower", S, P), _search_tensor(self.upper, "upper", S, P)
+        )
