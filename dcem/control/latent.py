@@ -15,18 +15,17 @@ decoder only ("min-differentiation"), the ``tau = 0`` ablation.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from dcem.cem import dcem
+from dcem._checks import check_choice, check_real
 from dcem.control.decoder import ActionDecoder
-from dcem.control.dynamics import Dynamics, check_state
-from dcem.control.mpc import StepCost, _BestTracker, _chain, rollout_cost, select_solution
+from dcem.control.dynamics import Dynamics
+from dcem.control.mpc import StepCost, _rule
+from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout_objective
 
 __all__ = ["LatentDCEMController", "LatentSolution", "train_step", "imitation_loss"]
 
@@ -48,20 +47,25 @@ class LatentSolution(NamedTuple):
 class LatentDCEMController(nn.Module):
     """DCEM over a box-bounded latent action space ``Z = [z_lower, z_upper]^n_latent``.
 
+    A thin wrapper over :class:`dcem.planning.Planner` with the decoder as its latent path.
+
     Args:
         decoder: maps ``z (..., n_latent)`` to ``u (..., H, n_ctrl)`` inside the control bounds.
         dx: dynamics model.
         cost: per-step cost ``(x, u) -> (...)``; default ``dx.quadratic_cost``.
         terminal_cost: optional ``x_H -> (...)``.
-        n_sample, n_elite, n_iter: DCEM sizes (paper: 100 / 10 / 10).
+        n_sample, n_elite, n_iter: DCEM sizes (paper: 100 / 10 / 10); one rollout call per
+            iteration.
         temp: soft top-k temperature ``tau > 0``; ``0``/``None`` = hard CEM with
             min-differentiation (see the module docstring).
         init_sigma: initial std in the latent space (reference: 0.5).
         z_lower, z_upper: latent box (reference: ``[-1, 1]``).
         normalize: standardise the costs before the soft top-k.
-        iter_eps: early-stopping threshold of :func:`dcem.dcem` (``None``: all iterations).
-        select: ``"mean"`` (final DCEM mean), ``"best"`` or ``"min"``; default ``"mean"`` for
-            ``temp > 0`` and ``"min"`` for hard CEM.
+        iter_eps: convergence threshold (``None``: all iterations).
+        select: ``"mean"`` (the mean of the last sampled distribution), ``"best"`` or
+            ``"min"``; default ``"mean"`` for ``temp > 0`` and ``"min"`` for hard CEM.
+        rule: planner rule (default from ``temp``; ``"mppi"`` is differentiable too).
+        options: further :class:`dcem.planning.PlannerConfig` fields (e.g. ``checkpoint``).
 
     Example:
         >>> import torch
@@ -90,6 +94,8 @@ class LatentDCEMController(nn.Module):
         normalize: bool = True,
         iter_eps: float | None = None,
         select: str | None = None,
+        rule: str | None = None,
+        **options: object,
     ) -> None:
         super().__init__()
         if not isinstance(decoder, nn.Module) or not hasattr(decoder, "n_latent"):
@@ -98,31 +104,26 @@ class LatentDCEMController(nn.Module):
             raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
         if decoder.n_ctrl != dx.n_ctrl:
             raise ValueError(f"decoder.n_ctrl = {decoder.n_ctrl} does not match dx.n_ctrl = {dx.n_ctrl}")
-        for name, v in (("n_sample", n_sample), ("n_iter", n_iter)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if isinstance(n_elite, bool) or not isinstance(n_elite, int) or not 1 <= n_elite <= n_sample:
-            raise ValueError(f"n_elite must be an integer in [1, n_sample = {n_sample}], got {n_elite!r}")
-        if temp is not None and (not isinstance(temp, Real) or temp < 0 or not math.isfinite(temp)):
-            raise ValueError(f"temp must be None or a finite float >= 0, got {temp!r}")
-        if not (isinstance(init_sigma, Real) and init_sigma > 0):
-            raise ValueError(f"init_sigma must be a float > 0, got {init_sigma!r}")
-        if not (isinstance(z_lower, Real) and isinstance(z_upper, Real) and z_lower < z_upper):
+        rule, tau = _rule(temp, rule)
+        sel = check_choice(
+            "select", select or ("min" if rule in ("cem", "icem") else "mean"), ("mean", "best", "min")
+        )
+        self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=tau, normalize=normalize,
+                                    iter_eps=iter_eps, select=sel, **options)  # fmt: skip
+        self.init_sigma = float(check_real("init_sigma", init_sigma, 0.0, strict=True))
+        zl, zu = check_real("z_lower", z_lower), check_real("z_upper", z_upper)
+        if not zl < zu:
             raise ValueError(f"need z_lower < z_upper, got {z_lower!r}, {z_upper!r}")
-        self.temp = None if temp is None or temp == 0 else float(temp)
-        sel = select or ("mean" if self.temp is not None else "min")
-        if sel not in ("mean", "best", "min"):
-            raise ValueError(f"select must be 'mean', 'best' or 'min', got {select!r}")
-        self.decoder = decoder
-        self.dx = dx
+        self.temp = None if rule == "cem" and not temp else tau
+        self.decoder, self.dx = decoder, dx
         self.cost = cost if cost is not None else dx.quadratic_cost
         self.terminal_cost = terminal_cost
-        self.n_sample, self.n_elite, self.n_iter = n_sample, n_elite, n_iter
-        self.init_sigma, self.z_lower, self.z_upper = (
-            float(init_sigma),
-            float(z_lower),
-            float(z_upper),
+        self.n_sample, self.n_elite, self.n_iter = (
+            self.config.n_sample,
+            self.config.n_elite,
+            self.config.n_iter,
         )
+        self.z_lower, self.z_upper = float(zl), float(zu)
         self.normalize, self.iter_eps, self.select = normalize, iter_eps, sel
 
     @property
@@ -137,6 +138,11 @@ class LatentDCEMController(nn.Module):
         """Decode latents ``(..., n_latent)`` into time-major plans ``(H, ..., n_ctrl)``."""
         return self.decoder(z).movedim(-2, 0)
 
+    def planner(self) -> Planner:
+        """The :class:`dcem.planning.Planner` of this controller (latent path over the decoder)."""
+        return Planner(self.horizon, self.dx.n_ctrl, self.config, decoder=self.decoder,
+                       z_lower=self.z_lower, z_upper=self.z_upper)  # fmt: skip
+
     def latent_cost(self, x_init: Tensor) -> Callable[[Tensor], Tensor]:
         """The objective ``C(z)`` of eq. (8) for states ``x_init (n_batch, n_state)``.
 
@@ -144,6 +150,7 @@ class LatentDCEMController(nn.Module):
         the rollout is batched over the batch and the samples.
         """
         B = x_init.shape[0]
+        obj = rollout_objective(self.dx, x_init, self.cost, terminal_cost=self.terminal_cost)
 
         def f(z: Tensor) -> Tensor:
             if z.dim() != 3 or z.shape[0] != B or z.shape[-1] != self.n_latent:
@@ -151,8 +158,7 @@ class LatentDCEMController(nn.Module):
                     f"z must have shape (n_batch, N, n_latent) = ({B}, N, {self.n_latent}), "
                     f"got {tuple(z.shape)}"
                 )
-            u = self.decode(z)  # (H, B, N, n_ctrl)
-            return rollout_cost(self.dx, self.cost, x_init.unsqueeze(1), u, self.terminal_cost)
+            return obj(self.decoder(z))
 
         return f
 
@@ -167,47 +173,25 @@ class LatentDCEMController(nn.Module):
         Args:
             x_init: finite initial states.
             generator: ``torch.Generator`` for the DCEM samples.
-            iter_cb: extra :func:`dcem.dcem` iteration callback (e.g. for visualisation).
+            iter_cb: iteration callback (:data:`dcem.planning.IterCallback`, e.g. for plots).
 
         Returns:
             :class:`LatentSolution`; ``u`` and ``cost`` are differentiable w.r.t. the decoder
             (and ``x_init``, the dynamics parameters) for ``temp > 0``.
         """
-        check_state(x_init, self.dx.n_state, "x_init")
+        check_initial_state(x_init, self.dx.n_state, "x_init")
         squeeze = x_init.dim() == 1
-        if squeeze:
-            x_init = x_init.unsqueeze(0)
+        x_init = x_init.unsqueeze(0) if squeeze else x_init
         if x_init.dim() != 2:
             raise ValueError(f"x_init must have shape (n_batch, n_state), got {tuple(x_init.shape)}")
-        B = x_init.shape[0]
-        f = self.latent_cost(x_init)
-        tracker = _BestTracker()
-        z = dcem(
-            f,
-            self.n_latent,
-            n_batch=B,
-            n_sample=self.n_sample,
-            n_elite=self.n_elite,
-            n_iter=self.n_iter,
-            temp=self.temp,
-            lb=self.z_lower,
-            ub=self.z_upper,
-            init_mu=0.5 * (self.z_lower + self.z_upper),
-            init_sigma=self.init_sigma,
-            normalize=self.normalize,
-            iter_eps=self.iter_eps,
-            iter_cb=_chain(tracker, iter_cb),
-            generator=generator,
-            dtype=x_init.dtype,
-            device=x_init.device,
-        )
-        cost_mu = f(z.unsqueeze(1)).squeeze(1)
-        z, use_best = select_solution(z, cost_mu, tracker, self.select)
-        u = self.decode(z)
-        cost = rollout_cost(self.dx, self.cost, x_init, u, self.terminal_cost)
+        obj = rollout_objective(self.dx, x_init, self.cost, terminal_cost=self.terminal_cost)
+        res = self.planner().plan(obj, batch_shape=(x_init.shape[0],), init_std=self.init_sigma,
+                                  generator=generator, iter_cb=iter_cb, dtype=x_init.dtype,
+                                  device=x_init.device)  # fmt: skip
+        u = res.plan.movedim(-2, 0)
         if squeeze:
-            return LatentSolution(z.squeeze(0), u.squeeze(1), cost.squeeze(0))
-        return LatentSolution(z, u, cost)
+            return LatentSolution(res.z.squeeze(0), u.squeeze(1), res.cost.squeeze(0))
+        return LatentSolution(res.z, u, res.cost)
 
     def forward(self, x_init: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The policy ``pi(x_init)``: first action ``(n_batch, n_ctrl)`` of the latent plan."""

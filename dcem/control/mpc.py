@@ -1,48 +1,42 @@
 """Model-predictive control with CEM / DCEM over action sequences (eq. 7 of the paper).
 
-Two entry points, both built on :func:`dcem.dcem`:
+Two entry points, both thin wrappers over the one planner :class:`dcem.planning.Planner`
+(batch-major plans, costs minimised, one objective call per iteration):
 
 - :func:`dcem_ctrl`: the functional controller with the keywords and return dictionary of the
-  published reference (time-major plans ``(T, n_batch, n_ctrl)``), optionally over a latent
-  action space through ``u_decode``.
+  published reference (time-major plans ``(T, n_batch, n_ctrl)`` at its boundary, rewards
+  maximised by minimising ``-reward``), optionally over a latent action space (``u_decode``).
 - :class:`MPC`: a receding-horizon controller object: plan, apply the first action, shift the
-  plan to warm-start the next step; per-dimension bounds, a batch of systems, CEM
-  (``temp=None``) or DCEM (``temp > 0``, differentiable), and either a dynamics model with a
-  per-step cost or a user-supplied rollout-cost function.
+  plan to warm-start the next step (:func:`dcem.planning.shift_plan`); per-dimension bounds, a
+  batch of systems, CEM (``temp=None``), DCEM (``temp > 0``, differentiable) or any rule of the
+  planner (``rule="mppi"``/``"icem"``), and either a dynamics model with a per-step cost or a
+  user-supplied rollout-cost function.
 
-A plan whose cost is NaN/inf (a diverging rollout) is never returned when a finite sample
-exists: such samples are never elite, and a final mean with a non-finite cost is replaced by the
-best finite sample seen.
+A plan whose cost is NaN/inf (a diverging rollout) is never returned when a valid candidate
+exists (:func:`dcem.optim.best_sample`).
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Callable
-from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from dcem.cem import dcem
-from dcem.control.dynamics import Dynamics, check_state
+from dcem._checks import check_choice, check_int, check_real
+from dcem.control.dynamics import Dynamics
+from dcem.optim import invalid_mask
+from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout, rollout_objective, shift_plan
+from dcem.planning.shift import SHIFT_FILLS
+from dcem.planning.timemajor import ctrl_objective, default_unroll, latent_decoder, search_bound, verbose_cb
 
 __all__ = ["dcem_ctrl", "MPC", "Plan", "rollout_cost", "select_solution", "StepCost", "RolloutCost"]
-
-log = logging.getLogger(__name__)
 
 StepCost = Callable[[Tensor, Tensor], Tensor]
 """``cost(x, u) -> c``: states ``(..., n_state)``, controls ``(..., n_ctrl)`` -> costs ``(...)``."""
 RolloutCost = Callable[[Tensor, Tensor], Tensor]
 """``rollout(x_init, u) -> c``: ``x_init (M, n_state)``, ``u (H, M, n_ctrl)`` -> total costs ``(M,)``."""
-
-
-def _pos_int(name: str, v: object, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    return int(v)
 
 
 def rollout_cost(
@@ -55,7 +49,7 @@ def rollout_cost(
 ) -> Tensor:
     """Total cost ``sum_{t<H} discount^t cost(x_t, u_t) [+ discount^H terminal_cost(x_H)]``.
 
-    The rollout is batched over all leading dimensions (one Python loop over time only).
+    The time-major form of :func:`dcem.planning.rollout`.
 
     Args:
         dx: dynamics model.
@@ -70,66 +64,36 @@ def rollout_cost(
     """
     if u.dim() < 2 or u.shape[0] < 1:
         raise ValueError(f"u must be time-major (H, ..., n_ctrl) with H >= 1, got {tuple(u.shape)}")
-    x = x_init
-    total: Tensor | float = 0.0
-    gamma = 1.0
-    for t in range(u.shape[0]):
-        total = total + gamma * cost(x, u[t])
-        x = dx.step(x, u[t])
-        gamma *= discount
-    if terminal_cost is not None:
-        total = total + gamma * terminal_cost(x)
-    return total  # type: ignore[return-value]  # a Tensor since H >= 1
+    return rollout(dx, cost, x_init, u.movedim(0, -2), terminal_cost, discount)
 
 
-class _BestTracker:
-    """``iter_cb`` for :func:`dcem.dcem` recording the best finite sample seen (no host sync)."""
+def select_solution(mu: Tensor, cost_mu: Tensor, tracker: Any, select: str) -> tuple[Tensor, Tensor]:
+    """Pick ``(n_batch, d)``: the mean ``mu``, the best sample ``tracker.x`` (cost ``.f``) or the better.
 
-    def __init__(self) -> None:
-        self.x: Tensor | None = None
-        self.f: Tensor | None = None
-
-    def __call__(
-        self, i: int, X: Tensor, fX: Tensor, I: Tensor, X_I: Tensor, mu: Tensor, sigma: Tensor
-    ) -> None:
-        f = torch.where(torch.isfinite(fX), fX, torch.full_like(fX, math.inf)).detach()
-        fmin, arg = f.min(-1)
-        x = X.gather(1, arg.view(-1, 1, 1).expand(-1, 1, X.shape[-1])).squeeze(1)
-        if self.x is None or self.f is None:
-            self.x, self.f = x, fmin
-        else:
-            better = fmin < self.f
-            self.x = torch.where(better.unsqueeze(-1), x, self.x)
-            self.f = torch.where(better, fmin, self.f)
-
-
-def _chain(*cbs: Callable[..., None] | None) -> Callable[..., None]:
-    def cb(*args: Any) -> None:
-        for c in cbs:
-            if c is not None:
-                c(*args)
-
-    return cb
-
-
-def select_solution(mu: Tensor, cost_mu: Tensor, tracker: _BestTracker, select: str) -> tuple[Tensor, Tensor]:
-    """Pick the returned solution ``(n_batch, d)``: the final mean, the best sample or the better.
-
-    A mean with a non-finite cost is always replaced by the best finite sample. Returns the
-    solution and a boolean ``(n_batch,)`` telling where the best sample was taken; the caller
-    re-evaluates the cost of the solution (so it carries gradients).
+    Kept for compatibility; :class:`dcem.planning.Planner` applies the same rule. A mean with
+    an invalid (NaN/``+inf``) cost is always replaced by a best sample with a valid cost.
+    Returns the solution and a boolean ``(n_batch,)`` telling where the best sample was taken.
     """
-    if tracker.x is None or tracker.f is None:
-        raise RuntimeError("no iteration was recorded")
+    check_choice("select", select, ("mean", "best", "min"))
     bx, bf = tracker.x, tracker.f
+    if bx is None or bf is None:
+        raise RuntimeError("no iteration was recorded")
     if select == "best":
         use_best = torch.ones_like(bf, dtype=torch.bool)
     elif select == "min":
         use_best = ~(cost_mu.detach() <= bf)
-    else:  # "mean"
-        use_best = ~torch.isfinite(cost_mu.detach())
-    use_best = use_best & torch.isfinite(bf)
+    else:
+        use_best = invalid_mask(cost_mu.detach())
+    use_best = use_best & ~invalid_mask(bf)
     return torch.where(use_best.unsqueeze(-1), bx.to(mu.dtype), mu), use_best
+
+
+def _rule(temp: float | None, rule: str | None) -> tuple[str, float]:
+    """The planner rule and DCEM temperature of the ``temp``/``rule`` arguments of the wrappers."""
+    t = check_real("temp", temp, 0.0, none_ok=True)
+    if rule is None:
+        rule = "dcem" if t else "cem"
+    return rule, (t or 1.0)
 
 
 def dcem_ctrl(
@@ -162,18 +126,19 @@ def dcem_ctrl(
 ) -> dict[str, Any]:
     """Plan a batch of action sequences with (D)CEM; the reference controller's interface.
 
-    Rewards are maximised (the objective handed to CEM is ``-reward``). The rollout is
-    ``unroll_dx(x (M, nx), u (T, M, n_ctrl)) -> (xs, rewards (M,))`` with ``M = n_batch * N``;
-    when ``unroll_dx`` is None, ``dx`` and ``rew_step(x (M, nx), u (M, n_ctrl)) -> (M,)`` build
-    one (with ``discount``).
+    Rewards are maximised (the planner minimises ``-reward``). The rollout is
+    ``unroll_dx(x (M, nx), u (T, M, n_ctrl)) -> (xs, rewards (M,))`` with ``M = n_batch * N``
+    (``N`` candidates per iteration: the samples and the current mean); when ``unroll_dx`` is
+    None, ``dx`` and ``rew_step(x (M, nx), u (M, n_ctrl)) -> (M,)`` build one (with ``discount``).
 
     Args:
-        obs: observations ``(n_batch, nx)`` or ``(nx,)``.
+        obs: observations ``(n_batch, nx)`` or ``(nx,)`` (``nx = dx.n_state`` when ``dx`` is given).
         plan_horizon: ``T >= 1``.
-        init_mu, init_sigma: initial mean/std of the search distribution; floats or tensors
-            broadcastable to ``(n_batch, d)`` with ``d = T * n_ctrl`` (batch-major, control
-            fastest: entry ``t * n_ctrl + j``) or ``d = u_latent_dim``.
-        n_sample, n_elite, n_iter: CEM sizes.
+        init_mu, init_sigma: initial mean (default 0)/std (default 1) of the search
+            distribution; floats or tensors broadcastable to ``(n_batch, d)`` with
+            ``d = T * n_ctrl`` (batch-major, control fastest: entry ``t * n_ctrl + j``) or
+            ``d = u_latent_dim``.
+        n_sample, n_elite, n_iter: CEM sizes; each iteration is one call of the rollout.
         rew_step: per-step reward (used only when ``unroll_dx`` is None).
         n_ctrl: control dimension.
         temp: ``None``/0 for CEM, ``> 0`` for DCEM.
@@ -182,17 +147,17 @@ def dcem_ctrl(
         slew_rate_penalty: adds ``penalty * mean_t mean_j (u_t - u_{t+1})^2`` to the objective.
         Q: optional terminal critic ``Q(x_T, u_T) -> (Q1, Q2, ...)``, each ``(M, 1)``.
         Q_reduce: ``"mean"``, ``"max"`` or ``"min"`` over the critics.
-        u_decode: optional decoder ``z (M, u_latent_dim) -> u (T, M, n_ctrl)``; CEM then searches
-            the latent space.
+        u_decode: optional decoder ``z (M, u_latent_dim) -> u (T, M, n_ctrl)``; the planner
+            then searches the latent space.
         u_latent_dim: latent dimension (required with ``u_decode``).
         lb, ub: bounds of the search space (floats, or tensors of shape ``(n_ctrl,)`` repeated
             over time, or broadcastable to ``(n_batch, d)``).
-        dcem_iter_eps, dcem_normalize: ``iter_eps`` and ``normalize`` of :func:`dcem.dcem`.
+        dcem_iter_eps, dcem_normalize: ``iter_eps`` and ``normalize`` of the planner.
         dcem_verbose: log the elite mean objective every iteration.
-        dx: dynamics for the default rollout.
+        dx: dynamics for the default rollout (its ``n_state`` is checked against ``obs``).
         generator: ``torch.Generator`` for reproducible samples.
-        select: ``"mean"`` (reference: the final mean), ``"best"`` (best sample seen) or
-            ``"min"`` (the better of the two); a non-finite mean is always replaced.
+        select: ``"mean"`` (the mean of the last sampled distribution), ``"best"`` (best
+            candidate seen) or ``"min"`` (the better of the two); an invalid mean is replaced.
 
     Returns:
         dict with ``u`` (alias ``u_nominal``): plan ``(T, n_batch, n_ctrl)`` (``(T, n_ctrl)`` for
@@ -203,124 +168,54 @@ def dcem_ctrl(
     if not isinstance(obs, Tensor):
         raise TypeError(f"obs must be a tensor of shape (n_batch, nx), got {type(obs).__name__}")
     squeeze = obs.dim() == 1
-    if squeeze:
-        obs = obs.unsqueeze(0)
+    obs = obs.unsqueeze(0) if squeeze else obs
     if obs.dim() != 2:
         raise ValueError(f"obs must have shape (n_batch, nx) or (nx,), got {tuple(obs.shape)}")
-    n_batch, nx = obs.shape
-    check_state(obs, nx, "obs")
-    T = _pos_int("plan_horizon", plan_horizon)
-    n_ctrl = _pos_int("n_ctrl", n_ctrl)
-    n_sample = _pos_int("n_sample", n_sample)
-    if select not in ("mean", "best", "min"):
-        raise ValueError(f"select must be 'mean', 'best' or 'min', got {select!r}")
+    check_initial_state(obs, dx.n_state if dx is not None else obs.shape[-1], "obs")
+    n_batch = obs.shape[0]
+    T, n_ctrl = check_int("plan_horizon", plan_horizon, 1), check_int("n_ctrl", n_ctrl, 1)
     if Q is not None and Q_reduce not in ("mean", "max", "min"):
         raise ValueError(f"Q_reduce must be 'mean', 'max' or 'min' when Q is given, got {Q_reduce!r}")
+    decoder = None
     if u_decode is not None:
         if u_latent_dim is None:
             raise ValueError("u_latent_dim is required with u_decode")
-        d = _pos_int("u_latent_dim", u_latent_dim)
+        d = check_int("u_latent_dim", u_latent_dim, 1)
+        decoder = latent_decoder(u_decode, T, n_ctrl)
     else:
         d = T * n_ctrl
-    if unroll_dx is None:
-        if dx is None or rew_step is None:
-            raise ValueError("give unroll_dx, or both dx and rew_step to build the rollout")
-
-        def unroll_dx(x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-            xs = dx.rollout(x, u)  # (T + 1, M, nx)
-            rews = torch.stack([rew_step(xs[t], u[t]) for t in range(u.shape[0])])
-            gammas = discount ** torch.arange(u.shape[0], dtype=rews.dtype, device=rews.device)
-            return xs, (gammas.unsqueeze(-1) * rews).sum(0)
-
-    def bounds(name: str, v: float | Tensor) -> float | Tensor:
-        if (
-            isinstance(v, Tensor)
-            and u_decode is None
-            and v.dim() == 1
-            and v.numel() == n_ctrl
-            and d != n_ctrl
-        ):
-            return v.repeat(T)
-        if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[-1] not in (1, d):
-            raise ValueError(f"{name} must have {n_ctrl} (per control) or {d} entries, got {tuple(v.shape)}")
-        return v
-
-    lb, ub = bounds("lb", lb), bounds("ub", ub)
+    unroll = unroll_dx if unroll_dx is not None else default_unroll(dx, rew_step, discount)
+    cost = ctrl_objective(obs, T, n_ctrl, unroll, discount, slew_rate_penalty, Q, Q_reduce)
+    rule, tau = _rule(temp, None)
+    cfg = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=tau, normalize=dcem_normalize,
+                        iter_eps=dcem_iter_eps, select=select)  # fmt: skip
+    latent = decoder is not None
+    lo, hi = (search_bound(n, v, T, n_ctrl, d, latent) for n, v in (("lb", lb), ("ub", ub)))
+    bounds = {"z_lower": lo, "z_upper": hi} if latent else {"lower": lo, "upper": hi}
+    planner = Planner(T, n_ctrl, cfg, decoder=decoder, n_latent=d if latent else None, **bounds)
+    shape = (n_batch, *planner.search_shape)
+    mean0, std0 = (
+        search_bound(n, default if v is None else v, T, n_ctrl, d, latent)
+        for n, v, default in (("init_mu", init_mu, 0.0), ("init_sigma", init_sigma, 1.0))
+    )
+    try:
+        mean0 = torch.as_tensor(mean0).to(obs).expand(shape)
+    except RuntimeError as err:
+        raise ValueError(f"init_mu does not broadcast to (n_batch, d) = ({n_batch}, {d})") from err
+    res = planner.plan(cost, init_mean=mean0, init_std=std0, generator=generator,
+                       iter_cb=verbose_cb if dcem_verbose else None)  # fmt: skip
 
     def f(X: Tensor) -> Tensor:
         if X.dim() != 3 or X.shape[0] != n_batch or X.shape[2] != d:
             raise ValueError(
                 f"f expects samples of shape (n_batch, N, {d}) = ({n_batch}, N, {d}), got {tuple(X.shape)}"
             )
-        N = X.shape[1]
-        if u_decode is not None:
-            u = u_decode(X.reshape(n_batch * N, d))
-            if u.shape != (T, n_batch * N, n_ctrl):
-                raise ValueError(
-                    f"u_decode must return (T, M, n_ctrl) = ({T}, {n_batch * N}, {n_ctrl}), "
-                    f"got {tuple(u.shape)}"
-                )
-        else:
-            u = X.reshape(n_batch * N, T, n_ctrl).transpose(0, 1)
-        x0 = obs.unsqueeze(1).expand(n_batch, N, nx).reshape(n_batch * N, nx)
-        xs, rews = unroll_dx(x0, u)
-        if not isinstance(rews, Tensor) or rews.shape != (n_batch * N,):
-            got = tuple(rews.shape) if isinstance(rews, Tensor) else type(rews).__name__
-            raise ValueError(
-                f"unroll_dx must return (xs, rewards) with rewards of shape ({n_batch * N},), got {got}"
-            )
-        if Q is not None:
-            qs = Q(xs[-1], u[-1])
-            q = torch.cat(tuple(qs[:2]), dim=1)
-            qT = q.mean(1) if Q_reduce == "mean" else (q.amax(1) if Q_reduce == "max" else q.amin(1))
-            rews = rews + discount ** (T - 1) * qT
-        obj = -rews
-        if T > 1 and slew_rate_penalty:
-            obj = obj + slew_rate_penalty * (u[:-1] - u[1:]).pow(2).mean(0).mean(-1)
-        return obj.view(n_batch, N)
+        return cost(decoder(X) if decoder is not None else X.view(n_batch, X.shape[1], T, n_ctrl))
 
-    verbose_cb = None
-    if dcem_verbose:
-
-        def verbose_cb(
-            i: int, X: Tensor, fX: Tensor, I: Tensor, X_I: Tensor, mu: Tensor, sigma: Tensor
-        ) -> None:
-            w = I.view(fX.shape)
-            fin = torch.where(w > 0, fX, torch.zeros_like(fX))
-            log.info("dcem_ctrl iter %d: elite objective %.4f", i, float((fin * w).sum() / w.sum()))
-
-    tracker = _BestTracker()
-    mu = dcem(
-        f,
-        d,
-        n_batch=n_batch,
-        n_sample=n_sample,
-        n_elite=n_elite,
-        n_iter=n_iter,
-        temp=temp,
-        lb=lb,
-        ub=ub,
-        init_mu=init_mu,
-        init_sigma=init_sigma,
-        normalize=dcem_normalize,
-        iter_eps=dcem_iter_eps,
-        device=obs.device,
-        dtype=obs.dtype,
-        iter_cb=_chain(tracker, verbose_cb),
-        generator=generator,
-    )
-    cost_mu = f(mu.unsqueeze(1)).squeeze(1)
-    sol, use_best = select_solution(mu, cost_mu, tracker, select)
-    cost = torch.where(use_best, f(sol.unsqueeze(1)).squeeze(1), cost_mu)
-    out: dict[str, Any] = {}
-    if u_decode is not None:
-        out["z"] = sol
-        u = u_decode(sol)
-    else:
-        u = sol.view(n_batch, T, n_ctrl).transpose(0, 1)
-    if squeeze:
-        u = u.squeeze(1)
-    out.update(u=u, u_nominal=u, init_u=u[0], cost=cost, f=f)
+    u = res.plan.transpose(0, 1)
+    u = u.squeeze(1) if squeeze else u
+    out: dict[str, Any] = {"z": res.z} if latent else {}
+    out.update(u=u, u_nominal=u, init_u=u[0], cost=res.cost, f=f)
     return out
 
 
@@ -332,7 +227,7 @@ class Plan(NamedTuple):
 
 
 class MPC(nn.Module):
-    """Receding-horizon controller solving ``min_u sum_t C(x_t, u_t)`` with CEM or DCEM.
+    """Receding-horizon controller solving ``min_u sum_t C(x_t, u_t)`` with the one planner.
 
     Give either a dynamics model ``dx`` and a per-step ``cost`` (default: ``dx.quadratic_cost``),
     or a ``rollout`` function ``(x_init (M, n_state), u (H, M, n_ctrl)) -> cost (M,)`` together
@@ -347,19 +242,24 @@ class MPC(nn.Module):
         rollout: user rollout-cost function (instead of ``dx``/``cost``).
         n_state, n_ctrl: dimensions (required with ``rollout``).
         u_lower, u_upper: per-dimension bounds, floats or tensors of shape ``(n_ctrl,)``.
-        n_sample, n_elite, n_iter: CEM sizes.
+        n_sample, n_elite, n_iter: planner sizes (one rollout call per iteration).
         temp: ``None`` (or 0) for CEM; ``> 0`` for DCEM, whose plan is differentiable w.r.t.
             the initial state and anything the cost/dynamics depend on.
         init_sigma: initial std, float or ``(n_ctrl,)`` tensor; default
             ``sigma_scale * (u_upper - u_lower)``.
         sigma_scale: see ``init_sigma``.
-        iter_eps, normalize: forwarded to :func:`dcem.dcem`.
+        iter_eps, normalize: see :class:`dcem.planning.PlannerConfig`.
         warm_start: reuse the shifted previous plan as the initial mean.
         shift_fill: last action of a shifted plan: ``"last"`` (repeat), ``"zero"`` (clamped 0)
             or ``"mid"`` (middle of the bounds).
-        select: ``"mean"``, ``"best"`` or ``"min"`` (default; the better of the final mean and
-            the best sample seen). Non-finite plans are never returned when a finite sample exists.
+        select: ``"mean"``, ``"best"`` or ``"min"`` (default; the better of the last sampled
+            mean and the best candidate seen). Invalid plans are never returned when a valid
+            candidate exists.
         generator: ``torch.Generator`` for reproducibility.
+        rule: planner rule (default ``"cem"``, or ``"dcem"`` when ``temp > 0``; also
+            ``"mppi"``, ``"icem"``).
+        options: further :class:`dcem.planning.PlannerConfig` fields (``lam``, ``noise_beta``,
+            ``keep_frac``, ``pop_decay``, ``momentum``, ``checkpoint``, ``sync``, ...).
     """
 
     def __init__(
@@ -386,27 +286,26 @@ class MPC(nn.Module):
         shift_fill: str = "last",
         select: str = "min",
         generator: torch.Generator | None = None,
+        rule: str | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        self.horizon = _pos_int("horizon", horizon)
-        self.n_sample = _pos_int("n_sample", n_sample)
-        self.n_iter = _pos_int("n_iter", n_iter)
-        if isinstance(n_elite, bool) or not isinstance(n_elite, Integral) or not 1 <= n_elite <= n_sample:
-            raise ValueError(f"n_elite must be an integer in [1, n_sample = {n_sample}], got {n_elite!r}")
-        self.n_elite = int(n_elite)
-        if temp is not None and (not isinstance(temp, Real) or temp < 0 or not math.isfinite(temp)):
-            raise ValueError(f"temp must be None or a finite float >= 0, got {temp!r}")
-        self.temp = None if temp is None or temp == 0 else float(temp)
-        if shift_fill not in ("last", "zero", "mid"):
-            raise ValueError(f"shift_fill must be 'last', 'zero' or 'mid', got {shift_fill!r}")
-        if select not in ("mean", "best", "min"):
-            raise ValueError(f"select must be 'mean', 'best' or 'min', got {select!r}")
+        self.horizon = check_int("horizon", horizon, 1)
+        rule, tau = _rule(temp, rule)
+        self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=tau, normalize=normalize,
+                                    iter_eps=iter_eps, select=select, **options)  # fmt: skip
+        self.temp = None if rule == "cem" and not temp else tau
+        self.n_sample, self.n_elite, self.n_iter = (
+            self.config.n_sample,
+            self.config.n_elite,
+            self.config.n_iter,
+        )
+        self.shift_fill = check_choice("shift_fill", shift_fill, SHIFT_FILLS)
         if (dx is None) == (rollout is None):
             raise ValueError("give exactly one of dx (with an optional cost) or rollout")
         if dx is not None:
             if not isinstance(dx, Dynamics):
                 raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
-            self.dx: Dynamics | None = dx
             self.n_state, self.n_ctrl = dx.n_state, dx.n_ctrl
             self.cost = cost if cost is not None else dx.quadratic_cost
             lo = dx.u_lower if u_lower is None else u_lower
@@ -414,37 +313,28 @@ class MPC(nn.Module):
         else:
             if not callable(rollout):
                 raise TypeError("rollout must be callable")
-            self.dx = None
             self.cost = cost
-            self.n_state = _pos_int("n_state", n_state)
-            self.n_ctrl = _pos_int("n_ctrl", n_ctrl)
+            self.n_state, self.n_ctrl = check_int("n_state", n_state, 1), check_int("n_ctrl", n_ctrl, 1)
             if u_lower is None or u_upper is None:
                 raise ValueError("u_lower and u_upper are required with rollout")
             lo, hi = u_lower, u_upper
-        self.terminal_cost = terminal_cost
-        self.rollout_fn = rollout
-        lo_t = self._bound("u_lower", lo)
-        hi_t = self._bound("u_upper", hi)
+        self.dx: Dynamics | None = dx
+        self.terminal_cost, self.rollout_fn = terminal_cost, rollout
+        lo_t, hi_t = self._bound("u_lower", lo), self._bound("u_upper", hi)
         if not bool((lo_t < hi_t).all()):
             raise ValueError("u_lower must be < u_upper in every control dimension")
         self.register_buffer("u_lower", lo_t)
         self.register_buffer("u_upper", hi_t)
         if init_sigma is None:
-            if not (isinstance(sigma_scale, Real) and sigma_scale > 0):
-                raise ValueError(f"sigma_scale must be > 0, got {sigma_scale!r}")
-            sig = float(sigma_scale) * (hi_t - lo_t)
+            sig = float(check_real("sigma_scale", sigma_scale, 0.0, strict=True)) * (hi_t - lo_t)
         else:
             sig = self._bound("init_sigma", init_sigma)
             if not bool((sig > 0).all()):
                 raise ValueError("init_sigma must be > 0")
         self.register_buffer("init_sigma", sig)
-        self.iter_eps = iter_eps
-        self.normalize = normalize
-        self.warm_start = warm_start
-        self.shift_fill = shift_fill
-        self.select = select
-        self.generator = generator
-        self._warm: Tensor | None = None
+        self.iter_eps, self.normalize, self.select = iter_eps, normalize, select
+        self.warm_start, self.generator = warm_start, generator
+        self._warm: Tensor | None = None  # batch-major (n_batch, H, n_ctrl)
 
     def _bound(self, name: str, v: float | Tensor) -> Tensor:
         t = torch.as_tensor(v, dtype=torch.get_default_dtype()) if not isinstance(v, Tensor) else v.detach()
@@ -460,26 +350,34 @@ class MPC(nn.Module):
     @property
     def warm_plan(self) -> Tensor | None:
         """The shifted previous plan used as the next initial mean, ``(H, n_batch, n_ctrl)``, or None."""
-        if self._warm is None:
-            return None
-        return self._warm.view(self._warm.shape[0], self.horizon, self.n_ctrl).transpose(0, 1)
+        return None if self._warm is None else self._warm.transpose(0, 1)
 
     def reset(self) -> None:
         """Forget the warm-start plan (call at the start of an episode)."""
         self._warm = None
 
-    def _costs(self, x0: Tensor, u: Tensor) -> Tensor:
-        """Total cost of ``u (H, M, n_ctrl)`` from ``x0 (M, n_state)``, shape ``(M,)``."""
-        if self.rollout_fn is not None:
-            c = self.rollout_fn(x0, u)
-        else:
-            if self.dx is None or self.cost is None:  # unreachable: the constructor sets them
-                raise RuntimeError("MPC has neither a rollout function nor dx and cost")
-            c = rollout_cost(self.dx, self.cost, x0, u, self.terminal_cost)
-        if not isinstance(c, Tensor) or c.shape != (x0.shape[0],):
-            got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
-            raise ValueError(f"the rollout cost must have shape (M,) = ({x0.shape[0]},), got {got}")
-        return c
+    def _objective(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """The planner objective ``(B, N, H, n_ctrl) -> (B, N)`` from states ``x (B, n_state)``."""
+        if self.rollout_fn is None:
+            return rollout_objective(self.dx, x, self.cost, terminal_cost=self.terminal_cost, name="x")
+        fn, B, n = self.rollout_fn, x.shape[0], self.n_state
+
+        def cost(plans: Tensor) -> Tensor:
+            N = plans.shape[1]
+            c = fn(
+                x.unsqueeze(1).expand(B, N, n).reshape(B * N, n),
+                plans.reshape(B * N, *plans.shape[2:]).transpose(0, 1),
+            )
+            if not isinstance(c, Tensor) or c.shape != (B * N,):
+                got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+                raise ValueError(f"the rollout cost must have shape (M,) = ({B * N},), got {got}")
+            return c.view(B, N)
+
+        return cost
+
+    def planner(self) -> Planner:
+        """The :class:`dcem.planning.Planner` of this controller (bounds as currently stored)."""
+        return Planner(self.horizon, self.n_ctrl, self.config, lower=self.u_lower, upper=self.u_upper)
 
     def plan(
         self, x: Tensor, u_init: Tensor | None = None, iter_cb: Callable[..., None] | None = None
@@ -490,76 +388,34 @@ class MPC(nn.Module):
             x: current states; must be finite.
             u_init: optional initial mean ``(H, n_batch, n_ctrl)``; default the warm start
                 (if any and ``warm_start``), else the middle of the bounds.
-            iter_cb: optional :func:`dcem.dcem` iteration callback (e.g. to record the samples).
+            iter_cb: optional iteration callback (:data:`dcem.planning.IterCallback`; samples
+                flattened to ``(n_batch, M, H * n_ctrl)``).
 
         Returns:
             :class:`Plan` with ``u (H, n_batch, n_ctrl)`` and ``cost (n_batch,)``.
         """
-        check_state(x, self.n_state, "x")
+        check_initial_state(x, self.n_state, "x")
         squeeze = x.dim() == 1
-        if squeeze:
-            x = x.unsqueeze(0)
+        x = x.unsqueeze(0) if squeeze else x
         if x.dim() != 2:
             raise ValueError(f"x must have shape (n_batch, n_state) or (n_state,), got {tuple(x.shape)}")
         B, H, m = x.shape[0], self.horizon, self.n_ctrl
-        lo = self.u_lower.to(x).repeat(H)
-        hi = self.u_upper.to(x).repeat(H)
         if u_init is not None:
             if u_init.shape != (H, B, m):
                 raise ValueError(
                     f"u_init must have shape (H, n_batch, n_ctrl) = ({H}, {B}, {m}), "
                     f"got {tuple(u_init.shape)}"
                 )
-            mu0: Tensor = u_init.to(x).transpose(0, 1).reshape(B, H * m)
+            mean0: Tensor = u_init.to(x).transpose(0, 1)
         elif self.warm_start and self._warm is not None and self._warm.shape[0] == B:
-            mu0 = self._warm.to(x)
+            mean0 = self._warm.to(x)
         else:
-            mu0 = (0.5 * (lo + hi)).expand(B, H * m)
-
-        def f(X: Tensor) -> Tensor:
-            N = X.shape[1]
-            u = X.reshape(B * N, H, m).transpose(0, 1)
-            x0 = x.unsqueeze(1).expand(B, N, self.n_state).reshape(B * N, self.n_state)
-            return self._costs(x0, u).view(B, N)
-
-        tracker = _BestTracker()
-        mu = dcem(
-            f,
-            H * m,
-            n_batch=B,
-            n_sample=self.n_sample,
-            n_elite=self.n_elite,
-            n_iter=self.n_iter,
-            temp=self.temp,
-            lb=lo,
-            ub=hi,
-            init_mu=mu0,
-            init_sigma=self.init_sigma.to(x).repeat(H),
-            normalize=self.normalize,
-            iter_eps=self.iter_eps,
-            iter_cb=_chain(tracker, iter_cb),
-            generator=self.generator,
-            dtype=x.dtype,
-            device=x.device,
-        )
-        cost_mu = f(mu.unsqueeze(1)).squeeze(1)
-        sol, use_best = select_solution(mu, cost_mu, tracker, self.select)
-        cost = torch.where(use_best, f(sol.unsqueeze(1)).squeeze(1), cost_mu)
-        self._warm = self._shift(sol.detach().view(B, H, m)).reshape(B, H * m)
-        u = sol.view(B, H, m).transpose(0, 1)
-        if squeeze:
-            return Plan(u.squeeze(1), cost.squeeze(0))
-        return Plan(u, cost)
-
-    def _shift(self, u: Tensor) -> Tensor:
-        """Shift a batch-major plan ``(B, H, n_ctrl)`` one step forward and fill the last action."""
-        if self.shift_fill == "last":
-            tail = u[:, -1:]
-        elif self.shift_fill == "zero":
-            tail = torch.clamp(torch.zeros_like(u[:, -1:]), self.u_lower.to(u), self.u_upper.to(u))
-        else:
-            tail = (0.5 * (self.u_lower + self.u_upper)).to(u).expand_as(u[:, -1:])
-        return torch.cat((u[:, 1:], tail), 1)
+            mean0 = (0.5 * (self.u_lower + self.u_upper)).to(x).expand(B, H, m)
+        res = self.planner().plan(self._objective(x), init_mean=mean0, init_std=self.init_sigma.to(x),
+                                  generator=self.generator, iter_cb=iter_cb)  # fmt: skip
+        self._warm = shift_plan(res.plan.detach(), 1, self.shift_fill, self.u_lower.to(x), self.u_upper.to(x))
+        u = res.plan.transpose(0, 1)
+        return Plan(u.squeeze(1), res.cost.squeeze(0)) if squeeze else Plan(u, res.cost)
 
     def act(self, x: Tensor) -> Tensor:
         """Plan from ``x (n_batch, n_state)`` and return the first action ``(n_batch, n_ctrl)``."""
@@ -569,11 +425,7 @@ class MPC(nn.Module):
 
     @torch.no_grad()
     def run(
-        self,
-        x_init: Tensor,
-        n_steps: int,
-        env: Dynamics | None = None,
-        progress: bool = False,
+        self, x_init: Tensor, n_steps: int, env: Dynamics | None = None, progress: bool = False
     ) -> dict[str, Tensor]:
         """Closed-loop simulation for ``n_steps`` steps (no gradients).
 
@@ -588,14 +440,14 @@ class MPC(nn.Module):
             ``plan_cost`` ``(n_steps, n_batch)`` and, when a per-step cost is known,
             ``cost`` ``(n_steps, n_batch)`` (the realised step costs).
         """
-        n_steps = _pos_int("n_steps", n_steps)
+        n_steps = check_int("n_steps", n_steps, 1)
         env = env if env is not None else self.dx
         if env is None:
             raise ValueError("env is required when the controller was built from a rollout function")
-        check_state(x_init, self.n_state, "x_init")
+        check_initial_state(x_init, self.n_state, "x_init")
         self.reset()
         xs, us, pcs, cs = [x_init], [], [], []
-        it = range(n_steps)
+        it: Any = range(n_steps)
         if progress:
             from tqdm.auto import tqdm
 

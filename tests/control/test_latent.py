@@ -12,6 +12,8 @@ from dcem.control import (
     train_step,
 )
 
+pytestmark = pytest.mark.usefixtures("sync_path")
+
 
 def _small(dx, temp=1.0, n_latent=2, H=6, dtype=torch.float32, seed=0, **kw):
     torch.manual_seed(seed)

@@ -14,6 +14,8 @@ from dcem.control import (
     rollout_cost,
 )
 
+pytestmark = pytest.mark.usefixtures("sync_path")
+
 
 class LinearDx(Dynamics):
     """x' = A x + B u, for LQR references."""
