@@ -54,7 +54,9 @@ class _Graph:
     on any device (the CPU tests use it).
     """
 
-    def __init__(self, fn: Callable[[Tensor, Tensor, Tensor], CEMState], example: tuple[Tensor, ...], backend: str):
+    def __init__(
+        self, fn: Callable[[Tensor, Tensor, Tensor], CEMState], example: tuple[Tensor, ...], backend: str
+    ):
         self.static_in = tuple(t.detach().clone() for t in example)
         self.backend = backend
         self.fn = fn
@@ -149,7 +151,9 @@ class Solver:
             raise ValueError("capture='graph' needs CUDA tensors (use capture='compile' or 'none' on CPU)")
         return _Graph(self._loop, (mu, sigma, noise), self.graph_backend)
 
-    def __call__(self, mu: Tensor, sigma: Tensor | float = 1.0, *, generator: torch.Generator | None = None) -> CEMState:
+    def __call__(
+        self, mu: Tensor, sigma: Tensor | float = 1.0, *, generator: torch.Generator | None = None
+    ) -> CEMState:
         state0 = init_state(mu, sigma)
         mode = self.mode_for(mu)
         if mode == "none":

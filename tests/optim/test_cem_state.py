@@ -33,7 +33,16 @@ def test_ask_tell_loop_equals_dcem(temp):
         X = ask(state, cfg, generator=g)
         state = tell(state, cfg, X, quad(target)(X))
     x = dcem.dcem(
-        quad(target), 3, 4, 40, 6, 7, temp, init_sigma=2.0, iter_eps=None, dtype=torch.float64,
+        quad(target),
+        3,
+        4,
+        40,
+        6,
+        7,
+        temp,
+        init_sigma=2.0,
+        iter_eps=None,
+        dtype=torch.float64,
         generator=torch.Generator().manual_seed(5),
     )
     assert torch.equal(state.mu, x)
@@ -46,7 +55,9 @@ def test_leading_batch_shapes_equal_the_flattened_batch(temp):
     noise = torch.randn(5, 2, 3, 30, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mu0 = torch.zeros(2, 3, 4, dtype=torch.float64)
     st = solve(quad(target), init_state(mu0, 1.0), cfg, noise=noise)
-    flat = solve(quad(target.reshape(6, 4)), init_state(mu0.reshape(6, 4), 1.0), cfg, noise=noise.reshape(5, 6, 30, 4))
+    flat = solve(
+        quad(target.reshape(6, 4)), init_state(mu0.reshape(6, 4), 1.0), cfg, noise=noise.reshape(5, 6, 30, 4)
+    )
     assert st.mu.shape == (2, 3, 4) and st.done.shape == (2, 3) and st.best_f.shape == (2, 3)
     for a, b in zip(st, flat):
         torch.testing.assert_close(a.reshape(b.shape), b, rtol=0, atol=0)

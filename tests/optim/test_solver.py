@@ -55,11 +55,13 @@ def test_fullgraph_compile_of_plain_dcem_call_matches_eager(B, temp):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("B", [100, 1000])
-def test_inductor_compile_of_dcem_with_backward_matches_eager(B, monkeypatch):
+def test_inductor_compile_of_dcem_with_backward_matches_eager(B):
     # inductor draws its own random numbers unless told to fall back to eager's
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    import torch._inductor.config as inductor_config
+
     torch._dynamo.reset()
-    _compiled_matches_eager(B, 1.0, "inductor", n_iter=10)
+    with inductor_config.patch(fallback_random=True):
+        _compiled_matches_eager(B, 1.0, "inductor", n_iter=10)
 
 
 def _reference(f, cfg, mu, sigma, seed):
@@ -94,8 +96,12 @@ def test_solver_graph_replays_on_static_buffers():
     cfg = CEMConfig(30, 5, n_iter=3, temp=1.0, iter_eps=None, track_best=True)
     solver = Solver(f, cfg, capture="graph", graph_backend="replay")
     with torch.no_grad():
-        outs = [solver(torch.full((6, 4), v, dtype=torch.float64), 0.5, generator=torch.Generator().manual_seed(3))
-                for v in (0.0, 1.0)]
+        outs = [
+            solver(
+                torch.full((6, 4), v, dtype=torch.float64), 0.5, generator=torch.Generator().manual_seed(3)
+            )
+            for v in (0.0, 1.0)
+        ]
         refs = [_reference(f, cfg, torch.full((6, 4), v, dtype=torch.float64), 0.5, 3) for v in (0.0, 1.0)]
     for st, ref in zip(outs, refs):
         for a, b in zip(st, ref):
@@ -160,8 +166,9 @@ def test_cuda_graph_capture_matches_eager(temp):
         for seed in (0, 1):
             g = torch.Generator(device="cuda").manual_seed(seed)
             st = solver(mu, 1.0, generator=g)
-            noise = torch.randn(10, 100, 100, 20, generator=torch.Generator(device="cuda").manual_seed(seed),
-                                device="cuda")
+            noise = torch.randn(
+                10, 100, 100, 20, generator=torch.Generator(device="cuda").manual_seed(seed), device="cuda"
+            )
             ref = solve(f, init_state(mu, 1.0), dataclasses.replace(cfg, sync="free"), noise=noise)
             torch.testing.assert_close(st.mu, ref.mu)
 
