@@ -83,9 +83,9 @@ def simulate(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Tensor], float, 
         if (step + 1) % every == 0 or step + 1 == n_steps:
             now = time.perf_counter()
             wall, t0 = wall + now - t0, now
+            csv_log.append([_row(step + 1, xs[-1], cs, pcs, wall)])  # rows past a checkpoint are dropped
             save_torch({"x": torch.stack(xs), "u": torch.stack(us), "plan_cost": torch.stack(pcs),
                         "cost": torch.stack(cs), "warm": ctrl.warm_plan, "gen": g.get_state(),
                         "wall": wall}, path)  # fmt: skip
-            csv_log.append([_row(step + 1, xs[-1], cs, pcs, wall)])
     out = {"x": torch.stack(xs), "u": torch.stack(us), "plan_cost": torch.stack(pcs), "cost": torch.stack(cs)}
     return out, wall, float(dx.dt)
