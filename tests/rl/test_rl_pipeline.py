@@ -2,26 +2,36 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 
+os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering here (the video test sets egl itself)
 pytest.importorskip("dm_control")
 pytest.importorskip("torchrl")
 pytest.importorskip("hydra")
 
 from dcem.control import ActionDecoder  # noqa: E402
-from dcem.experiments.mbrl import compose, run  # noqa: E402
-from dcem.rl import CheckpointError, LatentDCEMPlanner, WorldModel, save_checkpoint  # noqa: E402
+from dcem.experiments.common.runs import CheckpointError, save_torch  # noqa: E402
+from dcem.experiments.mbrl import compose, main, run  # noqa: E402
+from dcem.experiments.mbrl.trainer import FORMAT, MBRLTrainer, seed_everything  # noqa: E402
+from dcem.rl import LatentDCEMPlanner, WorldModel  # noqa: E402
 from dcem.rl.envs import DMCEnv  # noqa: E402
-from dcem.rl.trainer import MBRLTrainer  # noqa: E402
 
 pytestmark = pytest.mark.rl
 
 
 def _cfg(tmp_path, *extra):
     return compose(["scale=test", f"out_dir={tmp_path}", *extra])
+
+
+def _trainer(tmp_path, *extra):
+    """A trainer as the entry point builds it (global RNGs seeded first)."""
+    cfg = _cfg(tmp_path, *extra)
+    seed_everything(cfg["seed"])
+    return MBRLTrainer(cfg, tmp_path)
 
 
 def test_env_flat_obs_and_action_repeat():
@@ -95,7 +105,7 @@ def test_ppo_gradients_reach_decoder_through_dcem():
 
 
 def test_bad_config_fails_before_work(tmp_path):
-    with pytest.raises(ValueError, match="env must be one of"):
+    with pytest.raises(ValueError, match="env=cheetah-fly: unknown env"):
         compose(["env=cheetah-fly"])
     with pytest.raises(ValueError, match="n_elite"):
         run(_cfg(tmp_path, "planner.cem.n_elite=100"))
@@ -105,31 +115,49 @@ def test_bad_config_fails_before_work(tmp_path):
         run(_cfg(tmp_path, "ppo.parts=[critic]"))
     with pytest.raises(ValueError, match="needs the checkpoint"):
         run(_cfg(tmp_path / "empty", "phase=decoder"))
-    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not list(tmp_path.iterdir())
 
 
 def test_checkpoint_errors(tmp_path):
-    cfg = _cfg(tmp_path)
-    tr = MBRLTrainer(cfg, tmp_path)
+    tr = _trainer(tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="unreadable"):
+    with pytest.raises(CheckpointError, match="unreadable.*resume=false"):
         tr.load()
-    save_checkpoint(tmp_path / "other.pt", {"x": 1})
-    with pytest.raises(CheckpointError, match="incompatible|written for"):
+    save_torch({"x": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a dcem-mbrl-v1 checkpoint"):
+        tr.load(tmp_path / "foreign.pt")
+    save_torch({"format": FORMAT, "x": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):
         tr.load(tmp_path / "other.pt")
     tr.save()
-    other = MBRLTrainer(_cfg(tmp_path / "b", "model.deter_size=12"), tmp_path / "b")
-    with pytest.raises(CheckpointError, match="incompatible"):
+    other = _trainer(tmp_path / "b", "model.deter_size=12")
+    with pytest.raises(CheckpointError, match="does not fit"):
         other.load(tmp_path / "checkpoint.pt")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_truncated_checkpoint_and_other_config(tmp_path):
+    out = tmp_path / "run"
+    args = ["scale=test", f"out_dir={out}", "train.episodes=0", "decoder.episodes=0", "ppo.iterations=0",
+            "eval.every=0", "eval.episodes=1"]  # fmt: skip
+    main([*args, "phase=model"])
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="unreadable") as err:
+        main([*args, "phase=model"])
+    assert str(ckpt) in str(err.value) and "resume=false" in str(err.value)
+    with pytest.raises(ValueError, match="another configuration"):
+        main([*args, "phase=model", "model.lr=0.1"])
+    main([*args, "phase=model", "resume=false"])  # the way out: the old run is moved aside
+    assert (out / "checkpoint.pt").exists() and len(list(tmp_path.glob("run.old-*"))) == 1
 
 
 def test_checkpoint_round_trip_resumes_exactly(tmp_path):
     """Two phase-1 episodes straight == one episode, save, a fresh process state, load, one more."""
     extra = ["train.episodes=1", "eval.every=0"]
-    a = MBRLTrainer(_cfg(tmp_path / "a", *extra), tmp_path / "a")
+    a = _trainer(tmp_path / "a", *extra)
     a.phase_model()
-    b = MBRLTrainer(_cfg(tmp_path / "b", "train.episodes=0", "eval.every=0"), tmp_path / "b")
+    b = _trainer(tmp_path / "b", "train.episodes=0", "eval.every=0")
     b.phase_model()  # the seed episode only, checkpointed
     torch.manual_seed(123)  # perturb the global RNGs: the checkpoint must restore them
     np.random.seed(7)
@@ -183,13 +211,13 @@ def test_ppo_phase_resumes_exactly(tmp_path):
     """Phase 3 from a checkpoint in a fresh trainer == phase 3 continued in the same process."""
     import shutil
 
-    a = MBRLTrainer(_cfg(tmp_path / "a", "eval.every=0"), tmp_path / "a")
+    a = _trainer(tmp_path / "a", "eval.every=0")
     a.phase_model()
     a.phase_decoder()  # checkpoints after its episode
     shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "pre.pt")
     a.phase_ppo()
     torch.manual_seed(99)  # disturb the global RNG: the checkpoint restores it
-    b = MBRLTrainer(_cfg(tmp_path / "b", "eval.every=0"), tmp_path / "b")
+    b = _trainer(tmp_path / "b", "eval.every=0")
     b.load(tmp_path / "pre.pt")
     before = [v.clone() for v in b.decoder.state_dict().values()]
     b.phase_ppo()
