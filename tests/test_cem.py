@@ -694,16 +694,97 @@ def test_cost_dtype_other_than_iterates(temp, cost_dtype):
 
 
 @pytest.mark.parametrize("temp", [None, 1.0])
-def test_integer_costs_work_or_are_rejected_clearly(temp):
-    def f(X):
+def test_integer_costs_are_cast_and_match_float_costs(temp):
+    # integer costs are cast to the iterates' dtype: the run is the one with the same values as floats
+    def f_int(X):
         return (10 * X).round().long().pow(2).sum(-1)
 
-    try:
-        out = solve(f, 2, n_batch=2, temp=temp, generator=gen(0))
-    except (TypeError, ValueError) as err:
-        assert "f must" in str(err) or "f returned" in str(err), str(err)
-        return
-    assert out.dtype == torch.get_default_dtype() and torch.isfinite(out).all()
+    def f_float(X):
+        return (10 * X).round().pow(2).sum(-1)
+
+    a = solve(f_int, 2, n_batch=2, temp=temp, generator=gen(0))
+    b = solve(f_float, 2, n_batch=2, temp=temp, generator=gen(0))
+    assert a.dtype == torch.get_default_dtype()
+    assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- numerical edges
+
+
+def _grad_wrt_theta(f_of_theta, temp=1.0, **kw):
+    theta = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    x = solve(
+        f_of_theta(theta),
+        2,
+        n_batch=2,
+        n_sample=20,
+        n_elite=5,
+        n_iter=4,
+        temp=temp,
+        generator=gen(0),
+        dtype=torch.float64,
+        **kw,
+    )
+    (g,) = torch.autograd.grad(x.sum(), theta)
+    return x, g
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_flat_objective_gives_zero_not_nan_gradient(normalize):
+    # zero spread: every sample has the same cost; the weights do not depend on theta, whose
+    # only influence is a constant offset, so the exact gradient is 0 (NaN before the safe sqrt)
+    x, g = _grad_wrt_theta(lambda th: lambda X: th.sum() + 0.0 * X.sum(-1), normalize=normalize)
+    assert torch.isfinite(x).all() and torch.isfinite(g).all()
+    # zero up to rounding, which the 1e-6 of the normalisation amplifies
+    assert g.abs().max() <= 1e-8
+
+
+@pytest.mark.parametrize("temp", [None, 1.0])
+def test_zero_init_sigma_gives_finite_correct_gradients(temp):
+    # every sample is the initial mean: the result is that mean, and its gradient with respect
+    # to init_mu is the identity (to rounding), with respect to theta zero
+    mu0 = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    x = solve(
+        lambda X: (X - theta).pow(2).sum(-1),
+        2,
+        n_batch=2,
+        n_sample=20,
+        n_elite=5,
+        n_iter=4,
+        temp=temp,
+        init_mu=mu0,
+        init_sigma=0.0,
+        generator=gen(0),
+    )
+    gm, gt = torch.autograd.grad(x.sum(), (mu0, theta), allow_unused=True)
+    torch.testing.assert_close(x, mu0.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(gm, torch.ones_like(gm), rtol=0, atol=1e-12)
+    assert gt is None or (torch.isfinite(gt).all() and gt.abs().max() < 1e-9)
+
+
+def test_minus_inf_region_holding_every_elite_gives_finite_gradients():
+    # the elites fall into a -inf region (the best possible value) and the finite costs left
+    # have no spread: the normalisation must not turn that into 0/0
+    def f_of(th):
+        def f(X):
+            flat = th.sum() + 0.0 * X.sum(-1)
+            return torch.where(X[..., 0] > 0.0, torch.full_like(flat, -math.inf), flat)
+
+        return f
+
+    x, g = _grad_wrt_theta(f_of)
+    assert torch.isfinite(x).all() and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", ["init_mu", "init_sigma"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_initial_distribution_is_rejected(name, bad):
+    value = torch.tensor([[0.0, bad]])
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        solve(_f, 2, **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        solve(_f, 2, **{name: bad})
 
 
 def test_proj_iterate_cb_is_applied():
