@@ -77,7 +77,7 @@ def run(cfg: dict):
         if ph == "eval":  # in phase=all every controller has been evaluated right after its phase
             trainer.phase_eval(skip_done=cfg["phase"] == "all")
         else:
-            getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm)
+            getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm if cfg["progress"] else None)
             if cfg["phase"] == "all":  # evaluate each controller as soon as it is final
                 trainer.phase_eval(after[ph], skip_done=True)
         trainer.plot()

@@ -114,6 +114,7 @@ class MBRLConfig:
     out_dir: str | None = opt(doc="null: runs/mbrl/<timestamp>")
     resume: bool = opt(doc="false: move a previous run in out_dir aside and start over")
     num_threads: int | None = opt(ge=1, doc="null: torch's default")
+    progress: bool = opt()
     env: Env = field(default_factory=Env)
     log: Log = field(default_factory=Log)
     model: Model = field(default_factory=Model)
