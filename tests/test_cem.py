@@ -187,13 +187,16 @@ def test_batch_of_one():
 
 @pytest.mark.parametrize("temp", [None, 0.1, 1.0])
 def test_finds_quadratic_minimisers_batched(device, dtype, temp):
+    # with 100 samples / 10 elites hard CEM's scale collapses ~0.025 short of the target for
+    # 3 of 40 seeds on either path (the CUDA failure of issue 8 was such a seed, not a bug of
+    # the accelerator branch); 200 / 20 succeeded for 40 of 40 seeds on both paths
     target = (torch.rand(5, 4, generator=gen(9), dtype=torch.float64) * 4 - 2).to(dtype=dtype, device=device)
     out = solve(
         quad(target),
         4,
         n_batch=5,
-        n_sample=100,
-        n_elite=10,
+        n_sample=200,
+        n_elite=20,
         n_iter=40,
         temp=temp,
         init_sigma=2.0,
