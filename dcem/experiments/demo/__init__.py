@@ -42,6 +42,71 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "dcem-demo-output"
 
+def _check_dependencies() -> None:
+    try:
+        import matplotlib  # noqa: F401
+        import tqdm  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"the demo needs {err.name}: pip install 'dcem[demo]'") from err
+
+
+Frame = tuple[int, Tensor, Tensor, tuple[float, float]]
+
+
+def _train(obj: BumpObjective, cfg: DemoConfig, seed: int, pts: Tensor, frame_steps: set[int],
+           progress: bool) -> tuple[list[Tensor], list[Frame]]:  # fmt: skip
+    """Adam on ``obj``'s parameters through DCEM; the losses and the GIF frames at ``frame_steps``."""
+    from tqdm.auto import tqdm
+
+    frames: list[Frame] = []
+
+    def snapshot(step: int) -> None:
+        z = surface(obj, pts)
+        frames.append((step, z, eval_runs(obj, cfg, seed), grid_argmin(z, pts)))
+
+    target = torch.tensor(cfg.target, dtype=obj.centers.dtype)
+    opt = torch.optim.Adam(obj.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed + 1)
+    losses: list[Tensor] = []
+    if 0 in frame_steps:
+        snapshot(0)
+    bar = tqdm(range(1, cfg.steps + 1), desc="DCEM training", unit="step", disable=not progress, leave=False)
+    for step in bar:
+        x = solve(obj, cfg, gen, cfg.dcem_batch)
+        loss = (x - target).pow(2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        if step % 10 == 0 or step == cfg.steps:
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if step in frame_steps:
+            snapshot(step)
+    bar.close()
+    return losses, frames
+
+
+def _write_outputs(res: DemoResult, cfg: DemoConfig, axes: tuple[Tensor, Tensor], z: tuple[Tensor, Tensor],
+                   runs: tuple[Tensor, Tensor], centers: tuple[Tensor, Tensor], loss_t: Tensor,
+                   frames: list[Frame] | None) -> None:  # fmt: skip
+    """``dcem_loss.csv``, ``dcem_loss.png``, ``dcem_surface.png`` and the GIF, appended to ``res.files``."""
+    out, files, (xs, ys) = res.out_dir, res.files, axes
+    p = out / "dcem_loss.csv"
+    CsvLog(p, ["step", "loss"]).rewrite({"step": i, "loss": v} for i, v in enumerate(res.losses, start=1))
+    files.append(p)
+    with plots.style():
+        p = out / "dcem_loss.png"
+        figures.plot_loss(p, cfg, loss_t)
+        files.append(p)
+        p = out / "dcem_surface.png"
+        figures.plot_surfaces(p, cfg, xs, ys, *z, *runs, *centers, res)
+        files.append(p)
+        if frames is not None:
+            p = out / "dcem_training.gif"
+            figures.write_training_gif(p, cfg, xs, ys, frames, res.target)
+            files.append(p)
+
+
 def run(
     out_dir: str | os.PathLike[str] = DEFAULT_OUT,
     *,
@@ -78,21 +143,13 @@ def run(
         cfg = replace(cfg, steps=steps)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    try:
-        from tqdm.auto import tqdm
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the demo needs tqdm: pip install 'dcem[demo]'") from err
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the demo needs matplotlib: pip install 'dcem[demo]'") from err
+    _check_dependencies()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float32
     obj = BumpObjective(dtype=dtype)
     centers0 = obj.centers.detach().clone()
-    target_t = torch.tensor(cfg.target, dtype=dtype)
     xs, ys, pts = grid(cfg, dtype)
     files: list[Path] = []
 
@@ -112,30 +169,7 @@ def run(
         # denser early on, where the surface changes fastest
         {round(cfg.steps * (i / (n_frames - 1)) ** 2) for i in range(n_frames)} if n_frames else set()
     )
-    frames: list[tuple[int, Tensor, Tensor, tuple[float, float]]] = []
-
-    def snapshot(step: int) -> None:
-        z = surface(obj, pts)
-        frames.append((step, z, eval_runs(obj, cfg, seed), grid_argmin(z, pts)))
-
-    opt = torch.optim.Adam(obj.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses: list[Tensor] = []
-    if 0 in frame_steps:
-        snapshot(0)
-    bar = tqdm(range(1, cfg.steps + 1), desc="DCEM training", unit="step", disable=not progress, leave=False)
-    for step in bar:
-        x = solve(obj, cfg, gen, cfg.dcem_batch)
-        loss = (x - target_t).pow(2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-        if step % 10 == 0 or step == cfg.steps:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if step in frame_steps:
-            snapshot(step)
-    bar.close()
+    losses, frames = _train(obj, cfg, seed, pts, frame_steps, progress)
     loss_t = torch.stack(losses)
     loss_list = loss_t.tolist()
 
@@ -153,20 +187,8 @@ def run(
         cem_solution=(float(x_cem[0]), float(x_cem[1])),
         seconds=0.0,
     )
-    p = out / "dcem_loss.csv"
-    CsvLog(p, ["step", "loss"]).rewrite({"step": i, "loss": v} for i, v in enumerate(loss_list, start=1))
-    files.append(p)
-    with plots.style():
-        p = out / "dcem_loss.png"
-        figures.plot_loss(p, cfg, loss_t)
-        files.append(p)
-        p = out / "dcem_surface.png"
-        figures.plot_surfaces(p, cfg, xs, ys, z0, z1, runs0, runs1, centers0, obj.centers.detach(), res)
-        files.append(p)
-        if gif:
-            p = out / "dcem_training.gif"
-            figures.write_training_gif(p, cfg, xs, ys, frames, res.target)
-            files.append(p)
+    _write_outputs(res, cfg, (xs, ys), (z0, z1), (runs0, runs1), (centers0, obj.centers.detach()), loss_t,
+                   frames if gif else None)  # fmt: skip
     res.extra["parameters"] = {k: v.detach().tolist() for k, v in obj.named_parameters()}
     res.seconds = time.perf_counter() - t_start
     logger.info(

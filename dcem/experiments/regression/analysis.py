@@ -75,37 +75,14 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Evaluate the trained runs and write tables and figures into ``out_dir``.
-
-    Writes ``summary.csv`` (final metrics per run), ``ablation.csv`` (MSE for 1..max_iter
-    test-time iterations), ``results.json`` (aggregates with 95% CIs), ``summary.md`` and the
-    PNGs ``loss_curves.png``, ``energy_surfaces.png`` (fig. 2, first seed),
-    ``energy_surfaces_all_seeds.png``, ``ablation_mse.png`` and ``ablation_predictions.png``.
-
-    Returns:
-        the aggregates written to ``results.json``.
-    """
+def _metrics(cfg: Mapping[str, Any], models: dict, energies: dict,
+             runs: list[dict[str, Any]]) -> tuple[list, list]:  # fmt: skip
+    """Final metrics per run (``summary.csv``) and the test-time-iterations ablation (``ablation.csv``)."""
     device = torch.device(cfg["device"])
-    methods = list(cfg["methods"])
-    seeds = [int(s) for s in cfg["seeds"]]
     eval_seed = int(cfg["eval_seed"])
     x, y, xt, yt = make_data(int(cfg["n_points"]), device=device)
     y_lo, y_hi = (float(v) for v in cfg["plot"]["y_range"])
     max_iter = int(cfg["ablation"]["max_iter"])
-    show = [int(k) for k in cfg["ablation"]["show_iters"]]
-
-    models: dict[tuple[str, int], nn.Module] = {}
-    energies: dict[tuple[str, int], nn.Module] = {}
-    for m in methods:
-        for s in seeds:
-            energy, pred = build(m, cfg, device)
-            energy.load_state_dict(load_torch(out_dir / m / f"seed{s}" / "model.pt", map_location=device,
-                                              weights_only=True))
-            energy.eval()
-            models[(m, s)], energies[(m, s)] = pred, energy
-
-    # ---- final metrics, ablation and exact-argmin errors
     summary_rows, abl_rows = [], []
     wall = {(r["method"], r["seed"]): r for r in runs}
     for (m, s), pred in models.items():
@@ -123,6 +100,37 @@ def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -
         summary_rows.append({"method": m, "seed": s, "updates": r.get("steps", math.nan),
                              "wall_s": r.get("wall_s", math.nan), "train_mse": tr, "test_mse": te,
                              "argmin_mse": am})  # fmt: skip
+    return summary_rows, abl_rows
+
+
+def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Evaluate the trained runs and write tables and figures into ``out_dir``.
+
+    Writes ``summary.csv`` (final metrics per run), ``ablation.csv`` (MSE for 1..max_iter
+    test-time iterations), ``results.json`` (aggregates with 95% CIs), ``summary.md`` and the
+    PNGs ``loss_curves.png``, ``energy_surfaces.png`` (fig. 2, first seed),
+    ``energy_surfaces_all_seeds.png``, ``ablation_mse.png`` and ``ablation_predictions.png``.
+
+    Returns:
+        the aggregates written to ``results.json``.
+    """
+    device = torch.device(cfg["device"])
+    methods = list(cfg["methods"])
+    seeds = [int(s) for s in cfg["seeds"]]
+    max_iter = int(cfg["ablation"]["max_iter"])
+    show = [int(k) for k in cfg["ablation"]["show_iters"]]
+
+    models: dict[tuple[str, int], nn.Module] = {}
+    energies: dict[tuple[str, int], nn.Module] = {}
+    for m in methods:
+        for s in seeds:
+            energy, pred = build(m, cfg, device)
+            energy.load_state_dict(load_torch(out_dir / m / f"seed{s}" / "model.pt", map_location=device,
+                                              weights_only=True))
+            energy.eval()
+            models[(m, s)], energies[(m, s)] = pred, energy
+
+    summary_rows, abl_rows = _metrics(cfg, models, energies, runs)
     _write_csv(out_dir / "summary.csv", summary_rows)
     _write_csv(out_dir / "ablation.csv", abl_rows)
 
