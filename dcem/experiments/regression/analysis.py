@@ -215,7 +215,7 @@ def _plot_surfaces(cfg: Mapping[str, Any], out_dir: Path, models: dict, energies
         ax.set_xlabel("x")
         return cs
 
-    label = "log of min-max normalised $E(x, \\cdot)$ (dark = low)"
+    label = "log of min-max normalised $E(x, \\cdot)$ (light = low)"
     fig = plots.figure(figsize=(5.2 * len(methods) + 1, 4.2), layout="constrained")
     axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, m in zip(axes[0], methods):
