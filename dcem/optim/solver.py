@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,53 +38,10 @@ import torch
 from torch import Tensor
 
 from dcem._checks import check_choice
+from dcem.optim.capture import CAPTURE_MODES, Captured, resolve_capture
 from dcem.optim.cem import CEMConfig, CEMState, init_state, solve
 
 __all__ = ["Solver", "CAPTURE_MODES"]
-
-CAPTURE_MODES = ("auto", "none", "compile", "graph")
-
-
-class _Graph:
-    """A no-grad solve recorded once and replayed on static buffers.
-
-    ``backend="cuda"`` records a :class:`torch.cuda.CUDAGraph`; ``backend="replay"`` re-runs
-    the recorded function on the same static buffers, which exercises the buffer handling
-    on any device (the CPU tests use it).
-    """
-
-    def __init__(
-        self, fn: Callable[[Tensor, Tensor, Tensor], CEMState], example: tuple[Tensor, ...], backend: str
-    ):
-        self.static_in = tuple(t.detach().clone() for t in example)
-        self.backend = backend
-        self.fn = fn
-        if backend == "cuda":
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), torch.no_grad():
-                for _ in range(2):  # warm-up outside the graph (allocator, lazy init)
-                    fn(*self.static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
-                self.static_out = fn(*self.static_in)
-        else:
-            with torch.no_grad():
-                self.static_out = fn(*self.static_in)
-
-    def __call__(self, *inputs: Tensor) -> CEMState:
-        for buf, t in zip(self.static_in, inputs):
-            buf.copy_(t)
-        if self.backend == "cuda":
-            self.graph.replay()
-        else:
-            with torch.no_grad():
-                out = self.fn(*self.static_in)
-            for buf, t in zip(self.static_out, out):
-                buf.copy_(t)
-        # the outputs live in static buffers that the next replay overwrites
-        return CEMState(*(t.clone() for t in self.static_out))
 
 
 class Solver:
@@ -125,31 +81,22 @@ class Solver:
         self.compile_kwargs = dict(compile_kwargs or {})
         self.graph_backend = check_choice("graph_backend", graph_backend, ("cuda", "replay"))
         self._free = dataclasses.replace(cfg, sync="free")
-        self._cache: dict[tuple, Callable[..., CEMState]] = {}
-        self.timings: dict[tuple, float] = {}
+        self._captured = {
+            mode: Captured(self._loop, mode, compile_kwargs=compile_kwargs, graph_backend=graph_backend)
+            for mode in ("compile", "graph")
+        }
+
+    @property
+    def timings(self) -> dict[tuple, float]:
+        """Seconds of the first call of each captured shape (compile or capture included)."""
+        return {**self._captured["compile"].timings, **self._captured["graph"].timings}
 
     def mode_for(self, mu: Tensor) -> str:
         """The capture mode a call with ``mu`` uses (``"auto"`` resolved)."""
-        if self.capture != "auto":
-            return self.capture
-        if mu.device.type != "cuda":
-            return "none"
-        return "compile" if torch.is_grad_enabled() else "graph"
+        return resolve_capture(self.capture, mu)
 
     def _loop(self, mu: Tensor, sigma: Tensor, noise: Tensor) -> CEMState:
         return solve(self.f, init_state(mu, sigma), self._free, noise=noise)
-
-    def _build(self, mode: str, mu: Tensor, sigma: Tensor, noise: Tensor) -> Callable[..., CEMState]:
-        if mode == "compile":
-            kw = dict(self.compile_kwargs)
-            if mu.device.type == "cuda":
-                kw.setdefault("mode", "reduce-overhead")
-            return torch.compile(self._loop, fullgraph=True, **kw)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (mu, sigma)):
-            raise ValueError("capture='graph' solves without gradients: call it under torch.no_grad()")
-        if self.graph_backend == "cuda" and mu.device.type != "cuda":
-            raise ValueError("capture='graph' needs CUDA tensors (use capture='compile' or 'none' on CPU)")
-        return _Graph(self._loop, (mu, sigma, noise), self.graph_backend)
 
     def __call__(
         self, mu: Tensor, sigma: Tensor | float = 1.0, *, generator: torch.Generator | None = None
@@ -160,15 +107,4 @@ class Solver:
             return solve(self.f, state0, self.cfg, generator=generator)
         shape = (self.cfg.n_iter, *mu.shape[:-1], self.cfg.n_sample, mu.shape[-1])
         noise = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
-        key = (mode, tuple(mu.shape), mu.dtype, mu.device, torch.is_grad_enabled())
-        fn = self._cache.get(key)
-        first = fn is None
-        t0 = time.perf_counter()
-        if first:
-            fn = self._cache[key] = self._build(mode, state0.mu, state0.sigma, noise)
-        out = fn(state0.mu, state0.sigma, noise)
-        if first:
-            if mu.device.type == "cuda":
-                torch.cuda.synchronize(mu.device)
-            self.timings[key] = time.perf_counter() - t0
-        return out
+        return self._captured[mode](state0.mu, state0.sigma, noise)

@@ -181,3 +181,24 @@ def test_cuda_reduce_overhead_compile_with_backward():
         st = solver(torch.zeros(100, 20, device="cuda"), 1.0)
         (g,) = torch.autograd.grad(st.mu.sum(), theta)
     assert torch.isfinite(g).all()
+
+
+def test_captured_generic_function_per_shape_and_errors():
+    from dcem.optim import Captured, resolve_capture
+
+    def fn(a, b):
+        return a * b, (a + b).sum(-1)
+
+    cap = Captured(fn, "graph", graph_backend="replay")
+    with torch.no_grad():
+        for n in (3, 3, 5):
+            a, b = torch.randn(n, 2), torch.randn(n, 2)
+            p, s = cap(a, b)
+            assert torch.equal(p, a * b) and torch.equal(s, (a + b).sum(-1))
+    assert len(cap.timings) == 2
+    with pytest.raises(ValueError, match="mode"):
+        Captured(fn, "eager")
+    with pytest.raises(ValueError, match="graph_backend"):
+        Captured(fn, "graph", graph_backend="hip")
+    assert resolve_capture("auto", torch.zeros(1)) == "none"
+    assert resolve_capture("compile", torch.zeros(1)) == "compile"
