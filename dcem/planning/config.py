@@ -34,8 +34,8 @@ class Rule(str, Enum):
 RULE_DEFAULTS: dict[Rule, tuple[float, float, float, float]] = {
     Rule.CEM: (0.0, 0.0, 1.0, 0.0),
     Rule.DCEM: (0.0, 0.0, 1.0, 0.0),
-    Rule.MPPI: (0.0, 0.0, 1.0, 0.0),
-    Rule.ICEM: (2.0, 0.3, 1.25, 0.1),
+    Rule.MPPI: (0.5, 0.0, 1.0, 0.0),
+    Rule.ICEM: (0.5, 0.3, 1.25, 0.1),
 }
 
 SELECT_MODES = ("mean", "best", "min")
@@ -53,7 +53,9 @@ class PlannerConfig:
             top-k weights sum to ``k``; the pool of kept elites. Unused by MPPI's weights.
         n_iter: iterations; each is exactly one call of the objective.
         temp: DCEM soft top-k temperature ``> 0``.
-        lam: MPPI temperature ``lambda > 0``.
+        lam: MPPI temperature ``lambda > 0``, in standard deviations of the costs when
+            ``normalize`` (the default 0.05 is tuned for 1000 samples; few samples need a
+            larger one, e.g. 0.3 for 100, or the Gaussian collapses onto one sample).
         normalize: standardise each row of costs before the DCEM/MPPI weights.
         noise_beta: exponent of the coloured sampling noise along time (power spectrum
             ``1 / f**beta``; 0 is white noise). Full-plan search only.
@@ -81,7 +83,7 @@ class PlannerConfig:
     n_elite: int = 10
     n_iter: int = 10
     temp: float = 1.0
-    lam: float = 1.0
+    lam: float = 0.05
     normalize: bool = True
     noise_beta: float | None = None
     keep_frac: float | None = None

@@ -114,7 +114,8 @@ class Planner:
             ``(A,)``, ``(H, A)`` or ``(*B, H, A)``); candidates (decoded ones too) are
             clamped into them. ``None``: unbounded.
         decoder: optional ``z (..., n_latent) -> plans (..., H, A)``; the planner then
-            searches the latent space (``n_latent`` from the argument or ``decoder.n_latent``).
+            searches the latent space (``n_latent`` from the argument or ``decoder.n_latent``)
+            with white noise (``noise_beta`` colours noise along the time of full plans only).
         z_lower, z_upper: latent bounds (floats or tensors broadcastable to ``(n_latent,)``).
 
     The planner holds no tensors of its own besides the given bounds; dtype and device
@@ -149,8 +150,6 @@ class Planner:
                 raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
             n_latent = getattr(decoder, "n_latent", None) if n_latent is None else n_latent
             self.n_latent: int | None = check_int("n_latent", n_latent, 1)
-            if self.config.noise_beta:
-                raise ValueError("noise_beta > 0 colours noise along time: not available with a decoder")
         else:
             self.n_latent = None
         _check_bound_pair(z_lower, z_upper, "z_")
