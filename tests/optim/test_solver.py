@@ -74,7 +74,7 @@ def _reference(f, cfg, mu, sigma, seed):
 def test_solver_compile_matches_the_eager_sync_free_solve(temp):
     torch._dynamo.reset()
     theta, f = objective(5)
-    cfg = CEMConfig(50, 5, n_iter=4, temp=temp, iter_eps=1e-4)
+    cfg = CEMConfig(50, 5, n_iter=2, temp=temp, iter_eps=1e-4)
     solver = Solver(f, cfg, capture="compile", compile_kwargs={"backend": "aot_eager"})
     mu = torch.zeros(7, 5, dtype=torch.float64)
     st = solver(mu, 1.0, generator=torch.Generator().manual_seed(0))
