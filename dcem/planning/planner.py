@@ -183,8 +183,8 @@ class Planner:
             init_std: initial std (float or tensor broadcastable to the search shape);
                 default half the width of the bounds (1 where unbounded).
             generator: ``torch.Generator`` for the sampling noise.
-            iter_cb: see :data:`IterCallback`; not called again while checkpointed
-                iterations are recomputed in the backward pass.
+            iter_cb: see :data:`IterCallback`; called once per iteration (outside the
+                checkpointed region, so never again in the backward pass).
             dtype, device: of the iterates when ``init_mean`` is not given.
 
         Returns:
@@ -308,26 +308,28 @@ class Planner:
         kept = mu.new_zeros(B, 0, D)
         best_f = torch.full((B,), math.inf, dtype=mu.dtype, device=mu.device)
         best_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
-        forward = [True]  # False while checkpointed iterations are recomputed in backward
         use_ckpt = cfg.checkpoint and torch.is_grad_enabled()
+        want = iter_cb is not None  # the same in the forward pass and its recomputation
         mean_xf = best_xf
         for i in range(cfg.n_iter):
             noise = self._noise(B, cfg.population(i), D, mu, generator)
 
             def it(mu_, sigma_, done_, failed_, kept_, noise_, i=i):
-                return self._iteration(evaluate, Gaussian(mu_, sigma_, done_, failed_), kept_, noise_, lo, hi,
-                                       host, i, iter_cb if forward[0] else None)  # fmt: skip
+                g_ = Gaussian(mu_, sigma_, done_, failed_)
+                return self._iteration(evaluate, g_, kept_, noise_, lo, hi, host, i, want)
 
             args = (g.mu, g.sigma, g.done, g.failed, kept, noise)
             out = _checkpoint(it, *args, use_reentrant=False) if use_ckpt else it(*args)
-            mu_, sigma_, done_, failed_, kept, xf, fb, mean_xf = out
+            mu_, sigma_, done_, failed_, kept, xf, fb, mean_xf, X, fX, w = out
             g = Gaussian(mu_, sigma_, done_, failed_)
+            if iter_cb is not None:  # outside the checkpointed region: called once per iteration
+                w = w.unsqueeze(-1)
+                iter_cb(i, X, fX, w, w * X, g.mu, g.sigma)
             better = fb < best_f
             best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
             best_f = torch.minimum(fb, best_f)
             if host and cfg.iter_eps and bool(g.done.all()):
                 break
-        forward[0] = False
         return g, best_xf, mean_xf
 
     def _iteration(
@@ -340,22 +342,19 @@ class Planner:
         hi: Tensor | None,
         host: bool,
         i: int,
-        iter_cb: IterCallback | None,
+        want_weights: bool,
     ) -> tuple[Tensor, ...]:
-        """Sample, evaluate (one call), refit; returns the new state and this iteration's best."""
+        """Sample, evaluate (one call), refit: the new state, this iteration's best and its candidates."""
         X = torch.addcmul(g.mu.unsqueeze(1), g.sigma.unsqueeze(1), noise)
         X = torch.cat((X, kept, g.mu.unsqueeze(1)), 1)  # the current mean is the last candidate
         if lo is not None or hi is not None:
             X = torch.clamp(X, lo, hi)
         fX = evaluate(X)
-        r = refit(self.config, g, X, fX, host, i, want_weights=iter_cb is not None)
+        r = refit(self.config, g, X, fX, host, i, want_weights=want_weights)
         Xf = torch.cat((X, fX.unsqueeze(-1)), -1)  # carries each candidate's cost (with its gradient)
         xf, fb = best_sample(Xf, fX)
-        if iter_cb is not None:
-            w = r.weights.unsqueeze(-1)
-            iter_cb(i, X, fX, w, w * X, r.state.mu, r.state.sigma)
-        s = r.state
-        return s.mu, s.sigma, s.done, s.failed, r.kept, xf, fb, Xf[:, -1]
+        s, w = r.state, r.weights if want_weights else fX[:, :0]
+        return s.mu, s.sigma, s.done, s.failed, r.kept, xf, fb, Xf[:, -1], X, fX, w
 
     def _result(
         self, g: Gaussian, best_xf: Tensor, mean_xf: Tensor, batch: tuple[int, ...], n_evals: int

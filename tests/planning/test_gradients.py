@@ -20,12 +20,13 @@ def _objective(theta):
     return cost
 
 
-def _solve(theta, rule, checkpoint=False, **kw):
+def _solve(theta, rule, checkpoint=False, iter_cb_=None, **kw):
     opts = dict(rule=rule, n_sample=20, n_elite=5, n_iter=3, temp=1.0, lam=1.0, select="mean")
     opts.update(kw)
     p = Planner(H, A, checkpoint=checkpoint, **opts)
     x0 = torch.zeros(2, H, A, dtype=theta.dtype)
-    return p.plan(_objective(theta), init_mean=x0, init_std=0.5, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    return p.plan(_objective(theta), init_mean=x0, init_std=0.5, generator=g, iter_cb=iter_cb_)
 
 
 @pytest.mark.parametrize("rule", ["dcem", "mppi"])
@@ -116,3 +117,21 @@ def test_checkpointed_iterations_give_the_same_gradients_with_less_saved(rule):
             torch.testing.assert_close(a, b)
         assert f0 == f1 == 4 and total == 8  # the backward recomputes each iteration once
         assert s1 < 0.5 * s0, (s0, s1)
+
+
+@pytest.mark.parametrize("rule", ["cem", "dcem", "mppi"])
+def test_iteration_callback_is_called_once_per_iteration_under_checkpointing(rule):
+    theta = torch.zeros(H, A, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for ckpt in (False, True):
+        seen = []
+
+        def cb(i, X, fX, I, X_I, mu, sigma, seen=seen):
+            assert X.shape == (2, 11, H * A) and I.shape == (2, 11, 1) and mu.shape == (2, H * A)
+            seen.append(X_I.sum())  # the callback may build on the graph
+
+        res = _solve(theta, rule, checkpoint=ckpt, n_sample=10, n_elite=3, iter_cb_=cb)
+        (g,) = torch.autograd.grad(res.cost.sum() + sum(seen), theta)
+        assert len(seen) == 3
+        grads.append(g)
+    torch.testing.assert_close(grads[0], grads[1])
