@@ -190,3 +190,13 @@ def test_mppi_weights_are_a_softmax_and_handle_invalid_values():
     torch.testing.assert_close(w[2], torch.tensor([0.0, 1.0, 0.0]))
     assert mppi_weights(torch.full((1, 3), math.nan), 1.0, True).sum() == 0
     assert Rule("mppi") is Rule.MPPI
+
+
+def test_converged_problems_freeze_and_the_host_path_stops_early(sync_path):
+    cost, calls = quadratic()
+    p = Planner(H, A, lower=-1.0, upper=1.0, rule="cem", n_sample=50, n_elite=5, n_iter=30, iter_eps=1e-3)
+    res = p.plan(cost, init_mean=TARGET.expand(2, H, A).clone(), init_std=1e-5,
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert res.n_evals == len(calls) == (1 if sync_path == "host" else 30)
+    torch.testing.assert_close(res.mean, TARGET.expand(2, H, A))
+    torch.testing.assert_close(res.std, torch.full((2, H, A), 1e-5))  # frozen on convergence
