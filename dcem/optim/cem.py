@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -226,28 +227,46 @@ def tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor) -> CEMState:
     return _tell(state, cfg, X, fX, resolve_sync(cfg.sync, state.mu)).state
 
 
+def _flat(state: CEMState, B: int) -> CEMState:
+    D = state.mu.shape[-1]
+    return CEMState(*(t.reshape(B, D) if t.dim() == state.mu.dim() else t.reshape(B) for t in state))
+
+
 def _tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, it: int = 0) -> _Update:
+    """:func:`tell` on any batch shape: flattened to one batch dimension around :func:`_tell2d`."""
+    if state.mu.dim() == 2:
+        return _tell2d(state, cfg, X, fX, host, it)
     batch, (N, D) = state.mu.shape[:-1], X.shape[-2:]
     B = math.prod(batch)
-    X2, f2 = X.reshape(B, N, D), fX.reshape(B, N)
-    mu, sigma = state.mu.reshape(B, D), state.sigma.reshape(B, D)
+    temp = cfg.temp
+    if isinstance(temp, Tensor):
+        cfg = dataclasses.replace(cfg, temp=temp.to(fX).expand(batch).reshape(B))
+    upd = _tell2d(_flat(state, B), cfg, X.reshape(B, N, D), fX.reshape(B, N), host, it)
+    s = upd.state
+    new = CEMState(*(t.reshape(*batch, D) if t.dim() == 2 else t.reshape(batch) for t in s))
+    return _Update(new, upd.soft, upd.elites, N)
+
+
+def _tell2d(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, it: int) -> _Update:
+    """The refit for ``state`` of shape ``(B, D)``, ``X (B, N, D)``, ``fX (B, N)``."""
+    mu, sigma, done, failed, best_x, best_f = state
+    B, N, D = X.shape
     all_valid = False
     weights, elites = None, None
     if cfg.hard:
-        idx, w_e = elites = hard_elites(f2, cfg.n_elite, host)
+        idx, w_e = elites = hard_elites(fX, cfg.n_elite, host)
         # row-offset indices into the flattened samples: index_select is much faster than
         # gather with an expanded index on CPU
         rows = torch.arange(0, B * N, N, device=idx.device).unsqueeze(-1)
-        X_e = X2.reshape(B * N, D).index_select(0, (idx + rows).reshape(-1)).view(B, cfg.n_elite, D)
+        X_e = X.reshape(B * N, D).index_select(0, (idx + rows).reshape(-1)).view(B, cfg.n_elite, D)
         wsum = w_e.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(w_e, X_e, wsum)
     else:
-        temp = cfg.temp if isinstance(cfg.temp, float) else cfg.temp.to(f2).expand(batch).reshape(B)
-        all_valid = host and bool(torch.isfinite(f2).all())
-        weights = soft_elite_weights(f2, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
+        temp = cfg.temp if isinstance(cfg.temp, float) else cfg.temp.to(fX).expand(B)
+        all_valid = host and bool(torch.isfinite(fX).all())
+        weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
         wsum = weights.sum(-1, keepdim=True)
-        new_mu, new_sigma = weighted_moments(weights, X2, wsum)
-    failed = state.failed.reshape(B)
+        new_mu, new_sigma = weighted_moments(weights, X, wsum)
     if not all_valid:
         none_valid = wsum.squeeze(-1) == 0
         if host:
@@ -259,7 +278,6 @@ def _tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, it
             new_mu = torch.where(none_valid.unsqueeze(-1), mu, new_mu)
             new_sigma = torch.where(none_valid.unsqueeze(-1), sigma, new_sigma)
             failed = failed | none_valid
-    done = state.done.reshape(B)
     if cfg.iter_eps:
         moved = (new_mu - mu).detach().norm(dim=-1) < cfg.iter_eps
         keep, freeze = done.unsqueeze(-1), (done | moved).unsqueeze(-1)
@@ -269,21 +287,11 @@ def _tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, it
             torch.where(freeze, sigma, new_sigma),
             done | moved,
         )
-    best_x, best_f = state.best_x, state.best_f
     if cfg.track_best:
-        xb, fb = best_sample(X2, f2)
-        better = fb < best_f.reshape(B)
-        best_x = torch.where(better.unsqueeze(-1), xb, best_x.reshape(B, D)).reshape(state.mu.shape)
-        best_f = torch.minimum(fb, best_f.reshape(B)).reshape(batch)
-    new = CEMState(
-        new_mu.reshape(state.mu.shape),
-        new_sigma.reshape(state.mu.shape),
-        done.reshape(batch),
-        failed.reshape(batch),
-        best_x,
-        best_f,
-    )
-    return _Update(new, weights, elites, N)
+        xb, fb = best_sample(X, fX)
+        best_x = torch.where((fb < best_f).unsqueeze(-1), xb, best_x)
+        best_f = torch.minimum(fb, best_f)
+    return _Update(CEMState(new_mu, new_sigma, done, failed, best_x, best_f), weights, elites, N)
 
 
 def _evaluate(f: Callable[[Tensor], Tensor], X: Tensor) -> Tensor:
