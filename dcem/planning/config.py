@@ -29,13 +29,14 @@ class Rule(str, Enum):
     ICEM = "icem"
 
 
-#: Defaults of the options left at ``None``: (noise_beta, keep_frac, pop_decay, momentum).
-#: Tuned on the cartpole swing-up benchmark (benchmarks/bench_planners.py).
-RULE_DEFAULTS: dict[Rule, tuple[float, float, float, float]] = {
-    Rule.CEM: (0.0, 0.0, 1.0, 0.0),
-    Rule.DCEM: (0.0, 0.0, 1.0, 0.0),
-    Rule.MPPI: (0.5, 0.0, 1.0, 0.0),
-    Rule.ICEM: (0.5, 0.3, 1.25, 0.1),
+#: Defaults of the options left at ``None``:
+#: (noise_beta, keep_frac, pop_decay, momentum, std_scale).
+#: MPPI's and iCEM's were tuned on the cartpole swing-up (benchmarks/bench_planners.py).
+RULE_DEFAULTS: dict[Rule, tuple[float, float, float, float, float]] = {
+    Rule.CEM: (0.0, 0.0, 1.0, 0.0, 0.5),
+    Rule.DCEM: (0.0, 0.0, 1.0, 0.0, 0.5),
+    Rule.MPPI: (0.5, 0.0, 1.0, 0.0, 1.0),
+    Rule.ICEM: (0.5, 0.3, 1.25, 0.1, 0.5),
 }
 
 SELECT_MODES = ("mean", "best", "min")
@@ -63,6 +64,8 @@ class PlannerConfig:
         pop_decay: the population shrinks as ``n_sample / pop_decay**i`` (never below
             ``2 * n_elite``); ``1`` keeps it fixed.
         momentum: ``mu <- momentum * mu_old + (1 - momentum) * mu_new`` (and the std).
+        std_scale: initial std as a fraction of the width of the bounds, when
+            :meth:`Planner.plan` is not given ``init_std`` (1 where unbounded).
         iter_eps: a problem stops updating once its mean moves less than this (2-norm) in
             one iteration; ``None`` never stops.
         select: plan returned among the evaluated candidates: ``"mean"`` (the mean of the
@@ -74,8 +77,8 @@ class PlannerConfig:
             (``torch.utils.checkpoint``, non-reentrant) instead of storing its activations.
         sync: ``"auto"``, ``"host"`` or ``"free"`` (:mod:`dcem.sync`).
 
-    ``None`` for ``noise_beta``, ``keep_frac``, ``pop_decay`` or ``momentum`` takes the
-    rule's default from :data:`RULE_DEFAULTS`.
+    ``None`` for ``noise_beta``, ``keep_frac``, ``pop_decay``, ``momentum`` or ``std_scale``
+    takes the rule's default from :data:`RULE_DEFAULTS`.
     """
 
     rule: Rule | str = Rule.CEM
@@ -89,6 +92,7 @@ class PlannerConfig:
     keep_frac: float | None = None
     pop_decay: float | None = None
     momentum: float | None = None
+    std_scale: float | None = None
     iter_eps: float | None = None
     select: str = "min"
     differentiable: bool = True
@@ -106,7 +110,7 @@ class PlannerConfig:
         set_(self, "temp", check_real("temp", self.temp, 0.0, strict=True))
         set_(self, "lam", check_real("lam", self.lam, 0.0, strict=True))
         check_bool("normalize", self.normalize)
-        beta, keep, decay, mom = RULE_DEFAULTS[rule]
+        beta, keep, decay, mom, std = RULE_DEFAULTS[rule]
         opts = (("noise_beta", beta, 0.0, None), ("keep_frac", keep, 0.0, 1.0),
                 ("pop_decay", decay, 1.0, None), ("momentum", mom, 0.0, 1.0))  # fmt: skip
         for name, default, low, high in opts:
@@ -115,6 +119,8 @@ class PlannerConfig:
             if high is not None and not v <= high:
                 raise ValueError(f"{name} must be a finite float with {low} <= {name} <= {high}, got {v!r}")
             set_(self, name, float(v))
+        scale = std if self.std_scale is None else check_real("std_scale", self.std_scale, 0.0, strict=True)
+        set_(self, "std_scale", float(scale))
         if self.momentum >= 1.0:
             raise ValueError(f"momentum must be < 1 (1 never moves the mean), got {self.momentum!r}")
         eps = check_real("iter_eps", self.iter_eps, 0.0, none_ok=True)

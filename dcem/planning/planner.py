@@ -181,7 +181,7 @@ class Planner:
             init_mean: initial mean ``(*B, *search_shape)``; default the middle of the
                 bounds (0 where unbounded).
             init_std: initial std (float or tensor broadcastable to the search shape);
-                default half the width of the bounds (1 where unbounded).
+                default ``config.std_scale`` times the width of the bounds (1 where unbounded).
             generator: ``torch.Generator`` for the sampling noise.
             iter_cb: see :data:`IterCallback`; called once per iteration (outside the
                 checkpointed region, so never again in the backward pass).
@@ -236,7 +236,7 @@ class Planner:
                 mid = torch.clamp(mid, lo, hi)
             init_mean = mid
         if init_std is None:
-            init_std = 0.5 * (hi - lo) if lo is not None and hi is not None else 1.0
+            init_std = self.config.std_scale * (hi - lo) if lo is not None and hi is not None else 1.0
         sigma = _search_tensor(init_std, "init_std", full, init_mean)
         if host_reads_free(sigma) and not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
             raise ValueError("init_std must be finite and >= 0")

@@ -24,6 +24,7 @@ from dcem.planning import Planner, PlannerConfig, rollout, rollout_objective
         (dict(momentum=1.0), "momentum"),
         (dict(momentum=-0.1), "momentum"),
         (dict(iter_eps=-1.0), "iter_eps"),
+        (dict(std_scale=0.0), "std_scale"),
         (dict(select="first"), "select"),
         (dict(sync="gpu"), "sync"),
         (dict(n_iter=2.5), "n_iter"),
