@@ -1,4 +1,8 @@
-"""Control with CEM/DCEM: dynamics, model-predictive control and learned latent action spaces."""
+"""Control with CEM/DCEM: dynamics, model-predictive control and learned latent action spaces.
+
+``dcem_ctrl``, :class:`MPC` and :class:`LatentDCEMController` are thin wrappers over the one
+planner :class:`dcem.planning.Planner` (CEM, DCEM, MPPI, iCEM).
+"""
 
 from dcem.control.decoder import ActionDecoder
 from dcem.control.dynamics import CartpoleDx, Dynamics, PendulumDx, cartpole_swingup_cost, check_state

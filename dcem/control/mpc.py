@@ -247,7 +247,7 @@ class MPC(nn.Module):
             the initial state and anything the cost/dynamics depend on.
         init_sigma: initial std, float or ``(n_ctrl,)`` tensor; default
             ``sigma_scale * (u_upper - u_lower)``.
-        sigma_scale: see ``init_sigma``.
+        sigma_scale: see ``init_sigma``; default the rule's ``std_scale`` (0.5; MPPI 1.0).
         iter_eps, normalize: see :class:`dcem.planning.PlannerConfig`.
         warm_start: reuse the shifted previous plan as the initial mean.
         shift_fill: last action of a shifted plan: ``"last"`` (repeat), ``"zero"`` (clamped 0)
@@ -279,7 +279,7 @@ class MPC(nn.Module):
         n_iter: int = 10,
         temp: float | None = None,
         init_sigma: float | Tensor | None = None,
-        sigma_scale: float = 0.5,
+        sigma_scale: float | None = None,
         iter_eps: float | None = None,
         normalize: bool = True,
         warm_start: bool = True,
@@ -326,7 +326,8 @@ class MPC(nn.Module):
         self.register_buffer("u_lower", lo_t)
         self.register_buffer("u_upper", hi_t)
         if init_sigma is None:
-            sig = float(check_real("sigma_scale", sigma_scale, 0.0, strict=True)) * (hi_t - lo_t)
+            scale = self.config.std_scale if sigma_scale is None else sigma_scale
+            sig = float(check_real("sigma_scale", scale, 0.0, strict=True)) * (hi_t - lo_t)
         else:
             sig = self._bound("init_sigma", init_sigma)
             if not bool((sig > 0).all()):

@@ -382,3 +382,20 @@ def test_bad_inputs():
     )
     with pytest.raises(ValueError, match="rollout cost"):
         bad.plan(torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("rule", ["mppi", "icem"])
+def test_mpc_with_other_planner_rules(rule):
+    dx = PendulumDx()
+    x = dx.sample_state(3, torch.Generator().manual_seed(0))
+    ctrl = MPC(
+        8, dx, rule=rule, n_sample=100, n_elite=10, n_iter=4, generator=torch.Generator().manual_seed(0)
+    )
+    scale = 1.0 if rule == "mppi" else 0.5  # the rule's std_scale
+    torch.testing.assert_close(ctrl.init_sigma, scale * (dx.u_upper - dx.u_lower))
+    plan = ctrl.plan(x)
+    zero = rollout_cost(dx, dx.quadratic_cost, x, torch.zeros(8, 3, 1))
+    assert bool((plan.cost <= zero).all())
+    torch.testing.assert_close(plan.cost, rollout_cost(dx, dx.quadratic_cost, x, plan.u))
+    with pytest.raises(ValueError, match="lam"):
+        MPC(8, dx, rule="mppi", lam=0.0)
