@@ -22,7 +22,9 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is
 
 COMMON = [
     ("nosuch=1", "nosuch"),
+    ("+nosuch=1", "nosuch"),
     ("scale=huge", "scale"),
+    ("scale=[short,tiny]", "scale"),
     ("num_threads=0", "num_threads"),
     ("num_threads=two", "num_threads"),
     ("seed=-1", "seed"),
@@ -36,6 +38,7 @@ CASES = {
         ("train.nosuch=1", "train.nosuch"),
         ("train=3", "train"),
         ("train.lr=-1", "train.lr"),
+        ("train.lr=1e400", "train.lr"),
         ("train.n_updates=0", "train.n_updates"),
         ("dcem.n_elite=500", "dcem.n_elite"),
         ("train.batch_size=1000", "train.batch_size"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -136,6 +137,9 @@ def _check_value(key: str, f: dataclasses.Field, value: Any) -> None:
     m = f.metadata
     if value is None:
         return
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}={value}: must be a finite number")
     if m.get("device"):
         check_device(key, value, allow_auto="auto" in (m.get("choices") or ()))
         return
@@ -175,6 +179,9 @@ def _parse(exp: Experiment, argv: Sequence[str]) -> list[str]:
     keys, groups = _fields(exp.schema), exp.groups()
     for arg in argv:
         key = arg.split("=", 1)[0]
+        if arg[:1] in "+~" and arg:
+            raise ConfigError(f"{arg!r}: adding (+) or deleting (~) keys is not supported; every key exists "
+                              f"already (see dcem-exp {exp.name} --help)")  # fmt: skip
         if "=" not in arg or not _KEY.match(key):
             example = f"{arg}=VALUE" if _KEY.match(arg) else f"{next(iter(keys))}=VALUE"
             raise ConfigError(f"{arg!r} is not an override of the form key=value (e.g. {example}); "
@@ -184,8 +191,8 @@ def _parse(exp: Experiment, argv: Sequence[str]) -> list[str]:
         except Exception as err:  # noqa: BLE001 - Hydra's grammar errors have no common base
             first = str(err).strip().splitlines()[-1]
             raise ConfigError(f"{arg!r}: cannot parse the value ({first})") from None
-        if key in groups and not isinstance(parsed.value(), (list, dict)):
-            if str(parsed.value()) not in groups[key]:
+        if key in groups:
+            if isinstance(parsed.value(), (list, dict)) or str(parsed.value()) not in groups[key]:
                 raise ConfigError(f"{key}={parsed.value()}: unknown {key}; choose one of "
                                   f"{', '.join(groups[key])}")  # fmt: skip
             continue
