@@ -162,20 +162,33 @@ def open_run(name: str, cfg: Any, free_keys: Sequence[str], resume: bool = True)
             except Exception as err:  # noqa: BLE001
                 raise RunError(f"{path} is unreadable ({type(err).__name__}); "
                                "rerun with resume=false to start over") from None  # fmt: skip
-            a = {k: v for k, v in _flat(old).items() if k not in free_keys}
-            b = {k: v for k, v in _flat(now).items() if k not in free_keys}
-            diffs = [k for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+            diffs = _differences(old, now, free_keys)
             if diffs:
-                shown = "; ".join(f"{k}: {a.get(k, '<unset>')} there, {b.get(k, '<unset>')} now"
-                                  for k in diffs[:3])  # fmt: skip
-                more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
-                raise RunError(f"out_dir={out} holds a run with another configuration ({shown}{more}); "
+                raise RunError(f"out_dir={out} holds a run with another configuration ({diffs}); "
                                "repeat its settings to resume it, choose another out_dir, or pass "
                                "resume=false to start over (the old run is moved aside)")  # fmt: skip
             return out
+    elif not resume and out.is_dir() and any(out.iterdir()):
+        raise RunError(f"resume=false: out_dir={out} is not empty but holds no run (no config.yaml); "
+                       "empty it or choose another out_dir")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, OmegaConf.to_yaml(cfg))
     return out
+
+
+def _differences(old: Mapping[str, Any], now: Mapping[str, Any], free_keys: Sequence[str]) -> str:
+    """``"key: OLD there, NEW now; ..."`` for the first three differing keys ("" if none)."""
+    a = {k: v for k, v in _flat(old).items() if k not in free_keys}
+    b = {k: v for k, v in _flat(now).items() if k not in free_keys}
+    keys = [k for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    shown = "; ".join(f"{k}: {_short(a.get(k, '<unset>'))} there, {_short(b.get(k, '<unset>'))} now"
+                      for k in keys[:3])  # fmt: skip
+    return shown + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+
+
+def _short(v: Any, n: int = 40) -> str:
+    text = str(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _stamp() -> str:

@@ -67,7 +67,7 @@ def run(cfg: dict):
         from torch.utils.tensorboard import SummaryWriter
 
         trainer.tb = SummaryWriter(str(Path(out) / "tb"))
-    if trainer.ckpt_path.exists():
+    if cfg["resume"] and trainer.ckpt_path.exists():
         trainer.load()
         log.info("resumed from %s: %s", trainer.ckpt_path, trainer.progress)
     log.info("run folder %s, device %s", out, trainer.device)
