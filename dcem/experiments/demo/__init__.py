@@ -42,6 +42,25 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "dcem-demo-output"
 
+def _resolve(config: DemoConfig | None, quick: bool, steps: int | None, seed: int) -> DemoConfig:
+    """The sizes of a run (checking ``steps``, ``seed`` and the optional dependencies)."""
+    cfg = config if config is not None else (DemoConfig.quick() if quick else DemoConfig())
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        cfg = replace(cfg, steps=steps)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    _check_dependencies()
+    return cfg
+
+
+def _frame_steps(cfg: DemoConfig, gif: bool) -> set[int]:
+    """Adam steps recorded for the GIF, denser early on where the surface changes fastest."""
+    n = max(2, min(cfg.gif_frames, cfg.steps + 1)) if gif else 0
+    return {round(cfg.steps * (i / (n - 1)) ** 2) for i in range(n)} if n else set()
+
+
 def _check_dependencies() -> None:
     try:
         import matplotlib  # noqa: F401
@@ -136,14 +155,7 @@ def run(
     (unless ``gif=False``) ``dcem_training.gif``.
     """
     t_start = time.perf_counter()
-    cfg = config if config is not None else (DemoConfig.quick() if quick else DemoConfig())
-    if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        cfg = replace(cfg, steps=steps)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    _check_dependencies()
+    cfg = _resolve(config, quick, steps, seed)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,12 +176,7 @@ def run(
     # 2. DCEM: learn the objective so that its DCEM minimiser moves to the target
     runs0 = eval_runs(obj, cfg, seed)
     init_grid = grid_argmin(z0, pts)
-    n_frames = max(2, min(cfg.gif_frames, cfg.steps + 1)) if gif else 0
-    frame_steps = (
-        # denser early on, where the surface changes fastest
-        {round(cfg.steps * (i / (n_frames - 1)) ** 2) for i in range(n_frames)} if n_frames else set()
-    )
-    losses, frames = _train(obj, cfg, seed, pts, frame_steps, progress)
+    losses, frames = _train(obj, cfg, seed, pts, _frame_steps(cfg, gif), progress)
     loss_t = torch.stack(losses)
     loss_list = loss_t.tolist()
 
@@ -191,13 +198,9 @@ def run(
                    frames if gif else None)  # fmt: skip
     res.extra["parameters"] = {k: v.detach().tolist() for k, v in obj.named_parameters()}
     res.seconds = time.perf_counter() - t_start
-    logger.info(
-        "DCEM minimiser moved from (%.2f, %.2f) to (%.2f, %.2f); distance to target %.3f -> %.3f",
-        *res.initial_minimiser,
-        *res.final_minimiser,
-        res.initial_distance,
-        res.final_distance,
-    )
+    logger.info("DCEM minimiser moved from (%.2f, %.2f) to (%.2f, %.2f); distance to target %.3f -> %.3f",
+                *res.initial_minimiser, *res.final_minimiser, res.initial_distance,
+                res.final_distance)  # fmt: skip
     return res
 
 
