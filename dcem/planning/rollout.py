@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from dcem._checks import check_real
@@ -48,6 +49,11 @@ def rollout(
 ) -> Tensor:
     """Total cost ``sum_{t<H} discount^t c(x_t, u_t) [+ discount^H terminal_cost(x_H)]``.
 
+    The states come from one :meth:`Dynamics.rollout <dcem.control.Dynamics.rollout>` (inputs
+    validated once, one Python loop over time) and ``step_cost`` is called once on all of
+    them, stacked along a leading time dimension (a :data:`StepCost` is batched over any
+    leading dimensions).
+
     Args:
         dynamics: the model; ``x_{t+1} = dynamics.step(x_t, u_t)``.
         step_cost: see :data:`StepCost`.
@@ -58,25 +64,24 @@ def rollout(
         discount: per-step discount factor.
 
     Returns:
-        costs of shape ``broadcast(x_init.shape[:-1], plans.shape[:-2])``; one Python loop
-        over time, everything else batched.
+        costs of shape ``broadcast(x_init.shape[:-1], plans.shape[:-2])``.
     """
     if plans.dim() < 2 or plans.shape[-2] < 1 or plans.shape[-1] != dynamics.n_ctrl:
         raise ValueError(
             f"plans must have shape (..., H, n_ctrl) with H >= 1 and n_ctrl = {dynamics.n_ctrl}, "
             f"got {tuple(plans.shape)}"
         )
-    x = x_init
-    total: Tensor | float = 0.0
-    gamma = 1.0
-    for t in range(plans.shape[-2]):
-        u = plans[..., t, :]
-        total = total + (step_cost(x, u) if gamma == 1.0 else gamma * step_cost(x, u))
-        x = dynamics.step(x, u)
-        gamma *= discount
+    u = plans.movedim(-2, 0)  # (H, ..., n_ctrl)
+    xs = dynamics.rollout(x_init, u)  # (H + 1, ..., n_state)
+    c = step_cost(xs[:-1], u)  # (H, ...)
+    H = u.shape[0]
+    if discount != 1.0:
+        gammas = discount ** torch.arange(H, dtype=c.dtype, device=c.device)
+        c = c * gammas.view(H, *([1] * (c.dim() - 1)))
+    total = c.sum(0)
     if terminal_cost is not None:
-        total = total + gamma * terminal_cost(x)
-    return total  # type: ignore[return-value]  # a Tensor since H >= 1
+        total = total + discount**H * terminal_cost(xs[-1])
+    return total
 
 
 def rollout_objective(
