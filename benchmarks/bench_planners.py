@@ -1,0 +1,246 @@
+"""Plan cost and plan time of the planner's rules on the cartpole swing-up (issue 9).
+
+Problem: :class:`dcem.control.CartpoleDx` with :func:`dcem.control.cartpole_swingup_cost`,
+horizon H = 20, 1000 samples x 10 iterations per plan, one plan per initial state from a fixed
+set of random initial states (``--states``), each planned with ``--seeds`` sampling seeds (the
+median is over all plans), on one thread. Rows, timed interleaved (state by state, every row
+in turn) so that a change of machine load affects all of them alike:
+
+- ``old path``: a copy of the pre-rewrite ``MPC.plan`` (``dcem.dcem`` with a best-sample
+  callback, then the final mean and the chosen plan re-evaluated: 12 rollouts per plan) and
+  of its ``rollout_cost`` (the step cost called once per time step);
+- ``MPC wrapper``: today's :class:`dcem.control.MPC` (CEM through the planner, 10 rollouts);
+- ``cem``, ``dcem``, ``mppi``, ``icem``: :class:`dcem.planning.Planner` with the settings
+  printed in the table.
+
+For each: median plan cost (lower is better) and its difference to the old path, median
+plan time and its ratio to the old path, objective calls per plan. Then the memory-bounded
+backward: a differentiable plan (DCEM, MPPI; gradient of the plan cost w.r.t. the initial
+state) with and without per-iteration activation checkpointing: bytes autograd saves for the
+backward (``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage; the backward
+additionally holds one recomputed iteration at a time) and forward+backward time.
+
+Run: ``PYTHONPATH=. python benchmarks/bench_planners.py [--states 20] [--seeds 3] [--threads 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+import dcem
+from dcem.control import MPC, CartpoleDx, cartpole_swingup_cost
+from dcem.planning import Planner, PlannerConfig, rollout_objective
+
+H, N, ITERS, ELITES = 20, 1000, 10, 100
+
+# row -> planner options (MPPI's and iCEM's defaults were tuned on this problem; n_elite=10 is
+# the planner's default, 100 that of the cartpole expert)
+RULES: dict[str, dict] = {
+    "cem": dict(rule="cem", n_elite=100),
+    "dcem": dict(rule="dcem", n_elite=20, temp=0.1),
+    "mppi": dict(rule="mppi"),
+    "icem": dict(rule="icem", n_elite=10),
+    "icem no decay": dict(rule="icem", n_elite=10, pop_decay=1.0),
+}
+
+
+def old_rollout_cost(dx: CartpoleDx, x: Tensor, u: Tensor) -> Tensor:
+    """The pre-rewrite ``rollout_cost``: time-major ``u (H, M, 1)``, cost and step per time step."""
+    total: Tensor | float = 0.0
+    for t in range(u.shape[0]):
+        total = total + cartpole_swingup_cost(x, u[t])
+        x = dx.step(x, u[t])
+    return total  # type: ignore[return-value]
+
+
+def old_plan(dx: CartpoleDx, x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
+    """The pre-rewrite ``MPC.plan`` (select="min", warm_start=False): returns cost, rollout calls."""
+    lo, hi = dx.u_lower.repeat(H), dx.u_upper.repeat(H)
+    calls = [0]
+
+    def f(X: Tensor) -> Tensor:
+        calls[0] += 1
+        B, n, _ = X.shape
+        u = X.reshape(B * n, H, 1).transpose(0, 1)
+        return old_rollout_cost(dx, x.expand(B * n, 5), u).view(B, n)
+
+    best: list[Tensor | None] = [None, None]
+
+    def track(i: int, X: Tensor, fX: Tensor, *_: Tensor) -> None:
+        fb = torch.where(torch.isfinite(fX), fX, torch.full_like(fX, math.inf))
+        fmin, arg = fb.min(-1)
+        xb = X.gather(1, arg.view(-1, 1, 1).expand(-1, 1, X.shape[-1])).squeeze(1)
+        if best[1] is None:
+            best[0], best[1] = xb, fmin
+        else:
+            better = fmin < best[1]
+            best[0] = torch.where(better.unsqueeze(-1), xb, best[0])
+            best[1] = torch.where(better, fmin, best[1])
+
+    mu = dcem.dcem(
+        f, H, n_sample=N, n_elite=ELITES, n_iter=ITERS, temp=None, lb=lo, ub=hi, init_mu=0.5 * (lo + hi),
+        init_sigma=0.5 * (hi - lo), iter_eps=None, iter_cb=track, generator=g,
+    )  # fmt: skip
+    cost_mu = f(mu.unsqueeze(1)).squeeze(1)
+    use_best = ~(cost_mu <= best[1]) & torch.isfinite(best[1])
+    sol = torch.where(use_best.unsqueeze(-1), best[0], mu)
+    cost = torch.where(use_best, f(sol.unsqueeze(1)).squeeze(1), cost_mu)
+    return cost, calls[0]
+
+
+def make_rows(dx: CartpoleDx) -> dict[str, Callable[[Tensor, torch.Generator], tuple[Tensor, int]]]:
+    rows: dict[str, Callable[[Tensor, torch.Generator], tuple[Tensor, int]]] = {
+        "old path": lambda x, g: old_plan(dx, x, g)
+    }
+    mpc = MPC(H, dx, cartpole_swingup_cost, n_sample=N, n_elite=ELITES, n_iter=ITERS, warm_start=False)
+
+    def wrapper(x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
+        mpc.generator = g
+        return mpc.plan(x).cost, ITERS
+
+    rows["MPC wrapper"] = wrapper
+    for name, opts in RULES.items():
+        p = Planner(H, 1, lower=dx.u_lower, upper=dx.u_upper, n_sample=N, n_iter=ITERS, **opts)
+
+        def run(x: Tensor, g: torch.Generator, p: Planner = p) -> tuple[Tensor, int]:
+            res = p.plan(rollout_objective(dx, x, cartpole_swingup_cost), batch_shape=(1,), generator=g)
+            return res.cost, res.n_evals
+
+        rows[name] = run
+    return rows
+
+
+def plan_table(dx: CartpoleDx, states: Tensor, seeds: int) -> None:
+    rows = make_rows(dx)
+    costs: dict[str, list[float]] = {k: [] for k in rows}
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    calls: dict[str, int] = {}
+    with torch.no_grad():
+        for fn in rows.values():  # warm-up
+            fn(states[:1], torch.Generator().manual_seed(0))
+        for s in range(seeds):
+            for i in range(states.shape[0]):
+                for name, fn in rows.items():
+                    g = torch.Generator().manual_seed(1000 * s + i)
+                    t = time.perf_counter()
+                    c, n = fn(states[i : i + 1], g)
+                    times[name].append(time.perf_counter() - t)
+                    costs[name].append(float(c))
+                    calls[name] = n
+    n_states = states.shape[0]
+
+    def state_median(v: list[float]) -> float:  # median over states of each state's median over seeds
+        per = torch.tensor(v).view(seeds, n_states).median(0).values
+        return float(per.median())
+
+    old_c, old_t = statistics.median(costs["old path"]), statistics.median(times["old path"])
+    print(f"{'planner':14s} {'settings':30s} {'median cost':>11s} {'vs old':>7s} {'state med':>9s} "
+          f"{'mean':>7s} {'plan ms':>8s} {'time/old':>8s} {'calls':>5s}")  # fmt: skip
+    for name in rows:
+        opts = RULES.get(name, {"rule": "cem", "n_elite": ELITES})
+        st = ", ".join(f"{k}={v}" for k, v in opts.items() if k != "rule")
+        c, t = statistics.median(costs[name]), statistics.median(times[name])
+        # paired: each plan against the old path's plan of the same state and seed, run just before
+        ratio = statistics.median(a / b for a, b in zip(times[name], times["old path"]))
+        sm, mean = state_median(costs[name]), statistics.mean(costs[name])
+        print(f"{name:14s} {st:30s} {c:11.3f} {c - old_c:+7.3f} {sm:9.3f} "
+              f"{mean:7.3f} {1e3 * t:8.1f} {ratio:8.3f} {calls[name]:5d}")  # fmt: skip
+    print(f"(old path: median {1e3 * old_t:.1f} ms per plan; time/old: median of the paired ratios; "
+          "state med: median over states of the per-state medians)")  # fmt: skip
+    m, i = PlannerConfig("mppi"), PlannerConfig("icem")
+    print(f"rule defaults: mppi lam={m.lam}, noise_beta={m.noise_beta}, std_scale={m.std_scale}; icem "
+          f"noise_beta={i.noise_beta}, keep_frac={i.keep_frac}, pop_decay={i.pop_decay}, "
+          f"momentum={i.momentum}, std_scale={i.std_scale} (initial std / width of the bounds)")  # fmt: skip
+
+
+def rollout_times(dx: CartpoleDx, x: Tensor, repeats: int = 50) -> None:
+    """One rollout call of the old and the new path, for all candidates and for one plan."""
+    obj = rollout_objective(dx, x, cartpole_swingup_cost)
+    U = torch.zeros(1, N + 1, H, 1)
+    cases = {
+        "new": lambda n: obj(U[:, :n]),
+        "old": lambda n: old_rollout_cost(dx, x.expand(n, 5), U[0, :n].transpose(0, 1)),
+    }
+    for name, fn in cases.items():
+        out = []
+        for n in (N + 1, 1):
+            ts = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn(n)
+                ts.append(time.perf_counter() - t)
+            out.append(1e3 * statistics.median(ts))
+        print(f"one {name} rollout call: {out[0]:.2f} ms for {N + 1} candidates, {out[1]:.2f} ms for 1 plan")
+    print("(the old path makes 10 calls of 1000 samples and 2 of 1 plan; the new one 10 of 1001 candidates)")
+
+
+def saved_bytes(fn: Callable[[], tuple[Tensor, Tensor]]) -> tuple[tuple[Tensor, Tensor], int]:
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        seen[(st.data_ptr(), st.nbytes())] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def checkpoint_table(dx: CartpoleDx, x0: Tensor, repeats: int) -> None:
+    print(f"\ndifferentiable plan, d cost / d x_init, {N} samples x {ITERS} it, H = {H}")
+    print(
+        f"{'rule':6s} {'checkpoint':>10s} {'saved for bwd':>14s} {'fwd+bwd ms':>10s} {'grad max diff':>13s}"
+    )
+    for rule in ("dcem", "mppi"):
+        ref = None
+        for ckpt in (False, True):
+            opts = {**RULES[rule], "select": "mean", "checkpoint": ckpt}
+            p = Planner(H, 1, lower=dx.u_lower, upper=dx.u_upper, n_sample=N, n_iter=ITERS, **opts)
+
+            def run(p: Planner = p) -> tuple[Tensor, Tensor]:
+                x = x0.clone().requires_grad_()
+                res = p.plan(rollout_objective(dx, x, cartpole_swingup_cost), batch_shape=(1,),
+                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+                return res.cost.sum(), x
+
+            (loss, x), mem = saved_bytes(run)
+            (g,) = torch.autograd.grad(loss, x)
+            ref = g if ref is None else ref
+            ts = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                loss, x = run()
+                torch.autograd.grad(loss, x)
+                ts.append(time.perf_counter() - t)
+            diff, t = float((g - ref).abs().max()), 1e3 * statistics.median(ts)
+            print(f"{rule:6s} {str(ckpt):>10s} {mem / 2**20:10.1f} MiB {t:10.1f} {diff:13.2e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--states", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timings of each checkpointing case")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dx = CartpoleDx()
+    states = dx.sample_state(args.states, torch.Generator().manual_seed(0))
+    print(f"cartpole swing-up, H={H}, {N} samples x {ITERS} iterations, {args.states} initial states x "
+          f"{args.seeds} seeds, threads={torch.get_num_threads()}, torch={torch.__version__}")  # fmt: skip
+    plan_table(dx, states, args.seeds)
+    with torch.no_grad():
+        rollout_times(dx, states[:1])
+    checkpoint_table(dx, states[:1], args.repeats)
+
+
+if __name__ == "__main__":
+    main()
