@@ -121,13 +121,14 @@ def _sections(schema: type) -> set[str]:
 
 def _describe(f: dataclasses.Field) -> str:
     m, parts = f.metadata, []
-    if m.get("choices"):
+    if m.get("device"):
+        auto = "auto|" if "auto" in (m.get("choices") or ()) else ""
+        parts.append(f"a device: {auto}cpu|cuda|cuda:N")
+    elif m.get("choices"):
         parts.append("one of " + "|".join(str(c) for c in m["choices"]))
     for op, sym in (("gt", ">"), ("ge", ">="), ("le", "<=")):
         if m.get(op) is not None:
             parts.append(f"{sym} {m[op]:g}")
-    if m.get("device"):
-        parts.append("a device: cpu, cuda, cuda:N")
     if m.get("doc"):
         parts.append(m["doc"])
     return ", ".join(parts)
