@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -119,6 +120,9 @@ def _sections(schema: type) -> set[str]:
     return {k.rsplit(".", 1)[0] for k in _fields(schema) if "." in k}
 
 
+_COMPARE = (("gt", ">", operator.gt), ("ge", ">=", operator.ge), ("le", "<=", operator.le))
+
+
 def _describe(f: dataclasses.Field) -> str:
     m, parts = f.metadata, []
     if m.get("device"):
@@ -126,7 +130,7 @@ def _describe(f: dataclasses.Field) -> str:
         parts.append(f"a device: {auto}cpu|cuda|cuda:N")
     elif m.get("choices"):
         parts.append("one of " + "|".join(str(c) for c in m["choices"]))
-    for op, sym in (("gt", ">"), ("ge", ">="), ("le", "<=")):
+    for op, sym, _ in _COMPARE:
         if m.get(op) is not None:
             parts.append(f"{sym} {m[op]:g}")
     if m.get("doc"):
@@ -135,27 +139,27 @@ def _describe(f: dataclasses.Field) -> str:
 
 
 def _check_value(key: str, f: dataclasses.Field, value: Any) -> None:
+    """Check one leaf against the allowed values in its field's metadata (see :func:`opt`)."""
     m = f.metadata
     if value is None:
         return
-    for v in value if isinstance(value, (list, tuple)) else [value]:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{key}={value}: must be a finite number")
+    is_list = isinstance(value, (list, tuple))
+    items = list(value) if is_list else [value]
+    shown = items if is_list else value
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        raise ConfigError(f"{key}={shown}: must be a finite number")
     if m.get("device"):
         check_device(key, value, allow_auto="auto" in (m.get("choices") or ()))
         return
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if m.get("nonempty") and isinstance(value, (list, tuple)) and not value:
+    if is_list and m.get("nonempty") and not items:
         raise ConfigError(f"{key}=[]: must list at least one value")
-    if not (m.get("each") or not isinstance(value, (list, tuple))):
+    if is_list and not m.get("each"):
         return
-    shown = list(value) if isinstance(value, (list, tuple)) else value
     for v in items:
         if m.get("choices") is not None and v not in m["choices"]:
             allowed = ", ".join(str(c) for c in m["choices"])
             raise ConfigError(f"{key}={shown}: {v!r} is not allowed; choose from {allowed}")
-        for op, ok, sym in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
-                            ("le", lambda a, b: a <= b, "<=")):  # fmt: skip
+        for op, sym, ok in _COMPARE:
             if m.get(op) is not None and not ok(v, m[op]):
                 raise ConfigError(f"{key}={shown}: must be {sym} {m[op]:g}")
 
