@@ -148,3 +148,15 @@ def test_bad_inputs():
         _small(dx, z_lower=1.0, z_upper=-1.0)
     with pytest.raises(TypeError, match="dx"):
         LatentDCEMController(dec, "cartpole")
+
+
+def test_checkpointed_latent_solve_gives_the_same_decoder_gradients():
+    dx = PendulumDx().double()
+    x = dx.sample_state(2, torch.Generator().manual_seed(0)).double()
+    grads = []
+    for ckpt in (False, True):
+        ctrl = _small(dx, dtype=torch.float64, checkpoint=ckpt)
+        sol = ctrl.solve(x, generator=torch.Generator().manual_seed(0))
+        grads.append(torch.autograd.grad(sol.cost.sum(), list(ctrl.decoder.parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -207,3 +207,25 @@ def test_mean_ci95_against_scipy():
     assert mean == pytest.approx(np.mean(v))
     assert ci == pytest.approx(ref, rel=1e-3)
     assert mean_ci95([3.0]) == (3.0, 0.0)
+
+
+@pytest.mark.parametrize("rule", ["mppi", "icem"])
+def test_full_planner_with_other_rules_finds_known_optimum(rule):
+    H, A = 4, 2
+    target = torch.linspace(-0.8, 0.8, H * A).view(H, A)
+    model = QuadraticModel(target)
+    p = FullCEMPlanner(model, horizon=H, n_sample=200, n_elite=20, n_iter=8, rule=rule, lam=0.3)
+    u = p.plan(torch.zeros(3, 1), torch.zeros(3, 2), generator=torch.Generator().manual_seed(0))
+    assert u.shape == (3, H, A)
+    torch.testing.assert_close(u, target.expand(3, H, A), atol=0.15, rtol=0)
+
+
+def test_latent_mppi_planner_is_differentiable():
+    torch.manual_seed(0)
+    model = QuadraticModel(torch.full((3, 1), 0.5))
+    dec = ActionDecoder(2, 3, 1, -1.0, 1.0, hidden_sizes=(8,))
+    p = LatentDCEMPlanner(model, dec, n_sample=20, n_elite=4, n_iter=3, rule="mppi", lam=0.5)
+    p.decoder_loss(
+        torch.zeros(2, 1), torch.zeros(2, 1), generator=torch.Generator().manual_seed(0)
+    ).backward()
+    assert all(q.grad is not None and bool(torch.isfinite(q.grad).all()) for q in dec.parameters())
