@@ -22,6 +22,7 @@ __all__ = [
     "load_torch",
     "mean_ci95",
     "open_run",
+    "require_scipy",
     "save_torch",
     "set_threads",
     "setup_logging",
@@ -241,6 +242,14 @@ class CsvLog:
 
 
 # --------------------------------------------------------------------------- statistics
+
+
+def require_scipy(what: str) -> None:
+    """Fail before any work when SciPy (the Student-t quantiles) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        raise RunError(f"{what} needs SciPy for its confidence intervals: pip install scipy")
 
 
 def t_quantile(df: int, level: float = 0.95) -> float:

@@ -51,10 +51,11 @@ def run(cfg: dict):
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
-    from dcem.experiments.common.runs import RunError, open_run, set_threads
+    from dcem.experiments.common.runs import RunError, open_run, require_scipy, set_threads
     from dcem.experiments.mbrl.trainer import MBRLTrainer, seed_everything, validate_config
 
     validate_config(cfg)
+    require_scipy("dcem-exp mbrl")
     has_ckpt = bool(cfg.get("out_dir")) and (Path(cfg["out_dir"]) / "checkpoint.pt").exists()
     if cfg["phase"] in ("decoder", "ppo") and not (cfg["resume"] and has_ckpt):
         raise RunError(f"phase={cfg['phase']} needs the checkpoint of phase=model in out_dir="

@@ -52,10 +52,12 @@ def run(cfg: Any) -> dict[str, Any]:
     """
     from omegaconf import OmegaConf
 
-    from dcem.experiments.common.runs import open_run, set_threads
+    from dcem.experiments.common.runs import open_run, require_scipy, set_threads
     from dcem.experiments.regression.analysis import analyse
     from dcem.experiments.regression.train import train_run
 
+    if cfg.analyse:
+        require_scipy("dcem-exp regression (analyse=true)")
     set_threads(cfg.num_threads)
     out_dir = open_run("regression", cfg, EXPERIMENT.free_keys, resume=bool(cfg.resume))
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
