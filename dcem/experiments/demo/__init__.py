@@ -149,29 +149,24 @@ def run(
         config: explicit sizes (a :class:`DemoConfig`).
 
     Returns:
-        a :class:`DemoResult` with the written files, the loss per step and the minimisers.
-
-    Files: ``cem_iterates.png``, ``dcem_loss.png``, ``dcem_loss.csv``, ``dcem_surface.png`` and
-    (unless ``gif=False``) ``dcem_training.gif``.
+        a :class:`DemoResult` with the written files (``cem_iterates.png``, ``dcem_loss.png``,
+        ``dcem_loss.csv``, ``dcem_surface.png``, ``dcem_training.gif`` unless ``gif=False``), the
+        loss per step and the minimisers.
     """
     t_start = time.perf_counter()
     cfg = _resolve(config, quick, steps, seed)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float32
-    obj = BumpObjective(dtype=dtype)
+    obj = BumpObjective(dtype=torch.float32)
     centers0 = obj.centers.detach().clone()
-    xs, ys, pts = grid(cfg, dtype)
-    files: list[Path] = []
-
+    xs, ys, pts = grid(cfg, torch.float32)
     # 1. vanilla CEM on the initial objective
     z0 = surface(obj, pts)
     trace, x_cem = run_cem(obj, cfg, seed)
-    p = out / "cem_iterates.png"
+    files = [out / "cem_iterates.png"]
     with plots.style():
-        figures.plot_cem(p, cfg, xs, ys, z0, trace, x_cem)
-    files.append(p)
+        figures.plot_cem(files[0], cfg, xs, ys, z0, trace, x_cem)
 
     # 2. DCEM: learn the objective so that its DCEM minimiser moves to the target
     runs0 = eval_runs(obj, cfg, seed)
@@ -179,21 +174,12 @@ def run(
     losses, frames = _train(obj, cfg, seed, pts, _frame_steps(cfg, gif), progress)
     loss_t = torch.stack(losses)
     loss_list = loss_t.tolist()
-
     z1 = surface(obj, pts)
     runs1 = eval_runs(obj, cfg, seed)
-    res = DemoResult(
-        out_dir=out,
-        files=files,
-        losses=loss_list,
-        target=(float(cfg.target[0]), float(cfg.target[1])),
-        initial_minimiser=point(runs0.mean(0)),
-        final_minimiser=point(runs1.mean(0)),
-        initial_grid_minimiser=init_grid,
-        final_grid_minimiser=grid_argmin(z1, pts),
-        cem_solution=(float(x_cem[0]), float(x_cem[1])),
-        seconds=0.0,
-    )
+    res = DemoResult(out_dir=out, files=files, losses=loss_list, target=tuple(map(float, cfg.target)),
+                     initial_minimiser=point(runs0.mean(0)), final_minimiser=point(runs1.mean(0)),
+                     initial_grid_minimiser=init_grid, final_grid_minimiser=grid_argmin(z1, pts),
+                     cem_solution=point(x_cem), seconds=0.0)  # fmt: skip
     _write_outputs(res, cfg, (xs, ys), (z0, z1), (runs0, runs1), (centers0, obj.centers.detach()), loss_t,
                    frames if gif else None)  # fmt: skip
     res.extra["parameters"] = {k: v.detach().tolist() for k, v in obj.named_parameters()}
