@@ -26,10 +26,17 @@ from torch import Tensor, nn
 
 from dcem._checks import check_choice, check_int, check_real
 from dcem.control.dynamics import Dynamics
-from dcem.optim import invalid_mask
-from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout, rollout_objective, shift_plan
+from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout_objective, shift_plan
 from dcem.planning.shift import SHIFT_FILLS
-from dcem.planning.timemajor import ctrl_objective, default_unroll, latent_decoder, search_bound, verbose_cb
+from dcem.planning.timemajor import (
+    ctrl_objective,
+    default_unroll,
+    latent_decoder,
+    rollout_cost,
+    search_bound,
+    select_solution,
+    verbose_cb,
+)
 
 __all__ = ["dcem_ctrl", "MPC", "Plan", "rollout_cost", "select_solution", "StepCost", "RolloutCost"]
 
@@ -37,55 +44,6 @@ StepCost = Callable[[Tensor, Tensor], Tensor]
 """``cost(x, u) -> c``: states ``(..., n_state)``, controls ``(..., n_ctrl)`` -> costs ``(...)``."""
 RolloutCost = Callable[[Tensor, Tensor], Tensor]
 """``rollout(x_init, u) -> c``: ``x_init (M, n_state)``, ``u (H, M, n_ctrl)`` -> total costs ``(M,)``."""
-
-
-def rollout_cost(
-    dx: Dynamics,
-    cost: StepCost,
-    x_init: Tensor,
-    u: Tensor,
-    terminal_cost: Callable[[Tensor], Tensor] | None = None,
-    discount: float = 1.0,
-) -> Tensor:
-    """Total cost ``sum_{t<H} discount^t cost(x_t, u_t) [+ discount^H terminal_cost(x_H)]``.
-
-    The time-major form of :func:`dcem.planning.rollout`.
-
-    Args:
-        dx: dynamics model.
-        cost: per-step cost, see :data:`StepCost`.
-        x_init: initial states ``(..., n_state)``.
-        u: time-major controls ``(H, ..., n_ctrl)``.
-        terminal_cost: optional ``x_H (..., n_state) -> (...)``.
-        discount: per-step discount factor.
-
-    Returns:
-        costs of shape ``broadcast(x_init.shape[:-1], u.shape[1:-1])``.
-    """
-    if u.dim() < 2 or u.shape[0] < 1:
-        raise ValueError(f"u must be time-major (H, ..., n_ctrl) with H >= 1, got {tuple(u.shape)}")
-    return rollout(dx, cost, x_init, u.movedim(0, -2), terminal_cost, discount)
-
-
-def select_solution(mu: Tensor, cost_mu: Tensor, tracker: Any, select: str) -> tuple[Tensor, Tensor]:
-    """Pick ``(n_batch, d)``: the mean ``mu``, the best sample ``tracker.x`` (cost ``.f``) or the better.
-
-    Kept for compatibility; :class:`dcem.planning.Planner` applies the same rule. A mean with
-    an invalid (NaN/``+inf``) cost is always replaced by a best sample with a valid cost.
-    Returns the solution and a boolean ``(n_batch,)`` telling where the best sample was taken.
-    """
-    check_choice("select", select, ("mean", "best", "min"))
-    bx, bf = tracker.x, tracker.f
-    if bx is None or bf is None:
-        raise RuntimeError("no iteration was recorded")
-    if select == "best":
-        use_best = torch.ones_like(bf, dtype=torch.bool)
-    elif select == "min":
-        use_best = ~(cost_mu.detach() <= bf)
-    else:
-        use_best = invalid_mask(cost_mu.detach())
-    use_best = use_best & ~invalid_mask(bf)
-    return torch.where(use_best.unsqueeze(-1), bx.to(mu.dtype), mu), use_best
 
 
 def _rule(temp: float | None, rule: str | None) -> tuple[str, float]:

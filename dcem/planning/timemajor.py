@@ -4,8 +4,9 @@ The published ``dcem_ctrl`` (kept as :func:`dcem.control.dcem_ctrl`) works with 
 controls ``u (T, M, n_ctrl)``, flattened search vectors ``(n_batch, T * n_ctrl)`` (control
 fastest), rollouts ``unroll_dx(x (M, nx), u) -> (xs, rewards (M,))`` that are maximised and
 decoders ``z (M, d) -> u (T, M, n_ctrl)``. These helpers turn each into the planner's form:
-plans ``(n_batch, N, T, n_ctrl)`` and costs ``(n_batch, N)`` to minimise. Only
-:func:`dcem.control.dcem_ctrl` uses them.
+plans ``(n_batch, N, T, n_ctrl)`` and costs ``(n_batch, N)`` to minimise; :func:`rollout_cost`
+and :func:`select_solution` are the time-major forms kept for compatibility (both exported by
+:mod:`dcem.control.mpc`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,71 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dcem._checks import check_choice
 from dcem.control.dynamics import Dynamics
+from dcem.optim import invalid_mask
+from dcem.planning.rollout import StepCost, rollout
 
-__all__ = ["search_bound", "ctrl_objective", "default_unroll", "latent_decoder", "verbose_cb"]
+__all__ = [
+    "rollout_cost",
+    "select_solution",
+    "search_bound",
+    "ctrl_objective",
+    "default_unroll",
+    "latent_decoder",
+    "verbose_cb",
+]
 
 log = logging.getLogger("dcem.control.mpc")
+
+
+def rollout_cost(
+    dx: Dynamics,
+    cost: StepCost,
+    x_init: Tensor,
+    u: Tensor,
+    terminal_cost: Callable[[Tensor], Tensor] | None = None,
+    discount: float = 1.0,
+) -> Tensor:
+    """Total cost ``sum_{t<H} discount^t cost(x_t, u_t) [+ discount^H terminal_cost(x_H)]``.
+
+    The time-major form of :func:`dcem.planning.rollout`.
+
+    Args:
+        dx: dynamics model.
+        cost: per-step cost, see :data:`StepCost`.
+        x_init: initial states ``(..., n_state)``.
+        u: time-major controls ``(H, ..., n_ctrl)``.
+        terminal_cost: optional ``x_H (..., n_state) -> (...)``.
+        discount: per-step discount factor.
+
+    Returns:
+        costs of shape ``broadcast(x_init.shape[:-1], u.shape[1:-1])``.
+    """
+    if u.dim() < 2 or u.shape[0] < 1:
+        raise ValueError(f"u must be time-major (H, ..., n_ctrl) with H >= 1, got {tuple(u.shape)}")
+    return rollout(dx, cost, x_init, u.movedim(0, -2), terminal_cost, discount)
+
+
+def select_solution(mu: Tensor, cost_mu: Tensor, tracker: Any, select: str) -> tuple[Tensor, Tensor]:
+    """Pick ``(n_batch, d)``: the mean ``mu``, the best sample ``tracker.x`` (cost ``.f``) or the better.
+
+    Kept for compatibility; :class:`dcem.planning.Planner` applies the same rule. A mean with
+    an invalid (NaN/``+inf``) cost is always replaced by a best sample with a valid cost.
+    Returns the solution and a boolean ``(n_batch,)`` telling where the best sample was taken.
+    """
+    check_choice("select", select, ("mean", "best", "min"))
+    bx, bf = tracker.x, tracker.f
+    if bx is None or bf is None:
+        raise RuntimeError("no iteration was recorded")
+    if select == "best":
+        use_best = torch.ones_like(bf, dtype=torch.bool)
+    elif select == "min":
+        use_best = ~(cost_mu.detach() <= bf)
+    else:
+        use_best = invalid_mask(cost_mu.detach())
+    use_best = use_best & ~invalid_mask(bf)
+    return torch.where(use_best.unsqueeze(-1), bx.to(mu.dtype), mu), use_best
 
 
 def search_bound(name: str, v: float | Tensor, T: int, n_ctrl: int, d: int, latent: bool) -> float | Tensor:
