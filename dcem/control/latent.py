@@ -114,7 +114,7 @@ class LatentDCEMController(nn.Module):
         zl, zu = check_real("z_lower", z_lower), check_real("z_upper", z_upper)
         if not zl < zu:
             raise ValueError(f"need z_lower < z_upper, got {z_lower!r}, {z_upper!r}")
-        self.temp = None if rule == "cem" and not temp else tau
+        self.temp = tau if rule == "dcem" else None  # the soft top-k temperature, DCEM only
         self.decoder, self.dx = decoder, dx
         self.cost = cost if cost is not None else dx.quadratic_cost
         self.terminal_cost = terminal_cost

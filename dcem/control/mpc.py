@@ -252,7 +252,7 @@ class MPC(nn.Module):
         rule, tau = _rule(temp, rule)
         self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=tau, normalize=normalize,
                                     iter_eps=iter_eps, select=select, **options)  # fmt: skip
-        self.temp = None if rule == "cem" and not temp else tau
+        self.temp = tau if rule == "dcem" else None  # the soft top-k temperature, DCEM only
         self.n_sample, self.n_elite, self.n_iter = (
             self.config.n_sample,
             self.config.n_elite,
