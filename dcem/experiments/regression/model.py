@@ -18,7 +18,7 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor, nn
 
-import dcem
+from dcem.layers import DCEMArgmin
 
 __all__ = ["EnergyNet", "UnrolledGD", "DCEMPredictor", "make_data", "target_fn", "build_predictor"]
 
@@ -150,8 +150,9 @@ class UnrolledGD(nn.Module):
         return torch.stack(ys) if trajectory else y
 
 
-class DCEMPredictor(nn.Module):
-    """``y_hat`` = the final mean of DCEM on ``E_theta(x, .)``, batched over all inputs.
+class DCEMPredictor(DCEMArgmin):
+    """``y_hat`` = the final mean of DCEM on ``E_theta(x, .)``: the library's argmin layer
+    (:class:`dcem.layers.DCEMArgmin`) with the regression experiment's defaults.
 
     Args:
         energy: the energy network.
@@ -162,7 +163,7 @@ class DCEMPredictor(nn.Module):
         init_sigma: initial standard deviation; must cover the range of ``y`` (reference: 7).
         y0: initial mean (paper: 0).
         normalize: standardise the energies of each point before the soft top-k.
-        iter_eps: per-point early stop of :func:`dcem.dcem` (``None`` runs every iteration).
+        iter_eps: per-point early stop (``None`` runs every iteration).
     """
 
     def __init__(
@@ -177,24 +178,20 @@ class DCEMPredictor(nn.Module):
         normalize: bool = True,
         iter_eps: float | None = 1e-4,
     ) -> None:
-        super().__init__()
-        self.energy = energy
-        self.n_iter = _check_iters(n_iter)
         if isinstance(n_sample, bool) or not isinstance(n_sample, Integral) or n_sample < 2:
             raise ValueError(f"n_sample must be an integer >= 2, got {n_sample!r}")
-        if isinstance(n_elite, bool) or not isinstance(n_elite, Integral) or not 1 <= n_elite <= n_sample:
-            raise ValueError(f"n_elite must be an integer in [1, n_sample={n_sample}], got {n_elite!r}")
-        if isinstance(init_sigma, bool) or not isinstance(init_sigma, Real) or not init_sigma > 0:
-            raise ValueError(f"init_sigma must be a float > 0, got {init_sigma!r}")
-        if temp is not None and (isinstance(temp, bool) or not isinstance(temp, Real) or temp < 0):
-            raise ValueError(f"temp must be None or a float >= 0, got {temp!r}")
-        self.n_sample, self.n_elite = int(n_sample), int(n_elite)
-        self.temp = None if temp is None else float(temp)
-        self.init_sigma, self.y0 = float(init_sigma), float(y0)
-        self.normalize = bool(normalize)
-        self.iter_eps = iter_eps
+        super().__init__(
+            energy, energy.n_y, n_sample=n_sample, n_elite=n_elite, n_iter=_check_iters(n_iter), temp=temp,
+            normalize=normalize, iter_eps=iter_eps, init_mu=y0, init_sigma=init_sigma,
+        )  # fmt: skip
+        self.n_iter, self.n_sample, self.n_elite = (
+            self.config.n_iter,
+            self.config.n_sample,
+            self.config.n_elite,
+        )
+        self.temp, self.init_sigma, self.y0 = self.config.temp, float(init_sigma), float(y0)
 
-    def forward(
+    def forward(  # type: ignore[override]
         self, x: Tensor, n_iter: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """Predict for ``x`` of shape ``(n_batch, n_x)``; returns ``(n_batch, n_y)``.
@@ -205,28 +202,8 @@ class DCEMPredictor(nn.Module):
             generator: random generator of the Gaussian samples (for reproducible predictions).
         """
         _check_x(x, self.energy.n_x)
-        n_iter = self.n_iter if n_iter is None else _check_iters(n_iter)
-        xs = x.unsqueeze(1)  # (n_batch, 1, n_x), broadcast over the samples
-
-        def f(Y: Tensor) -> Tensor:  # Y: (n_batch, n_sample, n_y) -> (n_batch, n_sample)
-            return self.energy(xs, Y)
-
-        return dcem.dcem(
-            f,
-            nx=self.energy.n_y,
-            n_batch=x.shape[0],
-            n_sample=self.n_sample,
-            n_elite=self.n_elite,
-            n_iter=n_iter,
-            temp=self.temp,
-            init_mu=self.y0,
-            init_sigma=self.init_sigma,
-            normalize=self.normalize,
-            iter_eps=self.iter_eps,
-            generator=generator,
-            device=x.device,
-            dtype=x.dtype,
-        )
+        n_iter = None if n_iter is None else _check_iters(n_iter)
+        return super().forward(x, n_iter=n_iter, generator=generator)
 
 
 def build_predictor(method: str, energy: EnergyNet, cfg: dict) -> nn.Module:
