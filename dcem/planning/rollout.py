@@ -49,10 +49,11 @@ def rollout(
 ) -> Tensor:
     """Total cost ``sum_{t<H} discount^t c(x_t, u_t) [+ discount^H terminal_cost(x_H)]``.
 
-    The states come from one :meth:`Dynamics.rollout <dcem.control.Dynamics.rollout>` (inputs
-    validated once, one Python loop over time) and ``step_cost`` is called once on all of
-    them, stacked along a leading time dimension (a :data:`StepCost` is batched over any
-    leading dimensions).
+    Without autograd the states come from one :meth:`Dynamics.rollout
+    <dcem.control.Dynamics.rollout>` (inputs validated once) and ``step_cost`` is called once
+    on all of them, stacked along a leading time dimension (a :data:`StepCost` is batched
+    over any leading dimensions); with autograd it is called step by step, so that no
+    stacked copy of the states is saved for the backward pass.
 
     Args:
         dynamics: the model; ``x_{t+1} = dynamics.step(x_t, u_t)``.
@@ -72,15 +73,22 @@ def rollout(
             f"got {tuple(plans.shape)}"
         )
     u = plans.movedim(-2, 0)  # (H, ..., n_ctrl)
-    xs = dynamics.rollout(x_init, u)  # (H + 1, ..., n_state)
-    c = step_cost(xs[:-1], u)  # (H, ...)
     H = u.shape[0]
+    if torch.is_grad_enabled():  # per step: no stacked copy of the states is kept for backward
+        x, cs = x_init, []
+        for t in range(H):
+            cs.append(step_cost(x, u[t]))
+            x = dynamics.step(x, u[t])
+        c, x_last = torch.stack(torch.broadcast_tensors(*cs)), x
+    else:
+        xs = dynamics.rollout(x_init, u)  # (H + 1, ..., n_state)
+        c, x_last = step_cost(xs[:-1], u), xs[-1]  # (H, ...)
     if discount != 1.0:
         gammas = discount ** torch.arange(H, dtype=c.dtype, device=c.device)
         c = c * gammas.view(H, *([1] * (c.dim() - 1)))
     total = c.sum(0)
     if terminal_cost is not None:
-        total = total + discount**H * terminal_cost(xs[-1])
+        total = total + discount**H * terminal_cost(x_last)
     return total
 
 
