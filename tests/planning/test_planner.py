@@ -184,6 +184,11 @@ def test_rollout_objective_matches_a_loop_and_plans_with_dynamics():
             ref[:, n] += 0.9**t * dx.quadratic_cost(xt, U[:, n, t])
             xt = dx.step(xt, U[:, n, t])
     torch.testing.assert_close(obj(U), ref)
+    with torch.no_grad():  # the vectorised path (one step-cost call on the stacked states)
+        torch.testing.assert_close(obj(U), ref)
+    # any leading batch shape of the initial states
+    x2 = dx.sample_state(6, torch.Generator().manual_seed(2)).view(2, 3, 3)
+    assert rollout_objective(dx, x2)(torch.zeros(2, 3, 4, 6, 1)).shape == (2, 3, 4)
     p = Planner(6, 1, lower=dx.u_lower, upper=dx.u_upper, rule="mppi", n_sample=100, n_iter=4, lam=0.1)
     res = p.plan(obj, batch_shape=(2,), generator=torch.Generator().manual_seed(0))
     assert bool((res.cost < obj(torch.zeros(2, 1, 6, 1)).squeeze(1)).all())
