@@ -13,8 +13,10 @@ in turn) so that a change of machine load affects all of them alike:
 - ``cem``, ``dcem``, ``mppi``, ``icem``: :class:`dcem.planning.Planner` with the settings
   printed in the table.
 
-For each: median plan cost (lower is better) and its difference to the old path, median
-plan time and its ratio to the old path, objective calls per plan. Then the memory-bounded
+For each: median plan cost (lower is better) and its difference to the old path, the median
+over states of each state's median, the mean, the paired comparison with the old path (same
+state and seed; the first samples of CEM and the old path are the same draws), median plan
+time and its ratio to the old path, objective calls per plan. Then the memory-bounded
 backward: a differentiable plan (DCEM, MPPI; gradient of the plan cost w.r.t. the initial
 state) with and without per-iteration activation checkpointing: bytes autograd saves for the
 backward (``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage; the backward
@@ -142,7 +144,8 @@ def plan_table(dx: CartpoleDx, states: Tensor, seeds: int) -> None:
 
     old_c, old_t = statistics.median(costs["old path"]), statistics.median(times["old path"])
     print(f"{'planner':14s} {'settings':30s} {'median cost':>11s} {'vs old':>7s} {'state med':>9s} "
-          f"{'mean':>7s} {'plan ms':>8s} {'time/old':>8s} {'calls':>5s}")  # fmt: skip
+          f"{'mean':>7s} {'paired':>7s} {'b/w':>7s} {'plan ms':>8s} {'time/old':>8s} "
+          f"{'calls':>5s}")  # fmt: skip
     for name in rows:
         opts = RULES.get(name, {"rule": "cem", "n_elite": ELITES})
         st = ", ".join(f"{k}={v}" for k, v in opts.items() if k != "rule")
@@ -150,10 +153,14 @@ def plan_table(dx: CartpoleDx, states: Tensor, seeds: int) -> None:
         # paired: each plan against the old path's plan of the same state and seed, run just before
         ratio = statistics.median(a / b for a, b in zip(times[name], times["old path"]))
         sm, mean = state_median(costs[name]), statistics.mean(costs[name])
-        print(f"{name:14s} {st:30s} {c:11.3f} {c - old_c:+7.3f} {sm:9.3f} "
-              f"{mean:7.3f} {1e3 * t:8.1f} {ratio:8.3f} {calls[name]:5d}")  # fmt: skip
+        diff = [a - b for a, b in zip(costs[name], costs["old path"])]  # same state, same seed
+        bw = f"{sum(v < -1e-3 for v in diff)}/{sum(v > 1e-3 for v in diff)}"
+        dm = statistics.median(diff)
+        print(f"{name:14s} {st:30s} {c:11.3f} {c - old_c:+7.3f} {sm:9.3f} {mean:7.3f} "
+              f"{dm:+7.3f} {bw:>7s} {1e3 * t:8.1f} {ratio:8.3f} {calls[name]:5d}")  # fmt: skip
     print(f"(old path: median {1e3 * old_t:.1f} ms per plan; time/old: median of the paired ratios; "
-          "state med: median over states of the per-state medians)")  # fmt: skip
+          "state med: median over states of the per-state medians; paired: median difference to the "
+          "old path's plan of the same state and seed; b/w: plans better/worse than it)")  # fmt: skip
     m, i = PlannerConfig("mppi"), PlannerConfig("icem")
     print(f"rule defaults: mppi lam={m.lam}, noise_beta={m.noise_beta}, std_scale={m.std_scale}; icem "
           f"noise_beta={i.noise_beta}, keep_frac={i.keep_frac}, pop_decay={i.pop_decay}, "
