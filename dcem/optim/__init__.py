@@ -12,9 +12,11 @@ from dcem.optim.cem import CEMConfig, CEMState, ask, clamp_to_bounds, init_state
 from dcem.optim.solver import CAPTURE_MODES, Solver
 from dcem.optim.weights import (
     best_sample,
+    gather_rows,
     hard_elites,
     invalid_mask,
     safe_sqrt,
+    settle_refit,
     soft_elite_weights,
     standardize,
     weighted_moments,
@@ -29,6 +31,8 @@ __all__ = [
     "ask",
     "best_sample",
     "clamp_to_bounds",
+    "gather_rows",
+    "settle_refit",
     "hard_elites",
     "init_state",
     "invalid_mask",

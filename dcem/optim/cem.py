@@ -40,7 +40,14 @@ import torch
 from torch import Tensor
 
 from dcem._checks import check_bool, check_int, check_real
-from dcem.optim.weights import best_sample, hard_elites, soft_elite_weights, weighted_moments
+from dcem.optim.weights import (
+    best_sample,
+    gather_rows,
+    hard_elites,
+    settle_refit,
+    soft_elite_weights,
+    weighted_moments,
+)
 from dcem.sync import check_sync, host_reads_free, resolve_sync
 
 __all__ = ["CEMConfig", "CEMState", "init_state", "ask", "tell", "step", "solve"]
@@ -255,38 +262,18 @@ def _tell2d(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, 
     weights, elites = None, None
     if cfg.hard:
         idx, w_e = elites = hard_elites(fX, cfg.n_elite, host)
-        # row-offset indices into the flattened samples: index_select is much faster than
-        # gather with an expanded index on CPU
-        rows = torch.arange(0, B * N, N, device=idx.device).unsqueeze(-1)
-        X_e = X.reshape(B * N, D).index_select(0, (idx + rows).reshape(-1)).view(B, cfg.n_elite, D)
         wsum = w_e.sum(-1, keepdim=True)
-        new_mu, new_sigma = weighted_moments(w_e, X_e, wsum)
+        new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
     else:
         temp = cfg.temp if isinstance(cfg.temp, float) else cfg.temp.to(fX).expand(B)
         all_valid = host and bool(torch.isfinite(fX).all())
         weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
         wsum = weights.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(weights, X, wsum)
-    if not all_valid:
-        none_valid = wsum.squeeze(-1) == 0
-        if host:
-            if bool(none_valid.any()):
-                raise ValueError(
-                    f"every sample of some batch element has a NaN or +inf value (iteration {it})"
-                )
-        else:  # keep the distribution of such problems; flag them
-            new_mu = torch.where(none_valid.unsqueeze(-1), mu, new_mu)
-            new_sigma = torch.where(none_valid.unsqueeze(-1), sigma, new_sigma)
-            failed = failed | none_valid
-    if cfg.iter_eps:
-        moved = (new_mu - mu).detach().norm(dim=-1) < cfg.iter_eps
-        keep, freeze = done.unsqueeze(-1), (done | moved).unsqueeze(-1)
-        # the reference stops before refitting sigma on the converging iteration
-        new_mu, new_sigma, done = (
-            torch.where(keep, mu, new_mu),
-            torch.where(freeze, sigma, new_sigma),
-            done | moved,
-        )
+    new_mu, new_sigma, done, failed = settle_refit(
+        (mu, sigma), (new_mu, new_sigma), None if all_valid else wsum, done, failed,
+        host=host, iter_eps=cfg.iter_eps, it=it,
+    )  # fmt: skip
     if cfg.track_best:
         xb, fb = best_sample(X, fX)
         best_x = torch.where((fb < best_f).unsqueeze(-1), xb, best_x)

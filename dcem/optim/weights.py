@@ -19,6 +19,8 @@ from torch import Tensor
 from dcem.soft_topk import lml
 
 __all__ = [
+    "gather_rows",
+    "settle_refit",
     "invalid_mask",
     "standardize",
     "hard_elites",
@@ -153,3 +155,60 @@ def best_sample(X: Tensor, fX: Tensor) -> tuple[Tensor, Tensor]:
     B, _, D = X.shape
     xb = X.gather(1, arg.view(B, 1, 1).expand(B, 1, D)).squeeze(1)
     return xb, fmin
+
+
+def gather_rows(X: Tensor, idx: Tensor) -> Tensor:
+    """Rows ``idx (B, k)`` of ``X (B, M, D)`` -> ``(B, k, D)``.
+
+    Row-offset indices into the flattened samples: ``index_select`` is much faster than
+    ``gather`` with an expanded index on CPU.
+    """
+    B, M, D = X.shape
+    offs = torch.arange(0, B * M, M, device=idx.device).unsqueeze(-1)
+    return X.reshape(B * M, D).index_select(0, (idx + offs).reshape(-1)).view(B, idx.shape[-1], D)
+
+
+def settle_refit(
+    old: tuple[Tensor, Tensor],
+    new: tuple[Tensor, Tensor],
+    wsum: Tensor | None,
+    done: Tensor,
+    failed: Tensor,
+    *,
+    host: bool,
+    iter_eps: float | None,
+    it: int = 0,
+    what: str = "sample",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rules every refit shares after its weights: invalid rows and convergence.
+
+    Args:
+        old, new: ``(mu, sigma)`` before and after the refit, each ``(B, D)``.
+        wsum: total weight per row ``(B, 1)``; ``None`` when the caller has checked that
+            every value was valid.
+        done, failed: ``(B,)`` flags of the state.
+        host: host-checked path: a row of zero total weight raises ``ValueError``; on the
+            sync-free path it keeps its old distribution and becomes ``failed``.
+        iter_eps: rows whose mean moves less than this become ``done``; ``done`` rows keep
+            their mean and (like the reference, from the converging iteration on) their scale.
+
+    Returns:
+        ``(mu, sigma, done, failed)``.
+    """
+    (mu0, sigma0), (mu, sigma) = old, new
+    if wsum is not None:
+        none_valid = wsum.squeeze(-1) == 0
+        if host:
+            if bool(none_valid.any()):
+                raise ValueError(
+                    f"every {what} of some batch element has a NaN or +inf value (iteration {it})"
+                )
+        else:
+            mu = torch.where(none_valid.unsqueeze(-1), mu0, mu)
+            sigma = torch.where(none_valid.unsqueeze(-1), sigma0, sigma)
+            failed = failed | none_valid
+    if iter_eps:
+        moved = (mu - mu0).detach().norm(dim=-1) < iter_eps
+        keep, freeze = done.unsqueeze(-1), (done | moved).unsqueeze(-1)
+        mu, sigma, done = torch.where(keep, mu0, mu), torch.where(freeze, sigma0, sigma), done | moved
+    return mu, sigma, done, failed

@@ -14,7 +14,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from dcem.optim import hard_elites, invalid_mask, soft_elite_weights, standardize, weighted_moments
+from dcem.optim import (
+    gather_rows,
+    hard_elites,
+    invalid_mask,
+    settle_refit,
+    soft_elite_weights,
+    standardize,
+    weighted_moments,
+)
 from dcem.planning.config import PlannerConfig, Rule
 
 __all__ = ["Gaussian", "Refit", "refit", "mppi_weights", "gather_rows"]
@@ -41,14 +49,6 @@ class Refit(NamedTuple):
     state: Gaussian
     kept: Tensor  # (B, n_keep, D) best candidates carried to the next iteration
     weights: Tensor | None  # (B, M) weight of every candidate, when asked for
-
-
-def gather_rows(X: Tensor, idx: Tensor) -> Tensor:
-    """``X (B, M, D)`` rows ``idx (B, k)`` -> ``(B, k, D)`` (index_select: faster than gather on CPU)."""
-    B, M, D = X.shape
-    k = idx.shape[-1]
-    offs = torch.arange(0, B * M, M, device=idx.device).unsqueeze(-1)
-    return X.reshape(B * M, D).index_select(0, (idx + offs).reshape(-1)).view(B, k, D)
 
 
 def mppi_weights(fX: Tensor, lam: float, normalize: bool) -> Tensor:
@@ -124,15 +124,9 @@ def refit(
     if cfg.momentum:
         m = cfg.momentum
         mu, sigma = m * mu0 + (1 - m) * mu, m * sigma0 + (1 - m) * sigma
-    none_valid = wsum.squeeze(-1) == 0
-    if host and bool(none_valid.any()):
-        raise ValueError(f"every candidate of some plan has a NaN or +inf cost (iteration {it})")
-    mu = torch.where(none_valid.unsqueeze(-1), mu0, mu)
-    sigma = torch.where(none_valid.unsqueeze(-1), sigma0, sigma)
-    failed, done = state.failed | none_valid, state.done
-    if cfg.iter_eps:
-        moved = (mu - mu0).detach().norm(dim=-1) < cfg.iter_eps
-        keep, freeze = done.unsqueeze(-1), (done | moved).unsqueeze(-1)
-        mu, sigma, done = torch.where(keep, mu0, mu), torch.where(freeze, sigma0, sigma), done | moved
+    mu, sigma, done, failed = settle_refit(
+        (mu0, sigma0), (mu, sigma), wsum, state.done, state.failed,
+        host=host, iter_eps=cfg.iter_eps, it=it, what="candidate",
+    )  # fmt: skip
     new = Gaussian(mu, sigma, done, failed)
     return Refit(new, _kept(cfg, X, fX), weights if want_weights else None)
