@@ -161,70 +161,49 @@ def _bare(f, B, nx, N, k, T, g, dev):
 
 
 def case_cartpole(dev, repeats: int) -> dict:
-    """Full-space CEM plan, 1000 x 10, H = 20, 100 elites, eager and captured, vs the same on CPU."""
-    from dcem.control import CartpoleDx, cartpole_swingup_cost, rollout_cost
+    """``MPC.plan``, full-space CEM 1000 x 10 (100 elites), H = 20: eager and captured, vs the CPU."""
+    from dcem.control import MPC, CartpoleDx, cartpole_swingup_cost
 
-    H, N, T = 20, 1000, 10
+    def make(device, capture):
+        g = torch.Generator(device=device).manual_seed(0)
+        opts = {"graph_backend": "cuda" if device.type == "cuda" else "replay"}
+        return MPC(20, CartpoleDx(), cartpole_swingup_cost, n_sample=1000, n_elite=100, n_iter=10,
+                   generator=g, warm_start=False, capture=capture, capture_options=opts)  # fmt: skip
 
-    def make(device):
-        dx = CartpoleDx().to(device) if hasattr(CartpoleDx(), "to") else CartpoleDx()
-        x0 = torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0]], device=device)
-
-        def f(U):  # (1, N, H) -> (1, N)
-            return rollout_cost(dx, cartpole_swingup_cost, x0.unsqueeze(1), U.permute(2, 0, 1).unsqueeze(-1))
-
-        cfg = CEMConfig(N, 100, T, None, lb=-100.0, ub=100.0, iter_eps=None)
-        return f, cfg, torch.zeros(1, H, device=device)
-
+    x_cpu = torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0]])
     out = {}
     with torch.no_grad():
-        for name, device in (("cpu", torch.device("cpu")), ("device", dev)):
-            f, cfg, mu0 = make(device)
-            g = torch.Generator(device=device).manual_seed(0)
-            eager = Solver(f, cfg, capture="none")
-            out[f"{name}_eager"] = timed(
-                lambda s=eager, m=mu0, g=g: s(m, 100.0, generator=g), repeats, device
-            )
-        cap = graph_solver(f, cfg, dev)
-        out["capture_s"] = first_call_s(lambda: cap(mu0, 100.0, generator=g), dev)
-        out["captured"] = timed(lambda: cap(mu0, 100.0, generator=g), repeats, dev)
+        on_cpu = make(torch.device("cpu"), "none")
+        out["cpu_eager"] = timed(lambda: on_cpu.plan(x_cpu), repeats, torch.device("cpu"))
+        x = x_cpu.to(dev)
+        eager, cap = make(dev, "none"), make(dev, "graph")
+        out["device_eager"] = timed(lambda: eager.plan(x), repeats, dev)
+        out["capture_s"] = first_call_s(lambda: cap.plan(x), dev)
+        out["captured"] = timed(lambda: cap.plan(x), repeats, dev)
     return out
 
 
 def case_world_model(dev, repeats: int, obs: int = 17, act: int = 6) -> dict:
-    """One planning step at cheetah sizes: full CEM 1000 x 10 (100 elites) vs latent DCEM 100 x 10."""
+    """One planning step at cheetah sizes with the RL planners: full CEM 1000 x 10 (100 elites)
+    vs latent DCEM 100 x 10, eager and captured (``capture="graph"``)."""
     from dcem.control import ActionDecoder
-    from dcem.rl import WorldModel
+    from dcem.rl import FullCEMPlanner, LatentDCEMPlanner, WorldModel
 
     H = 12
     torch.manual_seed(0)
     model = WorldModel(obs, act, 200, 200).to(dev).requires_grad_(False)
     dec = ActionDecoder(16, H, act, -1.0, 1.0, hidden_sizes=(200, 200)).to(dev).requires_grad_(False)
-    h, xn = torch.zeros(1, 200, device=dev), torch.zeros(1, obs, device=dev)
-
-    def full_cost(U):  # (1, N, H*A)
-        n = U.shape[1]
-        r, _ = model.imagine(
-            h.expand(n, -1).unsqueeze(0), xn.expand(n, -1).unsqueeze(0), U.view(1, n, H, act)
-        )
-        return -r.sum(-1)
-
-    def latent_cost(Z):
-        n = Z.shape[1]
-        r, _ = model.imagine(h.expand(n, -1).unsqueeze(0), xn.expand(n, -1).unsqueeze(0), dec(Z))
-        return -r.sum(-1)
-
-    full = CEMConfig(1000, 100, 10, None, lb=-1.0, ub=1.0, iter_eps=None)
-    latent = CEMConfig(100, 10, 10, 1.0, iter_eps=None)
+    h, x = torch.zeros(1, 200, device=dev), torch.zeros(1, obs, device=dev)
     g = torch.Generator(device=dev).manual_seed(0)
+    opts = {"graph_backend": "cuda" if dev.type == "cuda" else "replay"}
     out = {}
-    for name, f, cfg, nx in (("full", full_cost, full, H * act), ("latent", latent_cost, latent, 16)):
-        mu0 = torch.zeros(1, nx, device=dev)
-        with torch.no_grad():
-            eager, cap = Solver(f, cfg, capture="none"), graph_solver(f, cfg, dev)
-            out[f"{name}_eager"] = timed(lambda s=eager, m=mu0: s(m, 1.0, generator=g), repeats, dev)
-            out[f"{name}_capture_s"] = first_call_s(lambda s=cap, m=mu0: s(m, 1.0, generator=g), dev)
-            out[f"{name}_captured"] = timed(lambda s=cap, m=mu0: s(m, 1.0, generator=g), repeats, dev)
+    for mode, capture in (("eager", "none"), ("captured", "graph")):
+        full = FullCEMPlanner(model, H, 1000, 100, 10, capture=capture, capture_options=opts)
+        latent = LatentDCEMPlanner(model, dec, 100, 10, 10, capture=capture, capture_options=opts)
+        for name, p in (("full", full), ("latent", latent)):
+            if mode == "captured":
+                out[f"{name}_capture_s"] = first_call_s(lambda p=p: p.plan(h, x, generator=g), dev)
+            out[f"{name}_{mode}"] = timed(lambda p=p: p.plan(h, x, generator=g), repeats, dev)
     return out
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from dcem._checks import check_choice, check_int, check_real
 from dcem.control.dynamics import Dynamics
-from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout_objective, shift_plan
+from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout, rollout_objective, shift_plan
 from dcem.planning.shift import SHIFT_FILLS
 from dcem.planning.timemajor import (
     ctrl_objective,
@@ -250,6 +250,8 @@ class MPC(nn.Module):
         super().__init__()
         self.horizon = check_int("horizon", horizon, 1)
         rule, tau = _rule(temp, rule)
+        options.setdefault("capture", "auto")  # CUDA graph of no-grad plans on CUDA, else eager
+        self.capture_options = options.pop("capture_options", None)
         self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=tau, normalize=normalize,
                                     iter_eps=iter_eps, select=select, **options)  # fmt: skip
         self.temp = tau if rule == "dcem" else None  # the soft top-k temperature, DCEM only
@@ -334,9 +336,21 @@ class MPC(nn.Module):
 
         return cost
 
+    def _rollout_cost(self, plans: Tensor, x: Tensor) -> Tensor:
+        """The objective as a function of the states too: ``(B, N, H, m)``, ``x (B, n) -> (B, N)``."""
+        return rollout(self.dx, self.cost, x.unsqueeze(-2), plans, self.terminal_cost)
+
+    def _stable_planner(self) -> Planner:
+        """One planner kept across calls (its captured loops live in it), rebuilt if the bounds change."""
+        p = getattr(self, "_kept_planner", None)
+        if p is None or p.lower is not self.u_lower or p.upper is not self.u_upper:
+            p = self._kept_planner = self.planner()
+        return p
+
     def planner(self) -> Planner:
         """The :class:`dcem.planning.Planner` of this controller (bounds as currently stored)."""
-        return Planner(self.horizon, self.n_ctrl, self.config, lower=self.u_lower, upper=self.u_upper)
+        return Planner(self.horizon, self.n_ctrl, self.config, lower=self.u_lower, upper=self.u_upper,
+                       capture_options=self.capture_options)  # fmt: skip
 
     def plan(
         self, x: Tensor, u_init: Tensor | None = None, iter_cb: Callable[..., None] | None = None
@@ -370,8 +384,11 @@ class MPC(nn.Module):
             mean0 = self._warm.to(x)
         else:
             mean0 = (0.5 * (self.u_lower + self.u_upper)).to(x).expand(B, H, m)
-        res = self.planner().plan(self._objective(x), init_mean=mean0, init_std=self.init_sigma.to(x),
-                                  generator=self.generator, iter_cb=iter_cb)  # fmt: skip
+        kw = dict(init_mean=mean0, init_std=self.init_sigma.to(x), generator=self.generator)
+        if self.rollout_fn is None and iter_cb is None:  # one objective for every state: capturable
+            res = self._stable_planner().plan(self._rollout_cost, cost_args=(x,), **kw)
+        else:
+            res = self.planner().plan(self._objective(x), iter_cb=iter_cb, **kw)
         self._warm = shift_plan(res.plan.detach(), 1, self.shift_fill, self.u_lower.to(x), self.u_upper.to(x))
         u = res.plan.transpose(0, 1)
         return Plan(u.squeeze(1), res.cost.squeeze(0)) if squeeze else Plan(u, res.cost)

@@ -32,14 +32,18 @@ __all__ = ["Captured", "CAPTURE_MODES", "resolve_capture"]
 CAPTURE_MODES = ("auto", "none", "compile", "graph")
 
 
-def resolve_capture(capture: str, t: Tensor) -> str:
+def resolve_capture(capture: str, t: Tensor, *, compile_with_grad: bool = True) -> str:
     """``"auto"`` resolved for tensors like ``t``: on CUDA ``"graph"`` without gradients and
-    ``"compile"`` with them; ``"none"`` elsewhere (the eager host-checked loop is fastest on CPU)."""
+    ``"compile"`` with them (``"none"`` with them when ``compile_with_grad`` is off, for loops
+    whose compilation is slow to build); ``"none"`` elsewhere (the eager host-checked loop is
+    fastest on CPU)."""
     if capture != "auto":
         return capture
     if t.device.type != "cuda":
         return "none"
-    return "compile" if torch.is_grad_enabled() else "graph"
+    if torch.is_grad_enabled():
+        return "compile" if compile_with_grad else "none"
+    return "graph"
 
 
 def _rebuild(like: Any, tensors: list[Tensor]) -> Any:

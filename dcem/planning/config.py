@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from dcem._checks import check_bool, check_choice, check_int, check_real
+from dcem.optim.capture import CAPTURE_MODES
 from dcem.sync import check_sync
 
 __all__ = ["Rule", "PlannerConfig", "RULE_DEFAULTS", "SELECT_MODES"]
@@ -76,6 +77,9 @@ class PlannerConfig:
         checkpoint: recompute each iteration in the backward pass
             (``torch.utils.checkpoint``, non-reentrant) instead of storing its activations.
         sync: ``"auto"``, ``"host"`` or ``"free"`` (:mod:`dcem.sync`).
+        capture: ``"none"`` (default), ``"auto"``, ``"graph"`` or ``"compile"``: run the
+            sync-free loop captured once per shape (:mod:`dcem.planning.capture`); ``"auto"``
+            is a CUDA graph for CUDA tensors without gradients and eager otherwise.
 
     ``None`` for ``noise_beta``, ``keep_frac``, ``pop_decay``, ``momentum`` or ``std_scale``
     takes the rule's default from :data:`RULE_DEFAULTS`.
@@ -98,6 +102,7 @@ class PlannerConfig:
     differentiable: bool = True
     checkpoint: bool = False
     sync: str = "auto"
+    capture: str = "none"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -129,6 +134,7 @@ class PlannerConfig:
         check_bool("differentiable", self.differentiable)
         check_bool("checkpoint", self.checkpoint)
         check_sync(self.sync)
+        check_choice("capture", self.capture, CAPTURE_MODES)
 
     @property
     def n_keep(self) -> int:

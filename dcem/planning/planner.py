@@ -34,6 +34,8 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from dcem._checks import check_int
 from dcem.optim import best_sample, invalid_mask
+from dcem.optim.capture import resolve_capture
+from dcem.planning.capture import run_captured
 from dcem.planning.config import PlannerConfig
 from dcem.planning.noise import colored_noise
 from dcem.planning.rules import Gaussian, refit
@@ -117,6 +119,8 @@ class Planner:
             searches the latent space (``n_latent`` from the argument or ``decoder.n_latent``)
             with white noise (``noise_beta`` colours noise along the time of full plans only).
         z_lower, z_upper: latent bounds (floats or tensors broadcastable to ``(n_latent,)``).
+        capture_options: keyword arguments of :class:`dcem.optim.Captured` for
+            ``config.capture`` (``compile_kwargs``, ``graph_backend``).
 
     The planner holds no tensors of its own besides the given bounds; dtype and device
     follow ``init_mean`` (else the ``dtype``/``device`` arguments of :meth:`plan`).
@@ -134,6 +138,7 @@ class Planner:
         n_latent: int | None = None,
         z_lower: Bound = None,
         z_upper: Bound = None,
+        capture_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
         self.horizon = check_int("horizon", horizon, 1)
@@ -154,6 +159,8 @@ class Planner:
             self.n_latent = None
         _check_bound_pair(z_lower, z_upper, "z_")
         self.decoder, self.z_lower, self.z_upper = decoder, z_lower, z_upper
+        self.capture_options = dict(capture_options or {})
+        self._captures: dict[tuple, Any] = {}  # captured loops by objective and layout
 
     @property
     def search_shape(self) -> tuple[int, ...]:
@@ -171,6 +178,7 @@ class Planner:
         iter_cb: IterCallback | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        cost_args: tuple[Tensor, ...] = (),
     ) -> PlanResult:
         """Minimise ``cost`` over plans (or latents); see the module docstring.
 
@@ -186,6 +194,9 @@ class Planner:
             iter_cb: see :data:`IterCallback`; called once per iteration (outside the
                 checkpointed region, so never again in the backward pass).
             dtype, device: of the iterates when ``init_mean`` is not given.
+            cost_args: tensors passed on as ``cost(plans, *cost_args)``; with
+                ``config.capture`` they are inputs of the captured loop, so one ``cost``
+                (the same object at every call) serves every state.
 
         Returns:
             :class:`PlanResult`.
@@ -193,7 +204,15 @@ class Planner:
         if not callable(cost):
             raise TypeError(f"cost must be callable, got {type(cost).__name__}")
         mu, sigma, lo, hi, batch = self._initial(batch_shape, init_mean, init_std, dtype, device)
-        evaluate, counter = self._evaluator(cost, batch)
+        mode = resolve_capture(self.config.capture, mu, compile_with_grad=False)
+        if mode != "none":
+            if iter_cb is not None:
+                raise ValueError(f"iter_cb cannot be used with capture={self.config.capture!r}")
+            out = run_captured(self, mode, cost, cost_args, (mu, sigma, lo, hi), batch, generator)
+            if out is not None:
+                return self._result(*out, batch, self.config.n_iter)
+        call = cost if not cost_args else (lambda P: cost(P, *cost_args))
+        evaluate, counter = self._evaluator(call, batch)
         g, best_xf, mean_xf = self._loop(evaluate, mu, sigma, lo, hi, generator, iter_cb)
         return self._result(g, best_xf, mean_xf, batch, counter[0])
 
@@ -299,9 +318,13 @@ class Planner:
         hi: Tensor | None,
         generator: torch.Generator | None,
         iter_cb: IterCallback | None,
+        noises: list[Tensor] | None = None,
+        host: bool | None = None,
     ) -> tuple[Gaussian, Tensor, Tensor]:
+        """The iterations; ``noises`` (one standard normal draw per iteration) replace the
+        ``generator``'s and ``host`` the sync policy, as the captured loop needs."""
         cfg = self.config
-        host = resolve_sync(cfg.sync, mu)
+        host = resolve_sync(cfg.sync, mu) if host is None else host
         B, D = mu.shape
         flags = torch.zeros(B, dtype=torch.bool, device=mu.device)
         g = Gaussian(mu, sigma, flags, flags)
@@ -312,7 +335,7 @@ class Planner:
         want = iter_cb is not None  # the same in the forward pass and its recomputation
         mean_xf = best_xf
         for i in range(cfg.n_iter):
-            noise = self._noise(B, cfg.population(i), D, mu, generator)
+            noise = self._noise(B, cfg.population(i), D, mu, generator) if noises is None else noises[i]
 
             def it(mu_, sigma_, done_, failed_, kept_, noise_, i=i):
                 g_ = Gaussian(mu_, sigma_, done_, failed_)

@@ -15,6 +15,7 @@ Both evaluate all candidates of all batch elements in one batched model rollout 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from dcem.control import ActionDecoder
 from dcem.planning import Planner, PlannerConfig
 from dcem.rl.world_model import WorldModel
 
-__all__ = ["FullCEMPlanner", "LatentDCEMPlanner", "check_planner_sizes", "negative_return"]
+__all__ = ["FullCEMPlanner", "LatentDCEMPlanner", "NegativeReturn", "check_planner_sizes", "negative_return"]
 
 
 def check_planner_sizes(horizon: int, n_sample: int, n_elite: int, n_iter: int) -> None:
@@ -37,20 +38,31 @@ def check_planner_sizes(horizon: int, n_sample: int, n_elite: int, n_iter: int) 
     check_int("n_elite", n_elite, 1, n_sample)
 
 
+class NegativeReturn:
+    """Planner objective: minus the predicted return, ``cost(U (B, N, H, A), h (B, D), xn (B, O)) -> (B, N)``.
+
+    ``h`` is the model state and ``xn`` the normalised observation; they are passed as the
+    planner's ``cost_args``, so one objective object serves every state (and a captured
+    planning loop is recorded once).
+    """
+
+    def __init__(self, model: WorldModel) -> None:
+        self.model = model
+
+    def __call__(self, U: Tensor, h: Tensor, xn: Tensor) -> Tensor:
+        n = U.shape[1]
+        hs = h.unsqueeze(1).expand(h.shape[0], n, h.shape[-1])
+        r, _ = self.model.imagine(hs, xn.unsqueeze(1).expand(xn.shape[0], n, xn.shape[-1]), U)
+        return -r.sum(-1)
+
+
 def negative_return(model: WorldModel, h: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
     """Planner objective: minus the predicted return of plans ``(B, N, H, A) -> (B, N)``.
 
     ``h (B, D)`` is the model state, ``x (B, O)`` the raw observation.
     """
-    xn = model.normalize(x)
-
-    def cost(U: Tensor) -> Tensor:
-        n = U.shape[1]
-        hs = h.unsqueeze(1).expand(h.shape[0], n, h.shape[-1])
-        r, _ = model.imagine(hs, xn.unsqueeze(1).expand(xn.shape[0], n, xn.shape[-1]), U)
-        return -r.sum(-1)
-
-    return cost
+    xn, cost = model.normalize(x), NegativeReturn(model)
+    return lambda U: cost(U, h, xn)
 
 
 class FullCEMPlanner:
@@ -61,30 +73,34 @@ class FullCEMPlanner:
         horizon, n_sample, n_elite, n_iter: planner sizes.
         u_lower, u_upper: action bounds, floats or tensors ``(A,)``.
         rule: planner rule (default ``"cem"``); ``options``: further
-            :class:`dcem.planning.PlannerConfig` fields.
+            :class:`dcem.planning.PlannerConfig` fields (``capture`` defaults to ``"auto"``:
+            the planning loop as a CUDA graph on CUDA, recorded once per batch shape).
+        capture_options: keyword arguments of :class:`dcem.optim.Captured`.
     """
 
     def __init__(
         self, model: WorldModel, horizon: int = 12, n_sample: int = 1000, n_elite: int = 100,
         n_iter: int = 10, u_lower: Tensor | float = -1.0, u_upper: Tensor | float = 1.0,
-        rule: str = "cem", **options: Any,
+        rule: str = "cem", capture_options: dict[str, Any] | None = None, **options: Any,
     ) -> None:  # fmt: skip
         check_planner_sizes(horizon, n_sample, n_elite, n_iter)
         self.model, self.horizon, self.n_sample, self.n_elite, self.n_iter = (
             model, horizon, n_sample, n_elite, n_iter)  # fmt: skip
         options.setdefault("select", "mean")
+        options.setdefault("capture", "auto")  # a CUDA graph on CUDA, eager on CPU
         self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, **options)
         A = model.act_dim
         self.u_lower = torch.as_tensor(u_lower, dtype=torch.float32).expand(A).clone()
         self.u_upper = torch.as_tensor(u_upper, dtype=torch.float32).expand(A).clone()
+        self._planner = Planner(horizon, A, self.config, lower=self.u_lower, upper=self.u_upper,
+                                capture_options=capture_options)  # fmt: skip
+        self._cost = NegativeReturn(model)
 
     @torch.no_grad()
     def plan(self, h: Tensor, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Action sequences ``(B, H, A)`` for states ``h (B, D)`` and raw observations ``x (B, O)``."""
-        B, A, H = h.shape[0], self.model.act_dim, self.horizon
-        planner = Planner(H, A, self.config, lower=self.u_lower.to(h), upper=self.u_upper.to(h))
-        res = planner.plan(negative_return(self.model, h, x), batch_shape=(B,), generator=generator,
-                           dtype=h.dtype, device=h.device)  # fmt: skip
+        res = self._planner.plan(self._cost, batch_shape=(h.shape[0],), generator=generator, dtype=h.dtype,
+                                 device=h.device, cost_args=(h, self.model.normalize(x)))  # fmt: skip
         return res.plan
 
 
@@ -97,13 +113,15 @@ class LatentDCEMPlanner(nn.Module):
         n_sample, n_elite, n_iter, temp: DCEM sizes and temperature ``tau``.
         latent_bound: ``z`` samples are clamped into ``[-latent_bound, latent_bound]`` (None: no bound).
         rule: ``"dcem"`` (default) or ``"mppi"`` (differentiable too); ``options``: further
-            :class:`dcem.planning.PlannerConfig` fields (e.g. ``checkpoint=True``).
+            :class:`dcem.planning.PlannerConfig` fields (e.g. ``checkpoint=True``; ``capture``,
+            default ``"auto"``, applies to :meth:`plan` only).
+        capture_options: keyword arguments of :class:`dcem.optim.Captured`.
     """
 
     def __init__(
         self, model: WorldModel, decoder: ActionDecoder, n_sample: int = 100, n_elite: int = 10,
         n_iter: int = 10, temp: float = 1.0, latent_bound: float | None = None, rule: str = "dcem",
-        **options: Any,
+        capture_options: dict[str, Any] | None = None, **options: Any,
     ) -> None:  # fmt: skip
         super().__init__()
         check_planner_sizes(decoder.horizon, n_sample, n_elite, n_iter)
@@ -113,8 +131,12 @@ class LatentDCEMPlanner(nn.Module):
             )
         temp = check_real("temp", temp, 0.0, strict=True)
         options.setdefault("select", "mean")
+        options.setdefault("capture", "auto")  # for acting (plan); solve is always eager
         self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=temp, **options)
         self.model, self.decoder = model, decoder
+        self._cost = NegativeReturn(model)
+        self._act_planner: Planner | None = None
+        self.capture_options = capture_options
         self.n_sample, self.n_elite, self.n_iter, self.temp = n_sample, n_elite, n_iter, float(temp)
         self.latent_bound = (
             None if latent_bound is None else check_real("latent_bound", latent_bound, 0.0, strict=True)
@@ -124,17 +146,26 @@ class LatentDCEMPlanner(nn.Module):
     def horizon(self) -> int:
         return self.decoder.horizon
 
+    def _make_planner(self, capture: str) -> Planner:
+        b = self.latent_bound
+        cfg = dataclasses.replace(self.config, capture=capture)
+        lo = None if b is None else -b
+        return Planner(self.horizon, self.model.act_dim, cfg, decoder=self.decoder, z_lower=lo, z_upper=b,
+                       capture_options=self.capture_options)  # fmt: skip
+
+    def _solve(self, planner: Planner, h: Tensor, x: Tensor, generator: torch.Generator | None) -> Any:
+        xn = self.model.normalize(x)
+        return planner.plan(self._cost, batch_shape=(h.shape[0],), init_std=1.0, generator=generator,
+                            dtype=h.dtype, device=h.device, cost_args=(h, xn))  # fmt: skip
+
     def solve(self, h: Tensor, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Latent solution ``z (B, n_latent)`` and its decoded actions ``(B, H, A)``.
 
         Differentiable w.r.t. the decoder and the model's parameters (call under
-        ``torch.no_grad()`` to act).
+        ``torch.no_grad()`` to act). Always eager: ``torch.func.functional_call`` may
+        substitute the parameters, which a captured graph would not see.
         """
-        b = self.latent_bound
-        planner = Planner(self.horizon, self.model.act_dim, self.config, decoder=self.decoder,
-                          z_lower=None if b is None else -b, z_upper=b)  # fmt: skip
-        res = planner.plan(negative_return(self.model, h, x), batch_shape=(h.shape[0],), init_std=1.0,
-                           generator=generator, dtype=h.dtype, device=h.device)  # fmt: skip
+        res = self._solve(self._make_planner("none"), h, x, generator)
         return res.z, res.plan
 
     def forward(
@@ -144,9 +175,13 @@ class LatentDCEMPlanner(nn.Module):
         return self.solve(h, x, generator)
 
     def plan(self, h: Tensor, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Action sequences ``(B, H, A)`` (no gradient)."""
+        """Action sequences ``(B, H, A)`` (no gradient), with the configured ``capture`` (default
+        ``"auto"``: a CUDA graph of the planning loop on CUDA, recorded once per batch shape)."""
+        act = self._act_planner
+        if act is None or act.decoder is not self.decoder:
+            act = self._act_planner = self._make_planner(self.config.capture)
         with torch.no_grad():
-            return self.solve(h, x, generator)[1]
+            return self._solve(act, h, x, generator).plan
 
     def decoder_loss(self, h: Tensor, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Phase-2 loss: minus the model's predicted return of the decoded DCEM solution, averaged.
