@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from dcem._checks import check_int
 from dcem.optim import best_sample, invalid_mask
 from dcem.optim.capture import resolve_capture
+from dcem.planning.bounds import _check_bound_pair, _search_tensor
 from dcem.planning.capture import run_captured
 from dcem.planning.config import PlannerConfig
 from dcem.planning.noise import colored_noise
@@ -74,35 +75,6 @@ class PlanResult(NamedTuple):
     best_z: Tensor | None
     failed: Tensor
     n_evals: int
-
-
-def _check_bound_pair(lo: Bound, hi: Bound, what: str) -> None:
-    for name, v in ((f"{what}lower", lo), (f"{what}upper", hi)):
-        if v is None:
-            continue
-        if isinstance(v, Tensor):
-            if not v.is_floating_point():
-                raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {v.dtype}")
-            if host_reads_free(v) and bool(torch.isnan(v).any()):
-                raise ValueError(f"{name} must not contain NaN")
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise ValueError(f"{name} must be None, a float or a tensor, got {v!r}")
-    if lo is None or hi is None:
-        return
-    lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
-    if host_reads_free(lo_t) and host_reads_free(hi_t) and not bool((lo_t < hi_t).all()):
-        raise ValueError(f"{what}lower must be < {what}upper in every dimension")
-
-
-def _search_tensor(v: Bound, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
-    """``v`` broadcast to ``shape`` in ``like``'s dtype/device (None stays None)."""
-    if v is None:
-        return None
-    t = torch.as_tensor(v, dtype=like.dtype, device=like.device) if not isinstance(v, Tensor) else v.to(like)
-    try:
-        return t.expand(shape)
-    except RuntimeError as err:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {shape}") from err
 
 
 class Planner:

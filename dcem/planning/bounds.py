@@ -1,0 +1,41 @@
+"""Bounds of the planner's search space: checked once, broadcast to the batch when planning."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from dcem.sync import host_reads_free
+
+Bound = float | Tensor | None
+
+
+def _check_bound_pair(lo: Bound, hi: Bound, what: str) -> None:
+    for name, v in ((f"{what}lower", lo), (f"{what}upper", hi)):
+        if v is None:
+            continue
+        if isinstance(v, Tensor):
+            if not v.is_floating_point():
+                raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {v.dtype}")
+            if host_reads_free(v) and bool(torch.isnan(v).any()):
+                raise ValueError(f"{name} must not contain NaN")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            raise ValueError(f"{name} must be None, a float or a tensor, got {v!r}")
+    if lo is None or hi is None:
+        return
+    lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
+    if host_reads_free(lo_t) and host_reads_free(hi_t) and not bool((lo_t < hi_t).all()):
+        raise ValueError(f"{what}lower must be < {what}upper in every dimension")
+
+
+def _search_tensor(v: Bound, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+    """``v`` broadcast to ``shape`` in ``like``'s dtype/device (None stays None)."""
+    if v is None:
+        return None
+    t = torch.as_tensor(v, dtype=like.dtype, device=like.device) if not isinstance(v, Tensor) else v.to(like)
+    try:
+        return t.expand(shape)
+    except RuntimeError as err:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {shape}") from err
