@@ -124,9 +124,12 @@ def _newton(
         s = y.sum(-1, keepdim=True)
         ds = torch.addcmul(y, y, y, value=-1.0).sum(-1, keepdim=True)  # sum of y (1 - y)
         r = k - s
-        conv = r.abs() <= tol
-        if early_exit and bool(conv.all()):
-            return nu, True
+        if early_exit:
+            if r.abs().max().item() <= tol:
+                return nu, True
+            conv = None  # the host path stops instead of freezing rows
+        else:
+            conv = r.abs() <= tol
         below = r > 0
         lo = torch.where(below, nu, lo)
         hi = torch.where(below, hi, nu)
@@ -139,10 +142,13 @@ def _newton(
             step = torch.log1p(r / (n - k)) * (n - s)
         # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection
         cand = nu + step / ds
-        cand = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
-        # converged rows keep their root: without the host check the loop runs on, and a
-        # saturated row (r = 0, ds = 0) would otherwise bisect away from its exact root
-        nu = torch.where(conv, nu, cand)
+        # a step that would leave the bracket bisects, except on rows that have converged:
+        # without the host check the loop runs on, and a saturated row (r = 0, ds = 0) would
+        # otherwise bisect away from its exact root; converged rows still take Newton steps,
+        # which refine each entry below the tolerance on the sum
+        mid = torch.lerp(lo, hi, 0.5)
+        fallback = mid if conv is None else torch.where(conv, nu, mid)
+        nu = torch.where((cand >= lo) & (cand <= hi), cand, fallback)
     return nu, False
 
 
@@ -189,9 +195,10 @@ def _solve_from_kth(
 
 
 def _step(
-    nu: float, lo: float, hi: float, s: float, ds: float, k: int, n: int, lower_form: bool
+    nu: float, lo: float, hi: float, s: float, ds: float, k: int, n: int, lower_form: bool, conv: bool = False
 ) -> tuple[float, float, float]:
-    """One safeguarded log-Newton update of :func:`_newton` for a single row, on floats."""
+    """One safeguarded log-Newton update of :func:`_newton` for a single row, on floats
+    (a converged row, ``conv``, keeps ``nu`` instead of bisecting)."""
     r = k - s
     if r > 0:
         lo = nu
@@ -202,7 +209,7 @@ def _step(
     else:
         step = math.log1p(max(r / (n - k), -1.0 + 1e-16)) * (n - s)
     cand = nu + step / ds if ds > 0 else math.inf
-    return (cand if lo <= cand <= hi else 0.5 * (lo + hi)), lo, hi
+    return (cand if lo <= cand <= hi else (nu if conv else 0.5 * (lo + hi))), lo, hi
 
 
 def _start(lo: Tensor, hi: Tensor, k: int, n: int, gap: Tensor | None = None) -> Tensor:
@@ -256,9 +263,11 @@ def _solve_numpy(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[T
             for _ in range(n_iter):
                 y = 1.0 / (1.0 + np.exp(-(row + nu)))
                 s = float(y.sum())
-                if abs(k - s) <= tol:
+                conv = abs(k - s) <= tol
+                # a last Newton step from the converged point refines every entry
+                nu, lo, hi = _step(nu, lo, hi, s, s - float(y @ y), k, n, lower_form, conv)
+                if conv:
                     break
-                nu, lo, hi = _step(nu, lo, hi, s, s - float(y @ y), k, n, lower_form)
             else:
                 converged = False
             nus.append(nu)
