@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from dcem._checks import check_int
-from dcem.optim.cem import CEMConfig, CEMState, _tell, ask, init_state
-from dcem.sync import host_reads_free, resolve_sync
+from dcem.optim.cem import CEMConfig, CEMState, _loop, _Update, init_state
+from dcem.sync import host_reads_free
 
 __all__ = ["dcem", "IterCallback"]
 
@@ -217,18 +217,13 @@ def _run(
     proj_iterate_cb: Callable[[Tensor], Tensor] | None,
 ) -> CEMState:
     """The loop of :func:`dcem` on the functional core, with the reference's callbacks."""
-    host = resolve_sync(cfg.sync, state.mu)
     n_batch, n_sample = state.mu.shape[0], cfg.n_sample
-    for i in range(cfg.n_iter):
-        X = ask(state, cfg, generator=generator)
-        if proj_iterate_cb is not None:
-            X = proj_iterate_cb(X)
-        fX = _values(f(X), n_batch, n_sample, X.dtype)
-        upd = _tell(state, cfg, X, fX, host, i)
-        state = upd.state
-        if iter_cb is not None:
-            w = upd.weights().unsqueeze(-1)
-            iter_cb(i, X, fX, w, w * X, state.mu, state.sigma)
-        if host and cfg.iter_eps and bool(state.done.all()):
-            break
-    return state
+
+    def on_iter(i: int, X: Tensor, fX: Tensor, upd: _Update) -> None:
+        w = upd.weights().unsqueeze(-1)
+        iter_cb(i, X, fX, w, w * X, upd.state.mu, upd.state.sigma)
+
+    return _loop(
+        lambda X: _values(f(X), n_batch, n_sample, X.dtype), state, cfg, generator=generator,
+        project=proj_iterate_cb, on_iter=None if iter_cb is None else on_iter,
+    )  # fmt: skip

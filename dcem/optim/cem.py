@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +91,7 @@ class CEMConfig:
         set_(self, "n_iter", check_int("n_iter", self.n_iter, 1))
         set_(self, "temp", _check_temp(self.temp))
         for name in ("lb", "ub"):
-            _check_bound(name, getattr(self, name))
+            check_bound(name, getattr(self, name))
         check_bool("normalize", self.normalize)
         check_bool("track_best", self.track_best)
         eps = check_real("iter_eps", self.iter_eps, 0.0, none_ok=True)
@@ -118,12 +117,16 @@ def _check_temp(temp: object) -> float | Tensor | None:
     return float(temp) if temp > 0 else None
 
 
-def _check_bound(name: str, value: object) -> None:
+def check_bound(name: str, value: object) -> None:
+    """Raise unless ``value`` is ``None``, a float or a floating-point tensor, without NaN.
+
+    Tensor values are read only where that is free (:func:`dcem.sync.host_reads_free`).
+    """
     if value is None:
         return
     if isinstance(value, Tensor):
         if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+            raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {value.dtype}")
         if host_reads_free(value) and bool(torch.isnan(value).any()):
             raise ValueError(f"{name} must not contain NaN")
         return
@@ -241,23 +244,25 @@ def _flat(state: CEMState, B: int) -> CEMState:
 
 def _tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, it: int = 0) -> _Update:
     """:func:`tell` on any batch shape: flattened to one batch dimension around :func:`_tell2d`."""
-    if state.mu.dim() == 2:
-        return _tell2d(state, cfg, X, fX, host, it)
     batch, (N, D) = state.mu.shape[:-1], X.shape[-2:]
     B = math.prod(batch)
     temp = cfg.temp
-    if isinstance(temp, Tensor):
-        cfg = dataclasses.replace(cfg, temp=temp.to(fX).expand(batch).reshape(B))
-    upd = _tell2d(_flat(state, B), cfg, X.reshape(B, N, D), fX.reshape(B, N), host, it)
-    s = upd.state
-    new = CEMState(*(t.reshape(*batch, D) if t.dim() == 2 else t.reshape(batch) for t in s))
+    if isinstance(temp, Tensor):  # one temperature per problem, (B,)
+        temp = temp.to(fX).expand(batch).reshape(B)
+    if state.mu.dim() == 2:
+        return _tell2d(state, cfg, temp, X, fX, host, it)
+    upd = _tell2d(_flat(state, B), cfg, temp, X.reshape(B, N, D), fX.reshape(B, N), host, it)
+    new = CEMState(*(t.reshape(*batch, D) if t.dim() == 2 else t.reshape(batch) for t in upd.state))
     return _Update(new, upd.soft, upd.elites, N)
 
 
-def _tell2d(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, it: int) -> _Update:
-    """The refit for ``state`` of shape ``(B, D)``, ``X (B, N, D)``, ``fX (B, N)``."""
+def _tell2d(
+    state: CEMState, cfg: CEMConfig, temp: float | Tensor | None, X: Tensor, fX: Tensor, host: bool, it: int
+) -> _Update:
+    """The refit for ``state`` of shape ``(B, D)``, ``X (B, N, D)``, ``fX (B, N)``; ``temp`` is
+    ``cfg.temp`` with a tensor flattened to ``(B,)``."""
     mu, sigma, done, failed, best_x, best_f = state
-    B, N, D = X.shape
+    N = X.shape[1]
     all_valid = False
     weights, elites = None, None
     if cfg.hard:
@@ -265,7 +270,6 @@ def _tell2d(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor, host: bool, 
         wsum = w_e.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
     else:
-        temp = cfg.temp if isinstance(cfg.temp, float) else cfg.temp.to(fX).expand(B)
         all_valid = host and bool(torch.isfinite(fX).all())
         weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
         wsum = weights.sum(-1, keepdim=True)
@@ -321,10 +325,31 @@ def solve(
     shape ``(n_iter, *B, N, D)`` gives every iteration's standard normal draws (for compiled
     or captured solves, where a ``torch.Generator`` cannot be used).
     """
+    return _loop(lambda X: _evaluate(f, X), state, cfg, generator=generator, noise=noise)
+
+
+def _loop(
+    evaluate: Callable[[Tensor], Tensor],
+    state: CEMState,
+    cfg: CEMConfig,
+    *,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
+    on_iter: Callable[[int, Tensor, Tensor, _Update], None] | None = None,
+) -> CEMState:
+    """The iterations of :func:`solve` (and of :func:`dcem.dcem`, which adds ``project``, applied
+    to the samples before ``evaluate``, and ``on_iter(i, X, fX, update)`` for its callback)."""
     host = resolve_sync(cfg.sync, state.mu)
     for i in range(cfg.n_iter):
         X = ask(state, cfg, generator=generator, noise=None if noise is None else noise[i])
-        state = _tell(state, cfg, X, _evaluate(f, X), host, i).state
+        if project is not None:
+            X = project(X)
+        fX = evaluate(X)
+        upd = _tell(state, cfg, X, fX, host, i)
+        state = upd.state
+        if on_iter is not None:
+            on_iter(i, X, fX, upd)
         if host and cfg.iter_eps and bool(state.done.all()):
             break
     return state

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from dcem.optim.cem import check_bound
 from dcem.sync import host_reads_free
 
 Bound = float | Tensor | None
 
 
 def _check_bound_pair(lo: Bound, hi: Bound, what: str) -> None:
-    for name, v in ((f"{what}lower", lo), (f"{what}upper", hi)):
-        if v is None:
-            continue
-        if isinstance(v, Tensor):
-            if not v.is_floating_point():
-                raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {v.dtype}")
-            if host_reads_free(v) and bool(torch.isnan(v).any()):
-                raise ValueError(f"{name} must not contain NaN")
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise ValueError(f"{name} must be None, a float or a tensor, got {v!r}")
+    check_bound(f"{what}lower", lo)
+    check_bound(f"{what}upper", hi)
     if lo is None or hi is None:
         return
     lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
