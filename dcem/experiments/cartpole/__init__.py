@@ -90,6 +90,8 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _ablation(cfg: DictConfig, run_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
     from dcem.control import CartpoleDx
     from dcem.experiments.cartpole.plots import plot_ablation
     from dcem.experiments.cartpole.run import expert_costs, read_csv, test_states, train, validation_states
@@ -100,20 +102,27 @@ def _ablation(cfg: DictConfig, run_dir: Path) -> None:
     expert = expert_costs(cfg, dx, validation_states(cfg, dx), run_dir / "expert.json")
     expert_test = expert_costs(cfg, dx, test_states(cfg, dx), run_dir / "expert_test.json", tag="test")
     results, curves = [], {}
-    for nz in cfg.ablation.latent_sizes:
-        for tau in cfg.ablation.temps:
-            name = f"tau{float(tau):g}_nz{int(nz)}"
-            s = train(cfg, run_dir / name, n_latent=int(nz), temp=float(tau),
-                      n_train_iter=int(cfg.ablation.n_train_iter), expert=expert,
-                      expert_test=expert_test)  # fmt: skip
-            s["name"] = name
-            results.append(s)
-            curves[name] = read_csv(run_dir / name / "log.csv")
-            log.info("%s: latent %.3f expert %.3f factor %.3f", name, s["latent_cost"], s["expert_cost"],
-                     s["improvement_factor"])  # fmt: skip
+    for seed in cfg.ablation.seeds:
+        cfg_s = OmegaConf.merge(cfg, {"seed": int(seed)})
+        for nz in cfg.ablation.latent_sizes:
+            for tau in cfg.ablation.temps:
+                name = ablation_name(float(tau), int(nz), int(seed))
+                s = train(cfg_s, run_dir / name, n_latent=int(nz), temp=float(tau),
+                          n_train_iter=int(cfg.ablation.n_train_iter), expert=expert,
+                          expert_test=expert_test)  # fmt: skip
+                s.update(name=name, seed=int(seed))
+                results.append(s)
+                curves[name] = read_csv(run_dir / name / "log.csv")
+                log.info("%s: latent %.3f expert %.3f factor %.3f", name, s["latent_cost"], s["expert_cost"],
+                         s["improvement_factor"])  # fmt: skip
     CsvLog(run_dir / "ablation.csv", list(results[0].keys())).rewrite(results)
     with plots.style():
         plot_ablation(results, curves, float(expert.mean()), run_dir / "ablation.png")
+
+
+def ablation_name(tau: float, n_latent: int, seed: int) -> str:
+    """Sub-run folder name of one ablation cell: ``tau<tau>_nz<n_latent>_seed<seed>``."""
+    return f"tau{tau:g}_nz{n_latent}_seed{seed}"
 
 
 def main(argv: list[str]) -> None:

@@ -156,21 +156,32 @@ def plot_ablation(
     expert: float,
     path: Path,
 ) -> None:
-    """Validation curves of the tau x latent-size ablation, one panel per latent size."""
+    """Validation curves of the tau x latent-size ablation, one panel per latent size: the mean
+    over training seeds with a 95% Student-t band (no band for one seed)."""
+    from dcem.experiments.common.runs import mean_ci95
+
     sizes = sorted({r["n_latent"] for r in results})
     fig = figure(figsize=(4.4 * len(sizes), 3.6), layout="constrained")
     axes = fig.subplots(1, len(sizes), sharey=True, squeeze=False)
     for j, nz in enumerate(sizes):
         ax = axes[0, j]
-        for r in results:
-            if r["n_latent"] != nz:
-                continue
-            rows = [c for c in curves[r["name"]] if c["mode"] == "val"]
-            label = f"tau={r['temp']:g}" if r["temp"] else "tau=0 (hard CEM)"
-            ax.plot([c["iter"] for c in rows], [c["cost"] for c in rows], "o-", ms=2, label=label)
-        ax.axhline(expert, color="k", ls="--", label="expert")
+        for k, tau in enumerate(sorted({r["temp"] for r in results if r["n_latent"] == nz}, reverse=True)):
+            runs = [r for r in results if r["n_latent"] == nz and r["temp"] == tau]
+            vals: dict[int, list[float]] = {}
+            for r in runs:
+                for c in curves[r["name"]]:
+                    if c["mode"] == "val":
+                        vals.setdefault(int(c["iter"]), []).append(float(c["cost"]))
+            its = sorted(vals)
+            stats = [mean_ci95(vals[i]) for i in its]
+            m = np.array([a for a, _ in stats])
+            h = np.nan_to_num(np.array([b for _, b in stats]))
+            label = (f"tau={tau:g}" if tau else "tau=0 (hard CEM)") + f", {len(runs)} seed(s)"
+            ax.plot(its, m, "o-", ms=2, color=f"C{k}", label=label)
+            ax.fill_between(its, m - h, m + h, color=f"C{k}", alpha=0.2, lw=0)
+        ax.axhline(expert, color="k", ls="--", label="paper expert (val.)")
         ax.set_title(f"latent size {nz}")
         ax.set_xlabel("decoder update")
-    axes[0, 0].set_ylabel("validation cost")
-    axes[0, -1].legend()
+    axes[0, 0].set_ylabel("validation cost (mean, 95% band over seeds)")
+    axes[0, -1].legend(fontsize=8)
     save(fig, path, dpi=90)

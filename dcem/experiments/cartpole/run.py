@@ -45,6 +45,7 @@ def make_controller(cfg: DictConfig, dx: CartpoleDx, n_latent: int | None = None
         dx.u_upper,
         hidden_sizes=tuple(cfg.decoder.hidden_sizes),
         activation=str(cfg.decoder.activation),
+        init=str(cfg.decoder.init),
     )
     ctrl = LatentDCEMController(
         dec,

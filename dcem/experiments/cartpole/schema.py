@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dcem.control.decoder import INITS
 from dcem.experiments.common.config import ConfigError, opt
 
 
@@ -12,6 +13,7 @@ class Decoder:
     n_latent: int = opt(ge=1)
     hidden_sizes: list[int] = opt(ge=1, each=True)
     activation: str = opt(choices=("relu", "elu", "tanh", "softplus"))
+    init: str = opt(choices=INITS, doc="reference: App. C's N(0, 4/(fan_in+fan_out)) weights, zero biases")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Vis:
 class Ablation:
     temps: list[float] = opt(ge=0, each=True, nonempty=True)
     latent_sizes: list[int] = opt(ge=1, each=True, nonempty=True)
+    seeds: list[int] = opt(ge=0, each=True, nonempty=True, doc="training seeds of every (tau, latent size) cell")
     n_train_iter: int = opt(ge=1)
 
 
