@@ -68,8 +68,16 @@ def test_ppo_gradients_reach_decoder_through_dcem():
     h, x = torch.randn(T, 8), torch.randn(T, 3)
     a, logp, loc, scale = ft.act(h, x, seed=3)
     no = torch.zeros(T, 1, dtype=torch.bool)
-    nxt = TensorDict({"h": torch.randn(T, 8), "x": torch.randn(T, 3), "reward": torch.randn(T, 1),
-                      "done": no, "terminated": no.clone()}, [T])
+    nxt = TensorDict(
+        {
+            "h": torch.randn(T, 8),
+            "x": torch.randn(T, 3),
+            "reward": torch.randn(T, 1),
+            "done": no,
+            "terminated": no.clone(),
+        },
+        [T],
+    )
     td = TensorDict({"h": h, "x": x, "action": a, "next": nxt}, [T])
     ft.set_trainable()
     with torch.no_grad():
@@ -177,8 +185,8 @@ def test_end_to_end_pipeline(tmp_path):
     cfg = _cfg(tmp_path, "eval.every=0")
     tr = run(cfg)
     assert tr.progress["model"] == 2 and tr.progress["decoder"] == 1 and tr.progress["ppo"] == 1
-    res = json.loads((tmp_path / "eval.json").read_text())
-    assert set(res) == {"random", "full_cem", "latent_dcem", "latent_dcem_ppo"}
+    res = json.loads((tmp_path / "eval.json").read_text())["controllers"]
+    assert set(res) == {"random", "full_cem", "full_cem_budget", "latent_dcem", "latent_dcem_ppo"}
     for v in res.values():
         assert len(v["returns"]) == 2 and math.isfinite(v["mean"]) and v["ci95"] >= 0
     assert (tmp_path / "curves.png").stat().st_size > 0
@@ -197,14 +205,23 @@ def test_eval_phase_writes_video_headless(tmp_path):
     import sys
 
     env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONPATH": os.getcwd()}
-    cmd = [sys.executable, "-m", "dcem.experiments", "mbrl", "scale=test", "phase=eval", "eval.video=true",
-           "eval.episodes=1", f"out_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dcem.experiments",
+        "mbrl",
+        "scale=test",
+        "phase=eval",
+        "eval.video=true",
+        "eval.episodes=1",
+        f"out_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 and "EGL" in proc.stderr:
         pytest.skip("no EGL rendering on this machine")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "video_random.gif").stat().st_size > 1000
-    assert "random" in json.loads((tmp_path / "eval.json").read_text())
+    assert "random" in json.loads((tmp_path / "eval.json").read_text())["controllers"]
 
 
 def test_ppo_phase_resumes_exactly(tmp_path):
