@@ -15,6 +15,10 @@ this file; ``scale=tiny`` is a seconds-long smoke run. Modes:
   ``ablation.png``.
 - ``mode=vis``: redo the plots of the run in ``out_dir`` from its best checkpoint.
 - ``mode=eval``: recompute ``summary.json`` of the run in ``out_dir`` and of its sub-runs.
+- ``mode=report``: score the train runs ``report.runs=[DIR,...]`` (one per training seed) and
+  the ablation ``report.ablation=DIR`` on the test states against a converged full-space CEM,
+  full-space CEM at the latent budget and the untrained decoder, and rewrite the generated
+  blocks of ``report.page`` (:mod:`dcem.experiments.cartpole.report`).
 
 The checkpoint kept (``best.pt``) is the one with the lowest validation cost; ``summary.json``
 also reports a held-out test set of 100 other initial states (``*_test_*``).
@@ -43,7 +47,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 EXPERIMENT = Experiment(
     "cartpole", CONF_DIR, CartpoleConfig, __doc__ or "",
     free_keys=("out_dir", "progress", "num_threads", "resume", "mode", "plots", "vis.n_states", "vis.grid",
-               "vis.n_lines"),
+               "vis.n_lines", "report."),
 )  # fmt: skip
 
 
@@ -62,7 +66,6 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
         _load,
         _load_decoder,
         make_controller,
-        make_expert,
         read_csv,
         validation_states,
     )
@@ -85,8 +88,9 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
     with plots.style():
         plot_curves(read_csv(run_dir / "log.csv"), expert_mean, ck.get("random_cost"), run_dir / "curves.png")
         plot_surface(ctrl, x_val[: int(cfg.vis.n_states)], run_dir / "surface.png", grid=int(cfg.vis.grid))
-        expert_mpc = make_expert(cfg, dx)
-        return plot_fig3(ctrl, expert_mpc, x_val[0], run_dir / "fig3.png", n_lines=int(cfg.vis.n_lines))
+        spec = {k: cfg.expert[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")}
+        rows = [(f"CEM, full space ({int(spec['n_sample'])} x {int(spec['n_iter'])})", spec)]
+        return plot_fig3(ctrl, rows, x_val[0], run_dir / "fig3.png", n_lines=int(cfg.vis.n_lines))
 
 
 def _ablation(cfg: DictConfig, run_dir: Path) -> None:
@@ -137,6 +141,12 @@ def main(argv: list[str]) -> None:
         raise RunError(f"mode={cfg.mode} needs out_dir=... pointing at an existing cartpole run folder")
     setup_logging()
     set_threads(cfg.num_threads)
+    if cfg.mode == "report":
+        from dcem.experiments.cartpole.report import report
+
+        report(cfg)
+        log.info("rewrote the generated blocks of %s", cfg.report.page)
+        return
     resume = bool(cfg.resume) or cfg.mode in ("vis", "eval")
     run_dir = open_run("cartpole", cfg, EXPERIMENT.free_keys, resume=resume)
     log.info("run folder %s", run_dir)

@@ -62,17 +62,24 @@ def cem_baseline(
             trace[i] += seen.sum()
 
         obj = rollout_objective(dx, xb, cartpole_swingup_cost)
-        res = planner.plan(obj, batch_shape=(xb.shape[0],), init_std=init_std, generator=g, iter_cb=record,
-                           dtype=xb.dtype)  # fmt: skip
+        res = planner.plan(
+            obj, batch_shape=(xb.shape[0],), init_std=init_std, generator=g, iter_cb=record, dtype=xb.dtype
+        )
         mean.append(res.cost)
         best.append(res.best_cost)
     n = x.shape[0]
-    return {"mean": torch.cat(mean).tolist(), "best": torch.cat(best).tolist(),
-            "sigma": (sig / n).tolist(), "best_trace": (trace / n).tolist()}  # fmt: skip
+    return {
+        "mean": torch.cat(mean).tolist(),
+        "best": torch.cat(best).tolist(),
+        "sigma": (sig / n).tolist(),
+        "best_trace": (trace / n).tolist(),
+    }
 
 
 @torch.no_grad()
-def latent_scores(ctrl: LatentDCEMController, x: Tensor, seeds: Sequence[int]) -> dict[str, list[list[float]]]:
+def latent_scores(
+    ctrl: LatentDCEMController, x: Tensor, seeds: Sequence[int]
+) -> dict[str, list[list[float]]]:
     """Latent-controller plan costs from ``x (n, 5)`` for each DCEM sampling seed.
 
     Returns ``mean`` and ``best``: ``(len(seeds), n)`` nested lists (decoded final mean / best
@@ -82,8 +89,13 @@ def latent_scores(ctrl: LatentDCEMController, x: Tensor, seeds: Sequence[int]) -
     planner = ctrl.planner()
     out: dict[str, list[list[float]]] = {"mean": [], "best": []}
     for s in seeds:
-        res = planner.plan(obj, batch_shape=(x.shape[0],), init_std=ctrl.init_sigma,
-                           generator=torch.Generator().manual_seed(int(s)), dtype=x.dtype)  # fmt: skip
+        res = planner.plan(
+            obj,
+            batch_shape=(x.shape[0],),
+            init_std=ctrl.init_sigma,
+            generator=torch.Generator().manual_seed(int(s)),
+            dtype=x.dtype,
+        )
         out["mean"].append(res.cost.tolist())
         out["best"].append(res.best_cost.tolist())
     return out
