@@ -112,6 +112,41 @@ def test_ppo_gradients_reach_decoder_through_dcem():
     assert fd == pytest.approx(sum(float((d * d).sum()) for d in g), rel=0.1)
 
 
+def test_ppo_update_skips_non_finite_minibatches():
+    """A minibatch whose loss overflows (the DCEM mean jumped) is skipped, the rest are applied."""
+    from tensordict import TensorDict
+
+    from dcem.rl.ppo import PPOFineTuner
+
+    torch.manual_seed(0)
+    m = WorldModel(3, 2, deter_size=8, hidden_size=8)
+    dec = ActionDecoder(2, 3, 2, -1.0, 1.0, hidden_sizes=(8,))
+    planner = LatentDCEMPlanner(m, dec, n_sample=10, n_elite=3, n_iter=2, temp=1.0)
+    ft = PPOFineTuner(planner, parts=["decoder", "reward"], sigma=0.1, minibatch=5, epochs=1)
+    T = 10
+    h, x = torch.randn(T, 8), torch.randn(T, 3)
+    a, *_ = ft.act(h, x, seed=3)
+    no = torch.zeros(T, 1, dtype=torch.bool)
+    nxt = {"h": torch.randn(T, 8), "x": torch.randn(T, 3), "reward": torch.randn(T, 1), "done": no,
+           "terminated": no.clone()}  # fmt: skip
+    td = TensorDict({"h": h, "x": x, "action": a, "next": TensorDict(nxt, [T])}, [T])
+    calls, loss = [], ft.loss
+
+    def overflowing(mb):  # the first minibatch's objective is +inf
+        out = loss(mb)
+        calls.append(1)
+        if len(calls) == 1:
+            out.set("loss_objective", out["loss_objective"] * float("inf"))
+        return out
+
+    ft.loss = overflowing
+    before = [p.detach().clone() for p in dec.parameters()]
+    stats = ft.update(td, seed=1)
+    assert len(calls) == 2 and stats["skipped"] == pytest.approx(0.5)
+    assert all(bool(torch.isfinite(p).all()) for p in list(dec.parameters()) + list(m.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(before, dec.parameters()))  # the second step applied
+
+
 def test_bad_config_fails_before_work(tmp_path):
     with pytest.raises(ValueError, match="env=cheetah-fly: unknown env"):
         compose(["env=cheetah-fly"])

@@ -57,6 +57,7 @@ TRAIN_FIELDS = [
     "ppo_loss_objective",
     "ppo_loss_critic",
     "ppo_clip_fraction",
+    "ppo_skipped",
 ]
 EVAL_FIELDS = ["phase", "policy", "step", "env_steps", "mean", "ci95", "n"]
 
