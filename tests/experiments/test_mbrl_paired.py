@@ -104,7 +104,7 @@ def test_report_mode_writes_the_blocks(tiny_run, tmp_path):
     main(["phase=report", f"report.root={root}", f"report.page={page}"])
     text = page.read_text()
     assert text.startswith("# hand-written\n\nprose stays\n")
-    for block in ("mbrl-paired", "mbrl-paired-diffs", "mbrl-runs"):
+    for block in ("mbrl-paired", "mbrl-paired-diffs", "mbrl-runs", "mbrl-claims"):
         assert f"<!-- report:{block} begin" in text and f"<!-- report:{block} end -->" in text
     assert f"report.root={root}" in text and (page.parent / "mbrl_paired.png").stat().st_size > 0
     # the numbers are the run's: pooled mean of latent_dcem and the paired difference to full CEM
@@ -165,3 +165,16 @@ def test_bad_report_root_and_files(tmp_path, tiny_run):
         shutil.copytree(tiny_run[1], two / k, ignore=shutil.ignore_patterns("*.pt"))
     with pytest.raises(RunError, match="two runs with seed"):
         load_runs(two)
+
+
+def test_claim_verdicts_read_the_intervals():
+    from dcem.experiments.mbrl.report import _verdict_diff, _verdict_ratio
+
+    c = {"ratio_pooled": 0.95, "ratio_boot": (0.91, 0.99), "diff": (-3.0, 2.0)}
+    assert _verdict_ratio(c, 0.9).endswith("above 0.9") and _verdict_diff(c).endswith("lower")
+    c = {"ratio_pooled": 0.95, "ratio_boot": (0.85, 1.02), "diff": (1.0, 2.0)}
+    assert _verdict_ratio(c, 0.9).endswith("not separable from 0.9")
+    assert _verdict_diff(c).endswith("no significant difference")
+    c = {"ratio_pooled": 0.7, "ratio_boot": (0.6, 0.8), "diff": (5.0, 2.0)}
+    assert _verdict_ratio(c, 0.9).endswith("below 0.9") and _verdict_diff(c).endswith("higher")
+    assert _verdict_ratio(None, 0.9) == "not evaluated"

@@ -8,6 +8,8 @@ runs by task and writes, between the page's ``report:`` markers (:mod:`..common.
 - ``mbrl-paired-diffs``: paired comparisons per task: the ratio of means per seed (mean and
   t-interval over seeds), the pooled ratio of means with a paired bootstrap interval (episodes
   resampled jointly for every controller, fixed seed) and the per-episode paired difference;
+- ``mbrl-claims``: per task, the paper's claims read off those intervals (latent DCEM reaching
+  0.9 of full CEM; PPO improving latent DCEM) and the same-budget control;
 - ``mbrl-runs``: the run folders (seed, snapshots' environment steps, episodes);
 - ``mbrl-bench``: the planning-step timings of ``benchmarks/bench_mbrl.py --out
   ROOT/bench_mbrl.json`` when that file exists (CPU; any GPU figure is an extrapolation);
@@ -181,6 +183,39 @@ def _tables(runs: dict[str, list[dict]], sums: dict[str, dict]) -> dict[str, str
             "mbrl-runs": md_table(RUN_HEAD, rrow)}  # fmt: skip
 
 
+def _verdict_ratio(c: dict | None, level: float) -> str:
+    if c is None:
+        return "not evaluated"
+    lo, hi = c["ratio_boot"]
+    where = "above" if lo >= level else ("below" if hi < level else "not separable from")
+    return f"{c['ratio_pooled']:.3f} [{lo:.3f}, {hi:.3f}]: {where} {level:g}"
+
+
+def _verdict_diff(c: dict | None) -> str:
+    if c is None:
+        return "not evaluated"
+    m, h = c["diff"]
+    if math.isnan(h):
+        return f"{m:+.3g} (one pair)"
+    word = "higher" if m - h > 0 else ("lower" if m + h < 0 else "no significant difference")
+    return f"{m:+.3g} ± {h:.2g}: {word}"
+
+
+def _claims(sums: dict[str, dict]) -> str:
+    """One row per task: the paper's two claims and the same-budget control, read off the CIs."""
+    rows = []
+    for env, s in sums.items():
+        comp = {(c["num"], c["den"]): c for c in s["comparisons"]}
+        rows.append([env, _verdict_ratio(comp.get(("latent_dcem", "full_cem")), 0.9),
+                     _verdict_diff(comp.get(("latent_dcem_ppo", "latent_dcem"))),
+                     _verdict_diff(comp.get(("latent_dcem", "full_cem_budget"))),
+                     _verdict_diff(comp.get(("full_cem_budget", "full_cem")))])  # fmt: skip
+    head = ["task", "latent DCEM / full CEM ≥ 0.9? (pooled ratio [bootstrap 95%])",
+            "PPO − no PPO per episode (95% CI)", "latent DCEM − same-budget full CEM",
+            "same-budget full CEM − full CEM"]  # fmt: skip
+    return md_table(head, rows)
+
+
 def _bench_block(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -233,7 +268,7 @@ def report(cfg: dict) -> Path:
     root, page = Path(cfg["report"]["root"]), Path(cfg["report"]["page"])
     runs = load_runs(root)
     sums = {env: summarize(rs) for env, rs in sorted(runs.items())}
-    blocks = _tables(runs, sums)
+    blocks = {**_tables(runs, sums), "mbrl-claims": _claims(sums)}
     bench = _bench_block(root / "bench_mbrl.json")
     if bench is not None:
         blocks["mbrl-bench"] = bench
