@@ -31,10 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     if name not in names:
         raise SystemExit(f"dcem-exp: unknown experiment {name!r}; choose one of: {', '.join(names)}")
     module = importlib.import_module(f"dcem.experiments.{name}")
+    from dcem.experiments.common import distributed
+
     try:
+        distributed.init()  # under torchrun: join the process group (a no-op for one process)
         module.main(argv[1:])
     except ValueError as err:  # bad configuration, run folder or checkpoint: a message, not a traceback
         raise SystemExit(f"dcem-exp {name}: error: {err}") from None
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
