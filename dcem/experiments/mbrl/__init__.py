@@ -51,6 +51,7 @@ def run(cfg: dict):
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
+    from dcem.experiments.common.distributed import launch_info
     from dcem.experiments.common.runs import RunError, open_run, require_scipy, set_threads
     from dcem.experiments.mbrl.trainer import MBRLTrainer, seed_everything, validate_config
 
@@ -61,7 +62,9 @@ def run(cfg: dict):
         raise RunError(f"phase={cfg['phase']} needs the checkpoint of phase=model in out_dir="
                        f"{cfg.get('out_dir')!r}, which does not exist")  # fmt: skip
     set_threads(cfg["num_threads"])
-    out = open_run("mbrl", OmegaConf.create(cfg), EXPERIMENT.free_keys, resume=bool(cfg["resume"]))
+    launch = launch_info({f"{k}.batch_size": cfg[k]["batch_size"] for k in ("model", "decoder")})
+    out = open_run("mbrl", OmegaConf.create(cfg), EXPERIMENT.free_keys, resume=bool(cfg["resume"]),
+                   launch=launch)  # fmt: skip
     seed_everything(int(cfg["seed"]))
     trainer = MBRLTrainer(cfg, out)
     if cfg["log"]["tensorboard"]:

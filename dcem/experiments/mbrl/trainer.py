@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dcem.control import ActionDecoder
+from dcem.experiments.common.distributed import Shard
 from dcem.experiments.common.runs import (
     CsvLog,
     incompatible,
@@ -116,6 +117,8 @@ class MBRLTrainer(PhasesMixin, EvalMixin):
         self.replay = SequenceReplay(self.env.obs_dim, self.env.act_dim, self.env.episode_len,
                                      cfg["train"]["replay_capacity"])
         self._ppo = None
+        # data parallel (torchrun): every process samples the global batch and keeps its rows
+        self.shards = {k: Shard.of(f"{k}.batch_size", cfg[k]["batch_size"]) for k in ("model", "decoder")}
         self.progress = {"model": 0, "decoder": 0, "ppo": 0, "env_steps": 0, "model_updates": 0,
                          "obs_stats_set": False}
         self.history: list[dict] = []  # one row per episode / PPO iteration
@@ -239,10 +242,12 @@ class MBRLTrainer(PhasesMixin, EvalMixin):
     # -- learning steps --------------------------------------------------------------------------
     def model_update(self) -> dict[str, float]:
         m = self.cfg["model"]
-        o, a, r = self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device)
+        sh = self.shards["model"]
+        o, a, r = (sh.rows(t) for t in self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device))
         loss, stats = self.model.loss(o, a, r, m["overshooting"], m["overshooting_scale"], m["reward_scale"])
         self.model_opt.zero_grad()
         loss.backward()
+        stats = dict(zip(stats, sh.average(list(self.model.parameters()), *stats.values())))
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), m["grad_clip"])
         self.model_opt.step()
         self.progress["model_updates"] += 1
@@ -257,13 +262,16 @@ class MBRLTrainer(PhasesMixin, EvalMixin):
         return h[:, -1], o[:, -1]
 
     def decoder_update(self) -> float:
-        h, x = self.sample_states(self.cfg["decoder"]["batch_size"])
+        sh = self.shards["decoder"]
+        h, x = (sh.rows(t) for t in self.sample_states(self.cfg["decoder"]["batch_size"]))
         for p in self.model.parameters():
             p.requires_grad_(False)
         try:
-            loss = self.latent.decoder_loss(h, x, generator=self.gen)
+            with sh.draws(self.gen):
+                loss = self.latent.decoder_loss(h, x, generator=self.gen)
             self.dec_opt.zero_grad()
             loss.backward()
+            (loss,) = sh.average(list(self.decoder.parameters()), loss)
             torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), self.cfg["decoder"]["grad_clip"])
             self.dec_opt.step()
         finally:
