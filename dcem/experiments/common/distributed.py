@@ -179,8 +179,10 @@ class _GlobalDraws(TorchFunctionMode):
         shape = _flat_shape(args, kwargs)
         s = self.shard
         if shape is None or not shape or shape[0] != s.n_local:
-            raise RuntimeError(f"data parallel: a draw of shape {shape} from the batch generator does not "
-                               f"lead with the per-process batch ({s.n_local}); it cannot be sharded")  # fmt: skip
+            raise RuntimeError(
+                f"data parallel: a draw of shape {shape} from the batch generator does not lead with "
+                f"the per-process batch ({s.n_local}); cannot shard it"
+            )
         full = (s.n_global, *shape[1:])
         kw = {k: v for k, v in kwargs.items() if k != "size"}
         self.shapes.append((func, full, kw))

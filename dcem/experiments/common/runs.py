@@ -149,7 +149,11 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def open_run(
-    name: str, cfg: Any, free_keys: Sequence[str], resume: bool = True, launch: Mapping[str, Any] | None = None
+    name: str,
+    cfg: Any,
+    free_keys: Sequence[str],
+    resume: bool = True,
+    launch: Mapping[str, Any] | None = None,
 ) -> Path:
     """The run folder of ``cfg`` (``cfg.out_dir`` or ``runs/NAME/<timestamp>``), with its
     ``config.yaml`` written once.

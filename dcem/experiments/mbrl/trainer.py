@@ -243,7 +243,8 @@ class MBRLTrainer(PhasesMixin, EvalMixin):
     def model_update(self) -> dict[str, float]:
         m = self.cfg["model"]
         sh = self.shards["model"]
-        o, a, r = (sh.rows(t) for t in self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device))
+        batch = self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device)
+        o, a, r = (sh.rows(t) for t in batch)
         loss, stats = self.model.loss(o, a, r, m["overshooting"], m["overshooting_scale"], m["reward_scale"])
         self.model_opt.zero_grad()
         loss.backward()
