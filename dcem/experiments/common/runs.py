@@ -168,6 +168,7 @@ def open_run(
     """
     from dcem.experiments.common import distributed
 
+    launch = None if launch is None else {"experiment": name, **launch}
     if distributed.world_size() == 1:
         return _open_run(name, cfg, free_keys, resume, launch)
     res: tuple[str, str] | None = None
