@@ -78,8 +78,8 @@ def _folders(sweep: Path) -> list[tuple[Path, dict]]:
             continue
         found.append((p.parent, OmegaConf.to_container(OmegaConf.load(p), resolve=True)))
     if not found:
-        raise RunError(f"sweep_dir={sweep}: no run folders (no */config.yaml); point it at the sweep root "
-                       "that dcem-exp NAME -m printed (hydra.sweep.dir, default multirun/NAME/<timestamp>)")  # fmt: skip
+        raise RunError(f"sweep_dir={sweep}: no run folders (no */config.yaml); point it at the sweep "
+                       "root of dcem-exp NAME -m (hydra.sweep.dir, multirun/NAME/<time>)")  # fmt: skip
     return found
 
 
