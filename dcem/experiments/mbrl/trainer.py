@@ -31,6 +31,7 @@ from dcem.experiments.common.runs import (
     mean_ci95,
     save_torch,
 )
+from dcem.experiments.mbrl.collect import CollectMixin
 from dcem.experiments.mbrl.evaluation import EvalMixin
 from dcem.experiments.mbrl.phases import PhasesMixin
 from dcem.experiments.mbrl.schema import PHASES
@@ -74,7 +75,7 @@ def validate_config(cfg: dict) -> None:
     obj.validate()
 
 
-class MBRLTrainer(PhasesMixin, EvalMixin):
+class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
     """State and loops of one run; see the module docstring for the phases.
 
     The global RNGs are not seeded here (see :func:`seed_everything`); the checkpoint saves and
