@@ -57,7 +57,10 @@ def _worker(conn: Any, name: str, action_repeat: int | None, episode_steps: int)
     env = DMCEnv(name, action_repeat, seed=0, episode_steps=episode_steps)
     conn.send((env.obs_dim, env.act_dim, env.episode_len, env.u_lower, env.u_upper))
     while True:
-        cmd, arg = conn.recv()
+        try:
+            cmd, arg = conn.recv()
+        except EOFError:  # the parent exited without close()
+            return
         if cmd == "close":
             conn.close()
             return

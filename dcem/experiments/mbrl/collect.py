@@ -52,7 +52,10 @@ class CollectMixin:
             seeds = [episode_seed(int(self.cfg["seed"]), k) for k in idx]
             cache.clear()
             cache.update(zip(idx, self.pool().random_episodes(seeds)))
-        return cache.pop(i)
+        out = cache.pop(i)
+        if i + 1 >= int(self.cfg["train"]["seed_episodes"]):
+            self.close_pool()  # the seed episodes are done
+        return out
 
     def planned_episodes(self, policy: str, noise: float, first: int) -> list[tuple[np.ndarray, ...]]:
         """Episodes ``first .. first + collect_workers - 1`` with ``policy`` (``"cem"``/``"dcem"``) and
