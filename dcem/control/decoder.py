@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 __all__ = ["ActionDecoder"]
 
+#: decoder initialisations (see :class:`ActionDecoder`)
+INITS = ("default", "reference")
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
 
@@ -23,6 +25,12 @@ class ActionDecoder(nn.Module):
             (``u_lower < u_upper``).
         hidden_sizes: widths of the hidden layers.
         activation: one of ``"relu"``, ``"elu"``, ``"tanh"``, ``"softplus"``.
+        init: ``"default"`` (PyTorch's ``nn.Linear`` initialisation) or ``"reference"``, the
+            initialisation of the published cartpole experiment (App. C): every weight drawn from
+            ``N(0, s^2)`` with ``s = 2 / sqrt(fan_in + fan_out)``, biases zero. Its untrained plans
+            vary far more across the latent box than with the default, whose sigmoid-squashed
+            output is nearly constant; it is the "random decoder" baseline of App. C.
+        generator: ``torch.Generator`` for the ``"reference"`` draws (default: the global RNG).
 
     Shape:
         - Input: ``(..., n_latent)``.
@@ -45,6 +53,8 @@ class ActionDecoder(nn.Module):
         u_upper: float | Tensor,
         hidden_sizes: Sequence[int] = (256, 256),
         activation: str = "relu",
+        init: str = "default",
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("n_latent", n_latent), ("horizon", horizon), ("n_ctrl", n_ctrl)):
@@ -52,6 +62,8 @@ class ActionDecoder(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
         lower = torch.as_tensor(u_lower, dtype=torch.get_default_dtype()).expand(n_ctrl).clone()
         upper = torch.as_tensor(u_upper, dtype=torch.get_default_dtype()).expand(n_ctrl).clone()
         if not bool((lower < upper).all()):
@@ -66,6 +78,20 @@ class ActionDecoder(nn.Module):
             width = h
         layers.append(nn.Linear(width, horizon * n_ctrl))
         self.net = nn.Sequential(*layers)
+        if init == "reference":
+            self.reference_init_(generator)
+
+    @torch.no_grad()
+    def reference_init_(self, generator: torch.Generator | None = None) -> ActionDecoder:
+        """Re-draw every layer as in App. C (``N(0, (2 / sqrt(fan_in + fan_out))^2)`` weights, zero
+        biases), in place; returns ``self``."""
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                fan_out, fan_in = m.weight.shape
+                std = 2.0 / (fan_in + fan_out) ** 0.5
+                m.weight.copy_(torch.randn(m.weight.shape, generator=generator, dtype=m.weight.dtype) * std)
+                m.bias.zero_()
+        return self
 
     def forward(self, z: Tensor) -> Tensor:
         if z.shape[-1] != self.n_latent:

@@ -34,18 +34,13 @@ def episode_seed(run_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(run_seed), int(index)]).generate_state(1)[0])
 
 
-def _seed_env(env: Any, seed: int) -> np.random.Generator:
-    env.set_rng_state(np.random.RandomState(seed).get_state())
-    return np.random.default_rng(seed)
-
-
 def _random_episode(env: Any, seed: int) -> Episode:
-    rng = _seed_env(env, seed)
+    rng = np.random.default_rng(seed)
     T = env.episode_len
     obs = np.zeros((T + 1, env.obs_dim), np.float32)
     act = rng.uniform(env.u_lower, env.u_upper, size=(T, env.act_dim)).astype(np.float32)
     rew = np.zeros(T, np.float32)
-    obs[0] = env.reset()
+    obs[0] = env.reset(seed)
     for t in range(T):
         obs[t + 1], rew[t], _ = env.step(act[t])
     return obs, act, rew
@@ -68,8 +63,7 @@ def _worker(conn: Any, name: str, action_repeat: int | None, episode_steps: int)
             if cmd == "episode":
                 out: Any = _random_episode(env, arg)
             elif cmd == "reset":
-                _seed_env(env, arg)
-                out = env.reset()
+                out = env.reset(arg)
             else:  # step
                 out = env.step(arg)
         except Exception as err:  # noqa: BLE001 - sent back and raised in the parent

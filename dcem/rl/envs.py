@@ -61,17 +61,13 @@ class DMCEnv:
 
         self.name = name
         self.action_repeat = action_repeat
-        self._env = suite.load(
-            domain, task, task_kwargs={"random": int(seed), "time_limit": float("inf")}
-        )
+        self._env = suite.load(domain, task, task_kwargs={"random": int(seed), "time_limit": float("inf")})
         self._episode_env_steps = episode_steps
         spec = self._env.action_spec()
         self.act_dim = int(spec.shape[0])
         self.u_lower = np.asarray(spec.minimum, dtype=np.float32).reshape(self.act_dim)
         self.u_upper = np.asarray(spec.maximum, dtype=np.float32).reshape(self.act_dim)
-        self.obs_dim = int(
-            sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values())
-        )
+        self.obs_dim = int(sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values()))
         #: agent steps per episode
         self.episode_len = episode_steps // action_repeat
         self._t = 0
@@ -80,8 +76,16 @@ class DMCEnv:
     def _flat(obs: dict[str, Any]) -> np.ndarray:
         return np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in obs.values()])
 
-    def reset(self) -> np.ndarray:
-        """Start an episode; returns the first observation, shape ``(obs_dim,)``."""
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start an episode; returns the first observation, shape ``(obs_dim,)``.
+
+        ``seed`` re-seeds the task's random state first, so the episode's initial state depends
+        on ``seed`` alone (paired test episodes); ``None`` continues the task's stream.
+        """
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+                raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+            self._env.task.random.seed(int(seed))
         self._t = 0
         return self._flat(self._env.reset().observation)
 

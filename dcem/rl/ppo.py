@@ -117,10 +117,21 @@ class PPOFineTuner:
     """
 
     def __init__(
-        self, planner: LatentDCEMPlanner, parts: Sequence[str] = ("decoder", "reward"), sigma: float = 0.1,
-        learn_sigma: bool = False, lr: float = 1e-4, clip_epsilon: float = 0.2, gamma: float = 0.99,
-        lmbda: float = 0.95, entropy_coeff: float = 0.0, critic_coeff: float = 0.5, epochs: int = 4,
-        minibatch: int = 32, max_grad_norm: float = 0.5, critic_hidden: int = 200,
+        self,
+        planner: LatentDCEMPlanner,
+        parts: Sequence[str] = ("decoder", "reward"),
+        sigma: float = 0.1,
+        learn_sigma: bool = False,
+        lr: float = 1e-4,
+        clip_epsilon: float = 0.2,
+        gamma: float = 0.99,
+        lmbda: float = 0.95,
+        entropy_coeff: float = 0.0,
+        critic_coeff: float = 0.5,
+        epochs: int = 4,
+        minibatch: int = 32,
+        max_grad_norm: float = 0.5,
+        critic_hidden: int = 200,
     ) -> None:
         from tensordict.nn import TensorDictModule
         from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
@@ -140,14 +151,21 @@ class PPOFineTuner:
         def make_actor(net: nn.Module):
             return ProbabilisticActor(
                 TensorDictModule(net, in_keys=["h", "x"], out_keys=["loc", "scale"]),
-                in_keys=["loc", "scale"], distribution_class=IndependentNormal, return_log_prob=True,
+                in_keys=["loc", "scale"],
+                distribution_class=IndependentNormal,
+                return_log_prob=True,
             )
 
         self.actor = make_actor(self.policy_net)
         self.critic = ValueOperator(self.value_net, in_keys=["h", "x"])
         self.loss = ClipPPOLoss(
-            self.actor, self.critic, clip_epsilon=clip_epsilon, entropy_coeff=entropy_coeff,
-            critic_coeff=critic_coeff, normalize_advantage=True, loss_critic_type="smooth_l1",
+            self.actor,
+            self.critic,
+            clip_epsilon=clip_epsilon,
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff,
+            normalize_advantage=True,
+            loss_critic_type="smooth_l1",
         )
         self.log_prob_key = self.loss.tensor_keys.sample_log_prob
         self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic)
@@ -177,7 +195,8 @@ class PPOFineTuner:
         """PPO epochs over one batch of transitions (a TensorDict of shape ``[T]``).
 
         ``td`` holds ``h, x, action`` and ``("next", h/x/reward/done/terminated)``.
-        Returns mean diagnostics of the last epoch.
+        Returns mean diagnostics over the epochs (``skipped``: the fraction of minibatches whose
+        loss or gradient was not finite and which were skipped).
         """
         self.set_trainable()
         old_net = copy.deepcopy(self.policy_net)
@@ -191,7 +210,7 @@ class PPOFineTuner:
         for _ in range(self.epochs):
             perm = torch.randperm(T, generator=g)
             for start in range(0, T, self.minibatch):
-                mb = td[perm[start: start + self.minibatch]].clone()
+                mb = td[perm[start : start + self.minibatch]].clone()
                 k += 1
                 s = int(seed) * 100003 + k
                 with torch.no_grad():
@@ -204,8 +223,14 @@ class PPOFineTuner:
                 self.optim.zero_grad()
                 total.backward()
                 params = [p for grp in self.optim.param_groups for p in grp["params"]]
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-                self.optim.step()
+                norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                # the DCEM mean can jump with the parameters (elite sets change), the ratio then
+                # overflows: such a minibatch is skipped (counted in "skipped") instead of
+                # writing non-finite values into the model
+                finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(total.detach()))
+                stats.setdefault("skipped", []).append(0.0 if finite else 1.0)
+                if finite:
+                    self.optim.step()
                 for key in ("loss_objective", "loss_critic", "clip_fraction", "kl_approx"):
                     if key in out.keys():
                         stats.setdefault(key, []).append(float(out[key].detach().mean()))
@@ -215,8 +240,11 @@ class PPOFineTuner:
         return {key: sum(v) / len(v) for key, v in stats.items()}
 
     def state_dict(self) -> dict:
-        return {"value_net": self.value_net.state_dict(), "optim": self.optim.state_dict(),
-                "log_std": self.policy_net.log_std.detach().clone()}
+        return {
+            "value_net": self.value_net.state_dict(),
+            "optim": self.optim.state_dict(),
+            "log_std": self.policy_net.log_std.detach().clone(),
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         self.value_net.load_state_dict(sd["value_net"])

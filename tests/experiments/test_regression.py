@@ -345,3 +345,30 @@ def test_config_scales():
         assert cfg.n_points == 100 and cfg.n_hidden == 128 and list(cfg.seeds) == [0, 1, 2]
     with pytest.raises(ValueError, match="methods"):
         load_config(["methods=[sgd]", "scale=tiny"])
+
+
+def test_robust_final_metric_and_report(tmp_path):
+    run = tmp_path / "run"
+    main(_tiny(run, "report.last_evals=2"))
+    # the reported final MSE is the mean of the last 2 evaluations of each run's log
+    with open(run / "summary.csv") as fh:
+        summ = {(r["method"], r["seed"]): r for r in csv.DictReader(fh)}
+    lg = read_log(run / "dcem" / "seed1" / "log.csv")
+    want = (lg[-1]["train_mse"] + lg[-2]["train_mse"]) / 2
+    assert math.isclose(float(summ[("dcem", "1")]["train_mse_last"]), want, rel_tol=1e-6)
+    res = json.loads((run / "results.json").read_text())
+    vals = [float(summ[("gd", s)]["test_mse_last"]) for s in ("0", "1")]
+    assert math.isclose(res["methods"]["gd"]["test_mse_last"]["mean"], sum(vals) / 2, rel_tol=1e-9)
+    # the page's generated blocks come from the run; prose outside the markers is kept
+    page = tmp_path / "page.md"
+    page.write_text("# Regression\n\nprose\n")
+    rep = [f"out_dir={run}", "mode=report", f"report.page={page}", f"report.img_dir={tmp_path / 'img'}"]
+    main([*rep, "scale=tiny", "report.last_evals=2"])
+    text = page.read_text()
+    assert "prose" in text and "mean of last 2 evals" in text
+    for block in ("setup", "main", "ablation"):
+        assert f"<!-- report:{block} begin" in text
+    assert f"{float(summ[('dcem', '1')]['train_mse_last']):.3g}" in text
+    assert (tmp_path / "img" / "regression_loss_curves.png").is_file()
+    with pytest.raises(ValueError, match="not an analysed regression run"):
+        main([f"out_dir={tmp_path / 'nothing'}", "mode=report", f"report.page={page}", "scale=tiny"])

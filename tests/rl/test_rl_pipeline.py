@@ -68,8 +68,16 @@ def test_ppo_gradients_reach_decoder_through_dcem():
     h, x = torch.randn(T, 8), torch.randn(T, 3)
     a, logp, loc, scale = ft.act(h, x, seed=3)
     no = torch.zeros(T, 1, dtype=torch.bool)
-    nxt = TensorDict({"h": torch.randn(T, 8), "x": torch.randn(T, 3), "reward": torch.randn(T, 1),
-                      "done": no, "terminated": no.clone()}, [T])
+    nxt = TensorDict(
+        {
+            "h": torch.randn(T, 8),
+            "x": torch.randn(T, 3),
+            "reward": torch.randn(T, 1),
+            "done": no,
+            "terminated": no.clone(),
+        },
+        [T],
+    )
     td = TensorDict({"h": h, "x": x, "action": a, "next": nxt}, [T])
     ft.set_trainable()
     with torch.no_grad():
@@ -102,6 +110,41 @@ def test_ppo_gradients_reach_decoder_through_dcem():
     eps = 1e-3
     fd = (obj(eps) - obj(-eps)) / (2 * eps)
     assert fd == pytest.approx(sum(float((d * d).sum()) for d in g), rel=0.1)
+
+
+def test_ppo_update_skips_non_finite_minibatches():
+    """A minibatch whose loss overflows (the DCEM mean jumped) is skipped, the rest are applied."""
+    from tensordict import TensorDict
+
+    from dcem.rl.ppo import PPOFineTuner
+
+    torch.manual_seed(0)
+    m = WorldModel(3, 2, deter_size=8, hidden_size=8)
+    dec = ActionDecoder(2, 3, 2, -1.0, 1.0, hidden_sizes=(8,))
+    planner = LatentDCEMPlanner(m, dec, n_sample=10, n_elite=3, n_iter=2, temp=1.0)
+    ft = PPOFineTuner(planner, parts=["decoder", "reward"], sigma=0.1, minibatch=5, epochs=1)
+    T = 10
+    h, x = torch.randn(T, 8), torch.randn(T, 3)
+    a, *_ = ft.act(h, x, seed=3)
+    no = torch.zeros(T, 1, dtype=torch.bool)
+    nxt = {"h": torch.randn(T, 8), "x": torch.randn(T, 3), "reward": torch.randn(T, 1), "done": no,
+           "terminated": no.clone()}  # fmt: skip
+    td = TensorDict({"h": h, "x": x, "action": a, "next": TensorDict(nxt, [T])}, [T])
+    calls, loss = [], ft.loss
+
+    def overflowing(mb):  # the first minibatch's objective is +inf
+        out = loss(mb)
+        calls.append(1)
+        if len(calls) == 1:
+            out.set("loss_objective", out["loss_objective"] * float("inf"))
+        return out
+
+    ft.loss = overflowing
+    before = [p.detach().clone() for p in dec.parameters()]
+    stats = ft.update(td, seed=1)
+    assert len(calls) == 2 and stats["skipped"] == pytest.approx(0.5)
+    assert all(bool(torch.isfinite(p).all()) for p in list(dec.parameters()) + list(m.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(before, dec.parameters()))  # the second step applied
 
 
 def test_bad_config_fails_before_work(tmp_path):
@@ -177,8 +220,8 @@ def test_end_to_end_pipeline(tmp_path):
     cfg = _cfg(tmp_path, "eval.every=0")
     tr = run(cfg)
     assert tr.progress["model"] == 2 and tr.progress["decoder"] == 1 and tr.progress["ppo"] == 1
-    res = json.loads((tmp_path / "eval.json").read_text())
-    assert set(res) == {"random", "full_cem", "latent_dcem", "latent_dcem_ppo"}
+    res = json.loads((tmp_path / "eval.json").read_text())["controllers"]
+    assert set(res) == {"random", "full_cem", "full_cem_budget", "latent_dcem", "latent_dcem_ppo"}
     for v in res.values():
         assert len(v["returns"]) == 2 and math.isfinite(v["mean"]) and v["ci95"] >= 0
     assert (tmp_path / "curves.png").stat().st_size > 0
@@ -197,14 +240,23 @@ def test_eval_phase_writes_video_headless(tmp_path):
     import sys
 
     env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONPATH": os.getcwd()}
-    cmd = [sys.executable, "-m", "dcem.experiments", "mbrl", "scale=test", "phase=eval", "eval.video=true",
-           "eval.episodes=1", f"out_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dcem.experiments",
+        "mbrl",
+        "scale=test",
+        "phase=eval",
+        "eval.video=true",
+        "eval.episodes=1",
+        f"out_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 and "EGL" in proc.stderr:
         pytest.skip("no EGL rendering on this machine")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "video_random.gif").stat().st_size > 1000
-    assert "random" in json.loads((tmp_path / "eval.json").read_text())
+    assert "random" in json.loads((tmp_path / "eval.json").read_text())["controllers"]
 
 
 def test_ppo_phase_resumes_exactly(tmp_path):

@@ -15,6 +15,10 @@ this file; ``scale=tiny`` is a seconds-long smoke run. Modes:
   ``ablation.png``.
 - ``mode=vis``: redo the plots of the run in ``out_dir`` from its best checkpoint.
 - ``mode=eval``: recompute ``summary.json`` of the run in ``out_dir`` and of its sub-runs.
+- ``mode=report``: score the train runs ``report.runs=[DIR,...]`` (one per training seed) and
+  the ablation ``report.ablation=DIR`` on the test states against a converged full-space CEM,
+  full-space CEM at the latent budget and the untrained decoder, and rewrite the generated
+  blocks of ``report.page`` (:mod:`dcem.experiments.cartpole.report`).
 
 The checkpoint kept (``best.pt``) is the one with the lowest validation cost; ``summary.json``
 also reports a held-out test set of 100 other initial states (``*_test_*``).
@@ -43,7 +47,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 EXPERIMENT = Experiment(
     "cartpole", CONF_DIR, CartpoleConfig, __doc__ or "",
     free_keys=("out_dir", "progress", "num_threads", "resume", "mode", "plots", "vis.n_states", "vis.grid",
-               "vis.n_lines"),
+               "vis.n_lines", "report."),
 )  # fmt: skip
 
 
@@ -62,7 +66,6 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
         _load,
         _load_decoder,
         make_controller,
-        make_expert,
         read_csv,
         validation_states,
     )
@@ -85,11 +88,14 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
     with plots.style():
         plot_curves(read_csv(run_dir / "log.csv"), expert_mean, ck.get("random_cost"), run_dir / "curves.png")
         plot_surface(ctrl, x_val[: int(cfg.vis.n_states)], run_dir / "surface.png", grid=int(cfg.vis.grid))
-        expert_mpc = make_expert(cfg, dx)
-        return plot_fig3(ctrl, expert_mpc, x_val[0], run_dir / "fig3.png", n_lines=int(cfg.vis.n_lines))
+        spec = {k: cfg.expert[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")}
+        rows = [(f"CEM, full space ({int(spec['n_sample'])} x {int(spec['n_iter'])})", spec)]
+        return plot_fig3(ctrl, rows, x_val[0], run_dir / "fig3.png", n_lines=int(cfg.vis.n_lines))
 
 
 def _ablation(cfg: DictConfig, run_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
     from dcem.control import CartpoleDx
     from dcem.experiments.cartpole.plots import plot_ablation
     from dcem.experiments.cartpole.run import expert_costs, read_csv, test_states, train, validation_states
@@ -100,20 +106,27 @@ def _ablation(cfg: DictConfig, run_dir: Path) -> None:
     expert = expert_costs(cfg, dx, validation_states(cfg, dx), run_dir / "expert.json")
     expert_test = expert_costs(cfg, dx, test_states(cfg, dx), run_dir / "expert_test.json", tag="test")
     results, curves = [], {}
-    for nz in cfg.ablation.latent_sizes:
-        for tau in cfg.ablation.temps:
-            name = f"tau{float(tau):g}_nz{int(nz)}"
-            s = train(cfg, run_dir / name, n_latent=int(nz), temp=float(tau),
-                      n_train_iter=int(cfg.ablation.n_train_iter), expert=expert,
-                      expert_test=expert_test)  # fmt: skip
-            s["name"] = name
-            results.append(s)
-            curves[name] = read_csv(run_dir / name / "log.csv")
-            log.info("%s: latent %.3f expert %.3f factor %.3f", name, s["latent_cost"], s["expert_cost"],
-                     s["improvement_factor"])  # fmt: skip
+    for seed in cfg.ablation.seeds:
+        cfg_s = OmegaConf.merge(cfg, {"seed": int(seed)})
+        for nz in cfg.ablation.latent_sizes:
+            for tau in cfg.ablation.temps:
+                name = ablation_name(float(tau), int(nz), int(seed))
+                s = train(cfg_s, run_dir / name, n_latent=int(nz), temp=float(tau),
+                          n_train_iter=int(cfg.ablation.n_train_iter), expert=expert,
+                          expert_test=expert_test)  # fmt: skip
+                s.update(name=name, seed=int(seed))
+                results.append(s)
+                curves[name] = read_csv(run_dir / name / "log.csv")
+                log.info("%s: latent %.3f expert %.3f factor %.3f", name, s["latent_cost"], s["expert_cost"],
+                         s["improvement_factor"])  # fmt: skip
     CsvLog(run_dir / "ablation.csv", list(results[0].keys())).rewrite(results)
     with plots.style():
         plot_ablation(results, curves, float(expert.mean()), run_dir / "ablation.png")
+
+
+def ablation_name(tau: float, n_latent: int, seed: int) -> str:
+    """Sub-run folder name of one ablation cell: ``tau<tau>_nz<n_latent>_seed<seed>``."""
+    return f"tau{tau:g}_nz{n_latent}_seed{seed}"
 
 
 def main(argv: list[str]) -> None:
@@ -129,6 +142,12 @@ def main(argv: list[str]) -> None:
         raise RunError(f"mode={cfg.mode} needs out_dir=... pointing at an existing cartpole run folder")
     setup_logging()
     set_threads(cfg.num_threads)
+    if cfg.mode == "report":
+        from dcem.experiments.cartpole.report import report
+
+        report(cfg)
+        log.info("rewrote the generated blocks of %s", cfg.report.page)
+        return
     resume = bool(cfg.resume) or cfg.mode in ("vis", "eval")
     run_dir = open_run("cartpole", cfg, EXPERIMENT.free_keys, resume=resume,
                        launch=launch_info({"n_batch": int(cfg.n_batch)}))  # fmt: skip

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcem.control import MPC, LatentDCEMController
+from dcem.control import LatentDCEMController
 from dcem.experiments.common.plots import figure, save
+from dcem.planning import Planner, PlannerConfig, rollout_objective
 
 
 def _smooth(y: np.ndarray, w: int) -> np.ndarray:
@@ -68,35 +69,63 @@ def _record(store: list[tuple[Tensor, Tensor, Tensor]]):
 
 
 @torch.no_grad()
+def _cem_samples(
+    ctrl: LatentDCEMController, spec: dict[str, Any], x: Tensor, seed: int
+) -> tuple[list, float]:
+    """Per-iteration samples of full-space CEM with ``spec`` (n_sample, n_elite, n_iter, sigma_scale)."""
+
+    dx, store = ctrl.dx, []
+    cfg = PlannerConfig(
+        "cem", int(spec["n_sample"]), int(spec["n_elite"]), int(spec["n_iter"]), select="mean"
+    )
+    p = Planner(ctrl.horizon, dx.n_ctrl, cfg, lower=dx.u_lower, upper=dx.u_upper)
+    res = p.plan(
+        rollout_objective(dx, x, ctrl.cost),
+        batch_shape=(1,),
+        init_std=float(spec["sigma_scale"]) * (dx.u_upper - dx.u_lower),
+        generator=torch.Generator().manual_seed(seed),
+        iter_cb=_record(store),
+        dtype=x.dtype,
+    )
+    return store, float(res.best_cost[0])
+
+
+@torch.no_grad()
 def plot_fig3(
     ctrl: LatentDCEMController,
-    expert: MPC,
+    cem_rows: list[tuple[str, dict[str, Any]]],
     x0: Tensor,
     path: Path,
     n_lines: int = 100,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Fig. 3: control sequences sampled by full-space CEM vs latent DCEM across iterations.
+    """Fig. 3: control sequences sampled by full-space CEM (one row per ``(name, spec)`` of
+    ``cem_rows``; ``spec`` has n_sample, n_elite, n_iter, sigma_scale) and by latent DCEM (last
+    row) across iterations 1, 2, 4, 10 and each row's last one.
 
-    ``x0`` is one initial state ``(5,)``. Returns the final plan costs of both controllers.
+    ``x0`` is one initial state ``(5,)``. Returns each row's best plan cost.
     """
-    H = ctrl.horizon
-    cem_store: list[tuple[Tensor, Tensor, Tensor]] = []
+    H, x = ctrl.horizon, x0.unsqueeze(0)
+    rows, costs = [], {}
+    for k, (name, spec) in enumerate(cem_rows):
+        store, costs[f"fig3_cem{k}_cost"] = _cem_samples(ctrl, spec, x, seed)
+        rows.append((store, f"{name}", None))
     lat_store: list[tuple[Tensor, Tensor, Tensor]] = []
-    expert.generator = torch.Generator().manual_seed(seed)
-    x = x0.unsqueeze(0)
-    p = expert.plan(x, iter_cb=_record(cem_store))
-    lat = ctrl.solve(x, generator=torch.Generator().manual_seed(seed), iter_cb=_record(lat_store))
-    iters = sorted({0, 1, 3, min(len(cem_store), len(lat_store)) - 1})
-    fig = figure(figsize=(3.4 * len(iters), 6.0), layout="constrained")
-    axes = fig.subplots(2, len(iters), sharey=True, squeeze=False)
+    lat = ctrl.planner().plan(
+        rollout_objective(ctrl.dx, x, ctrl.cost),
+        batch_shape=(1,),
+        init_std=ctrl.init_sigma,
+        generator=torch.Generator().manual_seed(seed),
+        iter_cb=_record(lat_store),
+        dtype=x.dtype,
+    )
+    costs["fig3_latent_cost"] = float(lat.best_cost[0])
+    rows.append((lat_store, f"latent DCEM ({ctrl.n_sample} samples)", ctrl))
+    iters = sorted({0, 1, 3, 9} | {len(r[0]) - 1 for r in rows})
+    fig = figure(figsize=(3.0 * len(iters), 2.9 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(iters), sharey=True, squeeze=False)
     t = np.arange(H)
-    for row, (store, name, decode) in enumerate(
-        (
-            (cem_store, f"CEM, full space ({expert.n_sample} samples)", None),
-            (lat_store, f"latent DCEM ({ctrl.n_sample} samples)", ctrl),
-        )
-    ):
+    for row, (store, name, decode) in enumerate(rows):
         for col, i in enumerate(iters):
             ax = axes[row, col]
             if i >= len(store):
@@ -104,20 +133,48 @@ def plot_fig3(
                 continue
             X, fX, w = store[i]
             U = X.view(X.shape[0], H) if decode is None else decode.decoder(X)[..., 0]
-            sel = torch.arange(min(n_lines, U.shape[0]))
-            for k in sel.tolist():
+            for k in range(min(n_lines, U.shape[0])):
                 ax.plot(t, U[k].numpy(), color="C0", alpha=0.2, lw=0.6)
-            el = torch.topk(w, min(10, w.numel())).indices  # largest (soft) elite weights
-            for k in el.tolist():
+            for k in torch.topk(w, min(10, w.numel())).indices.tolist():  # largest (soft) elite weights
                 ax.plot(t, U[k].numpy(), color="C3", alpha=0.8, lw=0.8)
-            ax.set_title(f"{name}\niteration {i + 1}")
+            ax.set_title(f"{name}\niteration {i + 1}", fontsize=9)
             ax.set_xlabel("t")
         axes[row, 0].set_ylabel("force u_t")
     fig.suptitle(
-        f"CEM plan cost {float(p.cost[0]):.2f} vs latent DCEM {float(lat.cost[0]):.2f} (red: elites)",
+        "best plan costs: "
+        + ", ".join(f"{r[1].split(' (')[0]} {c:.2f}" for r, c in zip(rows, costs.values()))
+        + " (red: elites)"
     )
+    save(fig, path, dpi=90)
+    return costs
+
+
+def plot_seed_curves(scores: list[dict[str, Any]], lines: dict[str, float], path: Path) -> None:
+    """Validation cost per decoder update of several training runs (``scores[i]["val_curve"]``,
+    ``[(iter, cost), ...]``), their mean, and horizontal reference ``lines`` (label -> cost)."""
+    fig = figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.subplots()
+    curves = [np.asarray(s["val_curve"], dtype=float) for s in scores]
+    for k, c in enumerate(curves):
+        ax.plot(
+            c[:, 0], c[:, 1], "-", color="C0", alpha=0.35, lw=0.8, label="training seeds" if k == 0 else None
+        )
+    n = min(len(c) for c in curves)
+    ax.plot(
+        curves[0][:n, 0],
+        np.mean([c[:n, 1] for c in curves], 0),
+        "o-",
+        color="C0",
+        ms=2,
+        label=f"mean of {len(curves)} seeds",
+    )
+    for k, (label, v) in enumerate(lines.items()):
+        ax.axhline(v, color="k", ls=("--", ":", "-.")[k % 3], label=f"{label} ({v:.2f})")
+    ax.set_xlabel("decoder update")
+    ax.set_ylabel("validation cost (100 states, lower is better)")
+    ax.set_title("cartpole: latent DCEM controller, validation")
+    ax.legend(fontsize=8)
     save(fig, path, dpi=100)
-    return {"fig3_cem_cost": float(p.cost[0]), "fig3_latent_cost": float(lat.cost[0])}
 
 
 @torch.no_grad()
@@ -155,22 +212,34 @@ def plot_ablation(
     curves: dict[str, list[dict[str, Any]]],
     expert: float,
     path: Path,
+    expert_label: str = "paper expert (val.)",
 ) -> None:
-    """Validation curves of the tau x latent-size ablation, one panel per latent size."""
+    """Validation curves of the tau x latent-size ablation, one panel per latent size: the mean
+    over training seeds with a 95% Student-t band (no band for one seed)."""
+    from dcem.experiments.common.runs import mean_ci95
+
     sizes = sorted({r["n_latent"] for r in results})
     fig = figure(figsize=(4.4 * len(sizes), 3.6), layout="constrained")
     axes = fig.subplots(1, len(sizes), sharey=True, squeeze=False)
     for j, nz in enumerate(sizes):
         ax = axes[0, j]
-        for r in results:
-            if r["n_latent"] != nz:
-                continue
-            rows = [c for c in curves[r["name"]] if c["mode"] == "val"]
-            label = f"tau={r['temp']:g}" if r["temp"] else "tau=0 (hard CEM)"
-            ax.plot([c["iter"] for c in rows], [c["cost"] for c in rows], "o-", ms=2, label=label)
-        ax.axhline(expert, color="k", ls="--", label="expert")
+        for k, tau in enumerate(sorted({r["temp"] for r in results if r["n_latent"] == nz}, reverse=True)):
+            runs = [r for r in results if r["n_latent"] == nz and r["temp"] == tau]
+            vals: dict[int, list[float]] = {}
+            for r in runs:
+                for c in curves[r["name"]]:
+                    if c["mode"] == "val":
+                        vals.setdefault(int(c["iter"]), []).append(float(c["cost"]))
+            its = sorted(vals)
+            stats = [mean_ci95(vals[i]) for i in its]
+            m = np.array([a for a, _ in stats])
+            h = np.nan_to_num(np.array([b for _, b in stats]))
+            label = (f"tau={tau:g}" if tau else "tau=0 (hard CEM)") + f", {len(runs)} seed(s)"
+            ax.plot(its, m, "o-", ms=2, color=f"C{k}", label=label)
+            ax.fill_between(its, m - h, m + h, color=f"C{k}", alpha=0.2, lw=0)
+        ax.axhline(expert, color="k", ls="--", label=expert_label)
         ax.set_title(f"latent size {nz}")
         ax.set_xlabel("decoder update")
-    axes[0, 0].set_ylabel("validation cost")
-    axes[0, -1].legend()
+    axes[0, 0].set_ylabel("validation cost (mean, 95% band over seeds)")
+    axes[0, -1].legend(fontsize=8)
     save(fig, path, dpi=90)

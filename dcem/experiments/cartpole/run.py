@@ -46,6 +46,7 @@ def make_controller(cfg: DictConfig, dx: CartpoleDx, n_latent: int | None = None
         dx.u_upper,
         hidden_sizes=tuple(cfg.decoder.hidden_sizes),
         activation=str(cfg.decoder.activation),
+        init=str(cfg.decoder.init),
     )
     ctrl = LatentDCEMController(
         dec,
@@ -162,8 +163,9 @@ class _Training:
             self.start, self.best_val = int(ck["iter"]), float(ck["best_val"])
             self.random_cost, self.wall0 = ck["random_cost"], float(ck["wall_s"])
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise incompatible(self.ckpt_path, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}") \
-                from None
+            raise incompatible(
+                self.ckpt_path, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}"
+            ) from None
 
     def save(self, it: int, wall: float) -> None:
         save_torch({"decoder": self.ctrl.decoder.state_dict(), "opt": self.opt.state_dict(),

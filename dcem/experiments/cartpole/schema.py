@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dcem.control.decoder import INITS
 from dcem.experiments.common.config import ConfigError, opt
 
 
@@ -12,6 +13,7 @@ class Decoder:
     n_latent: int = opt(ge=1)
     hidden_sizes: list[int] = opt(ge=1, each=True)
     activation: str = opt(choices=("relu", "elu", "tanh", "softplus"))
+    init: str = opt(choices=INITS, doc="reference: App. C's N(0, 4/(fan_in+fan_out)) weights, zero biases")
 
 
 @dataclass
@@ -44,12 +46,34 @@ class Vis:
 class Ablation:
     temps: list[float] = opt(ge=0, each=True, nonempty=True)
     latent_sizes: list[int] = opt(ge=1, each=True, nonempty=True)
+    seeds: list[int] = opt(ge=0, each=True, nonempty=True, doc="training seeds of each cell")
     n_train_iter: int = opt(ge=1)
 
 
 @dataclass
+class Converged:
+    n_sample: int = opt(ge=2)
+    n_elite: int = opt(ge=1, doc="<= report.converged.n_sample")
+    n_iter: int = opt(ge=1)
+    sigma_scale: float = opt(gt=0)
+
+
+@dataclass
+class Report:
+    runs: list[str] = opt(doc="train run folders, one per training seed (mode=report)")
+    ablation: str | None = opt(doc="an ablation run folder (null: no ablation block)")
+    page: str = opt(doc="the results page whose generated blocks are rewritten")
+    img_dir: str = opt(doc="folder for the page's figures")
+    out: str = opt(doc="folder for report.json")
+    cache_dir: str = opt(doc="cache of the full-space CEM baselines")
+    eval_seeds: list[int] = opt(ge=0, each=True, nonempty=True, doc="DCEM sampling seeds per trained decoder")
+    baseline_seed: int = opt(ge=0)
+    converged: Converged = field(default_factory=Converged)
+
+
+@dataclass
 class CartpoleConfig:
-    mode: str = opt(choices=("train", "ablation", "vis", "eval"))
+    mode: str = opt(choices=("train", "ablation", "vis", "eval", "report"))
     out_dir: str | None = opt(doc="null: runs/cartpole/<timestamp>")
     resume: bool = opt(doc="false: move a previous run in out_dir aside and start over")
     seed: int = opt(ge=0)
@@ -72,9 +96,11 @@ class CartpoleConfig:
     ckpt_interval: int = opt(ge=1)
     vis: Vis = field(default_factory=Vis)
     ablation: Ablation = field(default_factory=Ablation)
+    report: Report = field(default_factory=Report)
 
     def validate(self) -> None:
-        for name, c in (("dcem", self.dcem), ("expert", self.expert)):
+        sized = (("dcem", self.dcem), ("expert", self.expert), ("report.converged", self.report.converged))
+        for name, c in sized:
             if c.n_elite > c.n_sample:
                 raise ConfigError(f"{name}.n_elite={c.n_elite}: must be <= {name}.n_sample ({c.n_sample})")
         if self.vis.n_states > self.n_val:

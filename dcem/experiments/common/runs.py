@@ -230,9 +230,14 @@ def _open_run(
 
 
 def _differences(old: Mapping[str, Any], now: Mapping[str, Any], free_keys: Sequence[str]) -> str:
-    """``"key: OLD there, NEW now; ..."`` for the first three differing keys ("" if none)."""
-    a = {k: v for k, v in _flat(old).items() if k not in free_keys}
-    b = {k: v for k, v in _flat(now).items() if k not in free_keys}
+    """``"key: OLD there, NEW now; ..."`` for the first three differing keys ("" if none); a free key
+    ending in ``.`` frees every key under that section."""
+
+    def free(k: str) -> bool:
+        return k in free_keys or any(f.endswith(".") and k.startswith(f) for f in free_keys)
+
+    a = {k: v for k, v in _flat(old).items() if not free(k)}
+    b = {k: v for k, v in _flat(now).items() if not free(k)}
     keys = [k for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")]
     shown = "; ".join(f"{k}: {_short(a.get(k, '<unset>'))} there, {_short(b.get(k, '<unset>'))} now"
                       for k in keys[:3])  # fmt: skip

@@ -10,6 +10,8 @@ Examples::
     dcem-exp mbrl env=cheetah-run scale=cpu phase=ppo out_dir=runs/cheetah
     dcem-exp mbrl env=cheetah-run scale=cpu phase=eval out_dir=runs/cheetah eval.video=true
     dcem-exp mbrl env=cheetah-run scale=paper device=cuda           # the paper's sizes (needs a GPU)
+    dcem-exp mbrl env=cartpole-swingup scale=pair seed=1 out_dir=runs/mbrl_pair/cartpole-swingup/seed1
+    dcem-exp mbrl phase=report report.root=runs/mbrl_pair report.page=docs/results/mbrl.md
 
 Every phase checkpoints ``out_dir/checkpoint.pt`` atomically after each episode / PPO iteration
 and resumes from it when the configuration is the same (``resume=false`` moves the old run
@@ -32,7 +34,7 @@ log = logging.getLogger("dcem.experiments.mbrl")
 EXPERIMENT = Experiment(
     "mbrl", CONF_DIR, MBRLConfig, __doc__ or "",
     free_keys=("out_dir", "progress", "num_threads", "resume", "phase", "device", "log.tensorboard",
-               "eval.episodes", "eval.video"),
+               "eval.episodes", "eval.video", "eval.controllers", "report.root", "report.page"),
 )  # fmt: skip
 
 
@@ -47,7 +49,7 @@ def compose(argv: list[str]) -> dict:
 
 
 def run(cfg: dict):
-    """Run ``cfg['phase']`` (or all phases) and return the trainer."""
+    """Run ``cfg['phase']`` (or all phases) and return the trainer (``phase=report``: the page's path)."""
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
@@ -57,6 +59,10 @@ def run(cfg: dict):
 
     validate_config(cfg)
     require_scipy("dcem-exp mbrl")
+    if cfg["phase"] == "report":
+        from dcem.experiments.mbrl.report import report
+
+        return report(cfg)
     has_ckpt = bool(cfg.get("out_dir")) and (Path(cfg["out_dir"]) / "checkpoint.pt").exists()
     if cfg["phase"] in ("decoder", "ppo") and not (cfg["resume"] and has_ckpt):
         raise RunError(f"phase={cfg['phase']} needs the checkpoint of phase=model in out_dir="
@@ -76,14 +82,11 @@ def run(cfg: dict):
         log.info("resumed from %s: %s", trainer.ckpt_path, trainer.progress)
     log.info("run folder %s, device %s", out, trainer.device)
     phases = ["model", "decoder", "ppo", "eval"] if cfg["phase"] == "all" else [cfg["phase"]]
-    after = {"model": ["random", "full_cem"], "decoder": ["latent_dcem"], "ppo": ["latent_dcem_ppo"]}
-    for ph in phases:
-        if ph == "eval":  # in phase=all every controller has been evaluated right after its phase
-            trainer.phase_eval(skip_done=cfg["phase"] == "all")
+    for ph in phases:  # eval: every controller on its snapshot, all on the same test episodes
+        if ph == "eval":
+            trainer.phase_eval()
         else:
             getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm if cfg["progress"] else None)
-            if cfg["phase"] == "all":  # evaluate each controller as soon as it is final
-                trainer.phase_eval(after[ph], skip_done=True)
         trainer.plot()
     if trainer.tb is not None:
         trainer.tb.close()
@@ -102,5 +105,5 @@ def main(argv: list[str]) -> None:
     setup_logging()
     from omegaconf import OmegaConf
 
-    trainer = run(OmegaConf.to_container(cfg, resolve=True))
-    log.info("done: %s", trainer.out)
+    result = run(OmegaConf.to_container(cfg, resolve=True))
+    log.info("done: %s", result if isinstance(result, Path) else result.out)

@@ -1,4 +1,4 @@
-"""Evaluation and plots of the model-based RL pipeline (a mixin of ``MBRLTrainer``)."""
+"""Evaluations during training and plots of the model-based RL pipeline (a mixin of ``MBRLTrainer``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dcem.experiments.common import plots
-from dcem.experiments.common.runs import CsvLog, atomic_write_text, mean_ci95
+from dcem.experiments.common.runs import CsvLog, mean_ci95
 from dcem.rl.envs import DMCEnv
 
 __all__ = ["EvalMixin"]
@@ -24,17 +24,22 @@ def _pm(mean: float, ci: float, n: int) -> str:
 
 
 class EvalMixin:
-    """Test episodes, the final evaluation and the learning-curve plot."""
+    """Evaluations during training and the learning-curve plot (the final one: :mod:`.paired`)."""
 
-    def evaluate(self, policy: str, n_episodes: int, seed_offset: int = 10_000,
-                 video_path: str | Path | None = None) -> list[float]:
+    def evaluate(
+        self, policy: str, n_episodes: int, seed_offset: int = 10_000, video_path: str | Path | None = None
+    ) -> list[float]:
         """Returns of ``n_episodes`` noise-free test episodes.
 
         They use their own env seed and generators, so the training RNG streams are untouched.
         """
         e = self.cfg["env"]
-        env = DMCEnv(e["name"], e.get("action_repeat"), seed=int(self.cfg["seed"]) + seed_offset,
-                     episode_steps=e["episode_steps"])
+        env = DMCEnv(
+            e["name"],
+            e.get("action_repeat"),
+            seed=int(self.cfg["seed"]) + seed_offset,
+            episode_steps=e["episode_steps"],
+        )
         rng = np.random.default_rng(int(self.cfg["seed"]) + seed_offset)
         gen = torch.Generator(device=self.device).manual_seed(int(self.cfg["seed"]) + seed_offset)
         returns = []
@@ -54,53 +59,18 @@ class EvalMixin:
         if every and (n % every == 0 or last):
             rets = self.evaluate(policy, self.cfg["eval"]["episodes_during_training"])
             mean, ci = mean_ci95(rets)
-            row = {"phase": phase, "policy": policy, "step": n, "env_steps": self.progress["env_steps"],
-                   "mean": mean, "ci95": ci, "n": len(rets)}
+            row = {
+                "phase": phase,
+                "policy": policy,
+                "step": n,
+                "env_steps": self.progress["env_steps"],
+                "mean": mean,
+                "ci95": ci,
+                "n": len(rets),
+            }
             self.eval_history.append(row)
             log.info("eval %s/%s after %d: %s", phase, policy, n, _pm(mean, ci, len(rets)))
             CsvLog(self.out / "eval_curve.csv", list(row)).append([row])
-
-    def available_controllers(self) -> list[str]:
-        """Names of the controllers this run can evaluate now (see :meth:`phase_eval`)."""
-        names = ["random"]
-        if self.progress["model"] > self.cfg["train"]["seed_episodes"]:
-            names.append("full_cem")
-        if self.progress["decoder"] > 0:
-            names.append("latent_dcem_ppo" if self.progress["ppo"] > 0 else "latent_dcem")
-        return names
-
-    def phase_eval(self, controllers: list[str] | None = None, skip_done: bool = False) -> dict[str, dict]:
-        """Final evaluation over ``eval.episodes`` test episodes, merged into ``eval.json``.
-
-        Args:
-            controllers: subset of ``random, full_cem, latent_dcem, latent_dcem_ppo``; default all
-                that :meth:`available_controllers` lists.
-            skip_done: leave out controllers already in ``eval.json`` (resume of ``phase=all``).
-        """
-        n = self.cfg["eval"]["episodes"]
-        video = self.cfg["eval"]["video"]
-        kinds = {"random": "random", "full_cem": "cem", "latent_dcem": "dcem", "latent_dcem_ppo": "dcem"}
-        names = self.available_controllers() if controllers is None else list(controllers)
-        bad = [c for c in names if c not in kinds]
-        if bad:
-            raise ValueError(f"controllers must be among {sorted(kinds)}, got {bad}")
-        path = self.out / "eval.json"
-        prev = json.loads(path.read_text()) if path.exists() else {}
-        if skip_done:
-            names = [c for c in names if c not in prev]
-        if any(c != "random" for c in names):
-            self._set_obs_stats()
-        results = {}
-        for name in names:
-            vid = (self.out / f"video_{name}.gif") if video else None
-            rets = self.evaluate(kinds[name], n, video_path=vid)
-            mean, ci = mean_ci95(rets)
-            results[name] = {"mean": mean, "ci95": ci, "n": n, "returns": rets,
-                             "env_steps": self.progress["env_steps"]}
-            log.info("final eval %s: %s over %d episodes", name, _pm(mean, ci, n), n)
-        prev.update(results)
-        atomic_write_text(path, json.dumps(prev, indent=2))
-        return results
 
     def plot(self) -> Path | None:
         """Learning curves (training returns and periodic evaluations) into ``curves.png``."""
@@ -115,8 +85,14 @@ class EvalMixin:
         for phase, color in (("model", "C0"), ("decoder", "C1"), ("ppo", "C2")):
             rows = [r for r in self.history if r["phase"] == phase and not math.isnan(r["return"])]
             if rows:
-                ax.plot([r["env_steps"] for r in rows], [r["return"] for r in rows], ".", color=color,
-                        alpha=0.5, label=f"train ({phase})")
+                ax.plot(
+                    [r["env_steps"] for r in rows],
+                    [r["return"] for r in rows],
+                    ".",
+                    color=color,
+                    alpha=0.5,
+                    label=f"train ({phase})",
+                )
             ev = [r for r in self.eval_history if r["phase"] == phase]
             if ev:
                 xs = np.array([r["env_steps"] for r in ev])
@@ -126,10 +102,20 @@ class EvalMixin:
                 ax.fill_between(xs, ys - cs, ys + cs, color=color, alpha=0.2)
         final = self.out / "eval.json"
         if final.exists():
-            for k, (name, r) in enumerate(json.loads(final.read_text()).items()):
-                if "env_steps" in r:
-                    ax.errorbar([r["env_steps"]], [r["mean"]], yerr=[r["ci95"]], fmt="s", capsize=3,
-                                color=f"C{3 + k}", label=f"final: {name} (n={r['n']})")
+            res = json.loads(final.read_text())
+            snaps = res.get("snapshots", {})
+            for k, (name, r) in enumerate(res.get("controllers", {}).items()):
+                x = snaps.get(r["snapshot"], {}).get("progress", {}).get("env_steps")
+                if x is not None:
+                    ax.errorbar(
+                        [x],
+                        [r["mean"]],
+                        yerr=[r["ci95"]],
+                        fmt="s",
+                        capsize=3,
+                        color=f"C{(3 + k) % 10}",
+                        label=f"paired: {name} (n={r['n']})",
+                    )
         ax.set_xlabel("environment steps")
         ax.set_ylabel("episode return")
         ax.set_title(self.cfg["env"]["name"])

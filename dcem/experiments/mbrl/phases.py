@@ -33,10 +33,17 @@ class PhasesMixin:
             self.replay.add(obs, act, rew)
             self.progress["model"] += 1
             self.progress["env_steps"] += self.env.episode_len * self.env.action_repeat
-            self._record({"phase": "model", "episode": i, "env_steps": self.progress["env_steps"],
-                          "return": float(rew.sum()), "model_loss": stats.get("loss", float("nan")),
-                          "obs_mse": stats.get("obs_mse", float("nan")),
-                          "reward_mse": stats.get("reward_mse", float("nan"))})
+            self._record(
+                {
+                    "phase": "model",
+                    "episode": i,
+                    "env_steps": self.progress["env_steps"],
+                    "return": float(rew.sum()),
+                    "model_loss": stats.get("loss", float("nan")),
+                    "obs_mse": stats.get("obs_mse", float("nan")),
+                    "reward_mse": stats.get("reward_mse", float("nan")),
+                }
+            )
             self._maybe_eval("model", "cem", i + 1 == total)
             self.save()
             if bar is not None:
@@ -47,6 +54,19 @@ class PhasesMixin:
                 bar.set_postfix(post)
         if bar is not None:
             bar.close()
+        self._snapshot("model")
+
+    def _snapshot(self, name: str) -> None:
+        """Copy the finished phase's checkpoint to its snapshot file (paired evaluation)."""
+        import shutil
+
+        from dcem.experiments.mbrl.paired import SNAPSHOT_FILES
+
+        dst = self.out / SNAPSHOT_FILES[name]
+        if not dst.exists():
+            if not self.ckpt_path.exists():
+                self.save()
+            shutil.copyfile(self.ckpt_path, dst)
 
     def _require_model(self, phase: str) -> None:
         c = self.cfg["train"]
@@ -61,8 +81,11 @@ class PhasesMixin:
         self._require_model("decoder")
         self._set_obs_stats()
         c = self.cfg["decoder"]
-        bar = pbar_factory(total=c["episodes"], initial=self.progress["decoder"], desc="phase 2: decoder") \
-            if pbar_factory else None
+        bar = (
+            pbar_factory(total=c["episodes"], initial=self.progress["decoder"], desc="phase 2: decoder")
+            if pbar_factory
+            else None
+        )
         while self.progress["decoder"] < c["episodes"]:
             i = self.progress["decoder"]
             ups = [self.model_update() for _ in range(c["model_updates_per_episode"])]
@@ -71,10 +94,16 @@ class PhasesMixin:
             self.replay.add(obs, act, rew)
             self.progress["decoder"] += 1
             self.progress["env_steps"] += self.env.episode_len * self.env.action_repeat
-            self._record({"phase": "decoder", "episode": i, "env_steps": self.progress["env_steps"],
-                          "return": float(rew.sum()),
-                          "model_loss": float(np.mean([u["loss"] for u in ups])) if ups else float("nan"),
-                          "decoder_loss": float(np.mean(dl)) if dl else float("nan")})
+            self._record(
+                {
+                    "phase": "decoder",
+                    "episode": i,
+                    "env_steps": self.progress["env_steps"],
+                    "return": float(rew.sum()),
+                    "model_loss": float(np.mean([u["loss"] for u in ups])) if ups else float("nan"),
+                    "decoder_loss": float(np.mean(dl)) if dl else float("nan"),
+                }
+            )
             self._maybe_eval("decoder", "dcem", i + 1 == c["episodes"])
             self.save()
             if bar is not None:
@@ -82,6 +111,7 @@ class PhasesMixin:
                 bar.set_postfix(ret=f"{rew.sum():.1f}", dec=f"{np.mean(dl) if dl else float('nan'):.2f}")
         if bar is not None:
             bar.close()
+        self._snapshot("decoder")
 
     def collect_ppo_batch(self, n_steps: int):
         """Whole episodes of the stochastic DCEM policy, at least ``n_steps`` transitions.
@@ -118,28 +148,50 @@ class PhasesMixin:
             ep_returns.append(ret)
         T = len(rews)
         done_t = torch.tensor(dones, device=dev).unsqueeze(-1)
-        td = TensorDict({
-            "h": torch.stack(hs), "x": torch.stack(xs), "action": torch.stack(acts),
-            "next": TensorDict({"h": torch.stack(nh), "x": torch.stack(nx),
-                                "reward": torch.tensor(rews, device=dev, dtype=torch.float32).unsqueeze(-1),
-                                "done": done_t, "terminated": torch.zeros_like(done_t)}, [T]),
-        }, [T], device=dev)
+        td = TensorDict(
+            {
+                "h": torch.stack(hs),
+                "x": torch.stack(xs),
+                "action": torch.stack(acts),
+                "next": TensorDict(
+                    {
+                        "h": torch.stack(nh),
+                        "x": torch.stack(nx),
+                        "reward": torch.tensor(rews, device=dev, dtype=torch.float32).unsqueeze(-1),
+                        "done": done_t,
+                        "terminated": torch.zeros_like(done_t),
+                    },
+                    [T],
+                ),
+            },
+            [T],
+            device=dev,
+        )
         return td, ep_returns
 
     def phase_ppo(self, pbar_factory=None) -> None:
         self._require_model("ppo")
         self._set_obs_stats()
         c = self.cfg["ppo"]
-        bar = pbar_factory(total=c["iterations"], initial=self.progress["ppo"], desc="phase 3: ppo") \
-            if pbar_factory else None
+        bar = (
+            pbar_factory(total=c["iterations"], initial=self.progress["ppo"], desc="phase 3: ppo")
+            if pbar_factory
+            else None
+        )
         while self.progress["ppo"] < c["iterations"]:
             i = self.progress["ppo"]
             td, rets = self.collect_ppo_batch(c["steps_per_iter"])
             stats = self.ppo.update(td, seed=int(self.rng.integers(0, 2**31 - 1)))
             self.progress["ppo"] += 1
-            self._record({"phase": "ppo", "episode": i, "env_steps": self.progress["env_steps"],
-                          "return": float(np.mean(rets)) if rets else float("nan"),
-                          **{f"ppo_{k}": v for k, v in stats.items()}})
+            self._record(
+                {
+                    "phase": "ppo",
+                    "episode": i,
+                    "env_steps": self.progress["env_steps"],
+                    "return": float(np.mean(rets)) if rets else float("nan"),
+                    **{f"ppo_{k}": v for k, v in stats.items()},
+                }
+            )
             self._maybe_eval("ppo", "dcem", i + 1 == c["iterations"])
             self.save()
             if bar is not None:

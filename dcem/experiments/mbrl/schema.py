@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dcem.experiments.common.config import ConfigError, opt
+from dcem.experiments.mbrl.paired import CONTROLLERS
 from dcem.rl.envs import ENVS
 from dcem.rl.ppo import PPO_PARTS
 
@@ -105,11 +106,24 @@ class Eval:
     every: int = opt(ge=0, doc="0: never")
     episodes_during_training: int = opt(ge=1)
     video: bool = opt()
+    controllers: list[str] = opt(
+        choices=tuple(CONTROLLERS),
+        each=True,
+        doc="paired evaluation (phase=eval); []: every one whose snapshot exists",
+    )
+
+
+@dataclass
+class Report:
+    root: str = opt(doc="folder searched (recursively) for the run folders' eval.json")
+    page: str = opt(doc="results page whose generated blocks phase=report rewrites")
 
 
 @dataclass
 class MBRLConfig:
-    phase: str = opt(choices=(*PHASES, "all"))
+    phase: str = opt(
+        choices=(*PHASES, "all", "report"), doc="report: regenerate report.page from report.root"
+    )
     seed: int = opt(ge=0)
     device: str = opt(device=True, choices=("auto",), doc="auto: cuda if available")
     out_dir: str | None = opt(doc="null: runs/mbrl/<timestamp>")
@@ -124,6 +138,7 @@ class MBRLConfig:
     decoder: Decoder = field(default_factory=Decoder)
     ppo: PPO = field(default_factory=PPO)
     eval: Eval = field(default_factory=Eval)
+    report: Report = field(default_factory=Report)
 
     def validate(self) -> None:
         for name in ("cem", "dcem"):

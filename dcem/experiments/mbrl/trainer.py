@@ -9,8 +9,8 @@ Phases (each one resumable from the run folder's ``checkpoint.pt``):
    :meth:`~dcem.rl.planners.LatentDCEMPlanner.decoder_loss` on states from the replay buffer)
    while the model keeps training on the episodes the latent-DCEM controller collects.
 3. ``ppo``: PPO fine-tuning of the chosen controller parts (:mod:`dcem.rl.ppo`).
-4. ``eval``: ``N`` test episodes each of the random policy, full CEM, latent DCEM (and
-   latent DCEM after PPO), mean and 95% confidence interval.
+4. ``eval``: the paired evaluation of :mod:`dcem.experiments.mbrl.paired`: every controller
+   on a saved snapshot (after phase 1, 2 or 3), all on the same ``eval.episodes`` test episodes.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dcem.experiments.common.runs import (
 )
 from dcem.experiments.mbrl.collect import CollectMixin
 from dcem.experiments.mbrl.evaluation import EvalMixin
+from dcem.experiments.mbrl.paired import PairedEvalMixin
 from dcem.experiments.mbrl.phases import PhasesMixin
 from dcem.experiments.mbrl.schema import PHASES
 from dcem.rl.envs import DMCEnv
@@ -46,8 +47,20 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dcem-mbrl-v1"
 
-TRAIN_FIELDS = ["phase", "episode", "env_steps", "return", "model_loss", "obs_mse", "reward_mse",
-                "decoder_loss", "ppo_loss_objective", "ppo_loss_critic", "ppo_clip_fraction"]
+TRAIN_FIELDS = [
+    "phase",
+    "episode",
+    "env_steps",
+    "return",
+    "model_loss",
+    "obs_mse",
+    "reward_mse",
+    "decoder_loss",
+    "ppo_loss_objective",
+    "ppo_loss_critic",
+    "ppo_clip_fraction",
+    "ppo_skipped",
+]
 EVAL_FIELDS = ["phase", "policy", "step", "env_steps", "mean", "ci95", "n"]
 
 
@@ -75,7 +88,7 @@ def validate_config(cfg: dict) -> None:
     obj.validate()
 
 
-class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
+class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
     """State and loops of one run; see the module docstring for the phases.
 
     The global RNGs are not seeded here (see :func:`seed_everything`); the checkpoint saves and
@@ -92,8 +105,9 @@ class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         dev = cfg.get("device", "auto")
-        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if dev == "auto" else dev))
+        self.device = torch.device(
+            "cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev)
+        )
         seed = int(cfg["seed"])
         e = cfg["env"]
         self.env = DMCEnv(e["name"], e.get("action_repeat"), seed=seed, episode_steps=e["episode_steps"])
@@ -101,32 +115,73 @@ class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         m = cfg["model"]
         self.model = WorldModel(self.env.obs_dim, self.env.act_dim, m["deter_size"], m["hidden_size"]).to(
-            self.device)
+            self.device
+        )
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=m["lr"], eps=m["adam_eps"])
         p = cfg["planner"]
         lo = torch.as_tensor(self.env.u_lower, device=self.device)
         hi = torch.as_tensor(self.env.u_upper, device=self.device)
-        self.cem = FullCEMPlanner(self.model, p["horizon"], p["cem"]["n_sample"], p["cem"]["n_elite"],
-                                  p["cem"]["n_iter"], lo, hi)
+        self.cem = FullCEMPlanner(
+            self.model, p["horizon"], p["cem"]["n_sample"], p["cem"]["n_elite"], p["cem"]["n_iter"], lo, hi
+        )
         d = cfg["decoder"]
-        self.decoder = ActionDecoder(d["n_latent"], p["horizon"], self.env.act_dim, lo.cpu(), hi.cpu(),
-                                     hidden_sizes=tuple(d["hidden_sizes"])).to(self.device)
+        self.decoder = ActionDecoder(
+            d["n_latent"],
+            p["horizon"],
+            self.env.act_dim,
+            lo.cpu(),
+            hi.cpu(),
+            hidden_sizes=tuple(d["hidden_sizes"]),
+        ).to(self.device)
         self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=d["lr"])
         pd = p["dcem"]
-        self.latent = LatentDCEMPlanner(self.model, self.decoder, pd["n_sample"], pd["n_elite"], pd["n_iter"],
-                                        pd["temp"], pd.get("latent_bound"))
-        self.replay = SequenceReplay(self.env.obs_dim, self.env.act_dim, self.env.episode_len,
-                                     cfg["train"]["replay_capacity"])
+        self.latent = LatentDCEMPlanner(
+            self.model,
+            self.decoder,
+            pd["n_sample"],
+            pd["n_elite"],
+            pd["n_iter"],
+            pd["temp"],
+            pd.get("latent_bound"),
+        )
+        self.replay = SequenceReplay(
+            self.env.obs_dim, self.env.act_dim, self.env.episode_len, cfg["train"]["replay_capacity"]
+        )
         self._ppo = None
         # data parallel (torchrun): every process samples the global batch and keeps its rows
         self.shards = {k: Shard.of(f"{k}.batch_size", cfg[k]["batch_size"]) for k in ("model", "decoder")}
-        self.progress = {"model": 0, "decoder": 0, "ppo": 0, "env_steps": 0, "model_updates": 0,
-                         "obs_stats_set": False}
+        self.progress = {
+            "model": 0,
+            "decoder": 0,
+            "ppo": 0,
+            "env_steps": 0,
+            "model_updates": 0,
+            "obs_stats_set": False,
+        }
         self.history: list[dict] = []  # one row per episode / PPO iteration
         self.eval_history: list[dict] = []
         self.ckpt_path = self.out / "checkpoint.pt"
+        self._cem_budget: FullCEMPlanner | None = None
         #: optional ``torch.utils.tensorboard.SummaryWriter`` receiving every logged row
         self.tb = None
+
+    FORMAT = FORMAT
+
+    @property
+    def cem_budget(self) -> FullCEMPlanner:
+        """Full-space CEM with latent DCEM's sizes (same trajectories per planning step)."""
+        if self._cem_budget is None:
+            d = self.cfg["planner"]["dcem"]
+            self._cem_budget = FullCEMPlanner(
+                self.model,
+                self.cfg["planner"]["horizon"],
+                d["n_sample"],
+                d["n_elite"],
+                d["n_iter"],
+                self.cem.u_lower,
+                self.cem.u_upper,
+            )
+        return self._cem_budget
 
     # -- PPO (built lazily: needs torchrl) --------------------------------------------------------
     @property
@@ -136,9 +191,17 @@ class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
 
             c = self.cfg["ppo"]
             self._ppo = PPOFineTuner(
-                self.latent, parts=c["parts"], sigma=c["sigma"], learn_sigma=c["learn_sigma"], lr=c["lr"],
-                clip_epsilon=c["clip_epsilon"], gamma=c["gamma"], lmbda=c["lmbda"],
-                entropy_coeff=c["entropy_coeff"], epochs=c["epochs"], minibatch=c["minibatch"],
+                self.latent,
+                parts=c["parts"],
+                sigma=c["sigma"],
+                learn_sigma=c["learn_sigma"],
+                lr=c["lr"],
+                clip_epsilon=c["clip_epsilon"],
+                gamma=c["gamma"],
+                lmbda=c["lmbda"],
+                entropy_coeff=c["entropy_coeff"],
+                epochs=c["epochs"],
+                minibatch=c["minibatch"],
                 critic_hidden=self.cfg["model"]["hidden_size"],
             )
         return self._ppo
@@ -146,15 +209,24 @@ class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sd = {
-            "config_sizes": self._sizes(), "model": self.model.state_dict(),
+            "config_sizes": self._sizes(),
+            "model": self.model.state_dict(),
             "model_opt": self.model_opt.state_dict(),
-            "decoder": self.decoder.state_dict(), "dec_opt": self.dec_opt.state_dict(),
-            "replay": self.replay.state_dict(), "progress": dict(self.progress), "history": self.history,
+            "decoder": self.decoder.state_dict(),
+            "dec_opt": self.dec_opt.state_dict(),
+            "replay": self.replay.state_dict(),
+            "progress": dict(self.progress),
+            "history": self.history,
             "eval_history": self.eval_history,
-            "rng": {"numpy": self.rng.bit_generator.state, "torch_gen": self.gen.get_state(),
-                    "torch": torch.get_rng_state(), "np_global": np.random.get_state(),
-                    "python": random.getstate(), "env": self.env.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": {
+                "numpy": self.rng.bit_generator.state,
+                "torch_gen": self.gen.get_state(),
+                "torch": torch.get_rng_state(),
+                "np_global": np.random.get_state(),
+                "python": random.getstate(),
+                "env": self.env.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
         }
         if self._ppo is not None:
             sd["ppo"] = self._ppo.state_dict()
@@ -162,10 +234,17 @@ class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
 
     def _sizes(self) -> dict:
         c = self.cfg
-        return {"env": c["env"]["name"], "obs_dim": self.env.obs_dim, "act_dim": self.env.act_dim,
-                "episode_len": self.env.episode_len, "deter_size": c["model"]["deter_size"],
-                "hidden_size": c["model"]["hidden_size"], "horizon": c["planner"]["horizon"],
-                "n_latent": c["decoder"]["n_latent"], "decoder_hidden": list(c["decoder"]["hidden_sizes"])}
+        return {
+            "env": c["env"]["name"],
+            "obs_dim": self.env.obs_dim,
+            "act_dim": self.env.act_dim,
+            "episode_len": self.env.episode_len,
+            "deter_size": c["model"]["deter_size"],
+            "hidden_size": c["model"]["hidden_size"],
+            "horizon": c["planner"]["horizon"],
+            "n_latent": c["decoder"]["n_latent"],
+            "decoder_hidden": list(c["decoder"]["hidden_sizes"]),
+        }
 
     def save(self) -> None:
         save_torch({"format": FORMAT, **self.state_dict()}, self.ckpt_path)
@@ -205,20 +284,35 @@ class MBRLTrainer(PhasesMixin, EvalMixin, CollectMixin):
 
     # -- acting ----------------------------------------------------------------------------------
     def run_episode(
-        self, env: DMCEnv, policy: str, noise: float = 0.0, rng: np.random.Generator | None = None,
-        gen: torch.Generator | None = None, frames: list | None = None,
+        self,
+        env: DMCEnv,
+        policy: str,
+        noise: float = 0.0,
+        rng: np.random.Generator | None = None,
+        gen: torch.Generator | None = None,
+        frames: list | None = None,
+        env_seed: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One episode with ``policy`` in ``{"random", "cem", "dcem"}``; returns obs, actions, rewards."""
+        """One episode with ``policy`` in ``{"random", "cem", "cem_budget", "dcem"}``.
+
+        ``env_seed`` re-seeds the task first (:meth:`DMCEnv.reset`). Returns observations
+        ``(T+1, O)``, actions ``(T, A)`` and rewards ``(T,)``.
+        """
         rng = self.rng if rng is None else rng
         gen = self.gen if gen is None else gen
-        planner = {"cem": self.cem, "dcem": self.latent}.get(policy)
-        if policy != "random" and planner is None:
-            raise ValueError(f"policy must be 'random', 'cem' or 'dcem', got {policy!r}")
+        planners = {
+            "cem": lambda: self.cem,
+            "cem_budget": lambda: self.cem_budget,
+            "dcem": lambda: self.latent,
+        }
+        if policy != "random" and policy not in planners:
+            raise ValueError(f"policy must be 'random', 'cem', 'cem_budget' or 'dcem', got {policy!r}")
+        planner = planners[policy]() if policy != "random" else None
         T, A = env.episode_len, env.act_dim
         obs = np.zeros((T + 1, env.obs_dim), np.float32)
         act = np.zeros((T, A), np.float32)
         rew = np.zeros(T, np.float32)
-        obs[0] = env.reset()
+        obs[0] = env.reset(env_seed)
         h = self.model.initial_state((1,), device=self.device)
         for t in range(T):
             if policy == "random":

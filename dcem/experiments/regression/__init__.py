@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = Experiment(
     "regression", Path(__file__).resolve().parent / "conf", RegressionConfig, __doc__ or "",
-    free_keys=("out_dir", "progress", "num_threads", "resume", "analyse", "device"),
+    free_keys=("out_dir", "progress", "num_threads", "resume", "analyse", "device", "mode", "report."),
 )  # fmt: skip
 
 
@@ -88,4 +88,9 @@ def main(argv: list[str]) -> None:
     if cfg is None:
         return
     setup_logging()
+    if cfg.mode == "report":
+        from dcem.experiments.regression.report import report
+
+        report(cfg)
+        return
     run(cfg)

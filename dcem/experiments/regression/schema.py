@@ -53,7 +53,15 @@ class Plot:
 
 
 @dataclass
+class Report:
+    last_evals: int = opt(ge=1, doc="evaluations averaged into the reported final MSE")
+    page: str = opt(doc="results page whose generated blocks mode=report rewrites")
+    img_dir: str = opt(doc="folder for the page's figures")
+
+
+@dataclass
 class RegressionConfig:
+    mode: str = opt(choices=("run", "report"), doc="report: rewrite report.page from the run in out_dir")
     out_dir: str | None = opt(doc="null: runs/regression/<timestamp>; an existing run is resumed")
     resume: bool = opt(doc="false: move a previous run in out_dir aside and start over")
     methods: list[str] = opt(choices=("gd", "dcem"), each=True, nonempty=True)
@@ -71,6 +79,7 @@ class RegressionConfig:
     train: Train = field(default_factory=Train)
     ablation: Ablation = field(default_factory=Ablation)
     plot: Plot = field(default_factory=Plot)
+    report: Report = field(default_factory=Report)
 
     def validate(self) -> None:
         if self.dcem.n_elite > self.dcem.n_sample:

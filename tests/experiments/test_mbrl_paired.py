@@ -1,0 +1,180 @@
+"""Paired same-snapshot evaluation and ``phase=report`` of ``dcem-exp mbrl`` (issue 11)."""
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+pytest.importorskip("dm_control")
+pytest.importorskip("torchrl")
+pytest.importorskip("hydra")
+
+from dcem.experiments.__main__ import main as cli  # noqa: E402
+from dcem.experiments.common.runs import RunError  # noqa: E402
+from dcem.experiments.mbrl import compose, main, run  # noqa: E402
+from dcem.experiments.mbrl.paired import CONTROLLERS, episode_seeds  # noqa: E402
+from dcem.experiments.mbrl.report import load_runs, summarize  # noqa: E402
+from dcem.rl.envs import DMCEnv  # noqa: E402
+
+pytestmark = pytest.mark.rl
+ALL = ["random", "full_cem_phase1", "full_cem", "full_cem_budget", "latent_dcem", "latent_dcem_ppo"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished ``scale=test`` pipeline (3 paired episodes), its eval.json and the resets it made."""
+    root = tmp_path_factory.mktemp("mbrl")
+    out = root / "cartpole-swingup" / "seed0"
+    resets: list[tuple[int | None, np.ndarray]] = []
+    orig = DMCEnv.reset
+
+    def spy(self, seed=None):
+        o = orig(self, seed)
+        resets.append((seed, o.copy()))
+        return o
+
+    DMCEnv.reset = spy
+    try:
+        cfg = compose(["scale=test", f"out_dir={out}", "eval.every=0", "eval.episodes=3", "progress=false",
+                       f"eval.controllers=[{','.join(ALL)}]"])  # fmt: skip
+        run(cfg)
+    finally:
+        DMCEnv.reset = orig
+    return root, out, json.loads((out / "eval.json").read_text()), resets
+
+
+def test_every_controller_plays_the_same_episodes(tiny_run):
+    _, out, res, resets = tiny_run
+    seeds = episode_seeds(0, 3)
+    assert res["episode_seeds"] == seeds and set(res["controllers"]) == set(ALL)
+    evals = [(s, o) for s, o in resets if s is not None]  # the training episodes reset unseeded
+    assert [s for s, _ in evals] == seeds * len(ALL)  # each controller: the same seeds, in order
+    first = {s: o for s, o in evals[:3]}
+    for s, o in evals:  # identical initial states for every controller ...
+        np.testing.assert_array_equal(o, first[s])
+    ref = DMCEnv("cartpole-swingup", seed=123, episode_steps=80)  # ... equal to an independent env's
+    for s in seeds:
+        from dm_control import suite
+
+        direct = suite.load("cartpole", "swingup", task_kwargs={"random": s}).reset().observation
+        np.testing.assert_allclose(first[s], np.concatenate([direct["position"], direct["velocity"]]))
+        np.testing.assert_array_equal(ref.reset(s), first[s])
+    assert not np.array_equal(first[seeds[0]], first[seeds[1]])  # and different episodes differ
+    for name, r in res["controllers"].items():
+        assert r["snapshot"] == CONTROLLERS[name][0] and len(r["returns"]) == 3
+        assert math.isfinite(r["mean"])
+    rows = (out / "paired.csv").read_text().splitlines()
+    assert rows[0] == "controller,snapshot,episode,env_seed,return" and len(rows) == 1 + 3 * len(ALL)
+    p = res["controllers"]
+    assert (
+        p["full_cem"]["trajectories_per_step"] == 8 * 2
+        and p["full_cem_budget"]["trajectories_per_step"] == 6 * 2
+    )
+    assert p["latent_dcem"]["trajectories_per_step"] == p["full_cem_budget"]["trajectories_per_step"]
+
+
+def test_episode_seeds_are_disjoint_from_training_and_between_seeds():
+    a, b = episode_seeds(0, 20), episode_seeds(1, 20)
+    assert len(set(a)) == 20 and not set(a) & set(b) and 0 not in a and 1 not in b
+    with pytest.raises(ValueError, match="eval.episodes"):
+        episode_seeds(0, 0)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        DMCEnv("cartpole-swingup", episode_steps=80).reset(-1)
+
+
+def test_unfinished_snapshot_is_refused_naming_it(tmp_path):
+    cfg = compose(["scale=test", f"out_dir={tmp_path}", "eval.every=0", "phase=model", "progress=false"])
+    tr = run(cfg)
+    assert tr.available_controllers() == ["random", "full_cem_phase1"]
+    with pytest.raises(RunError, match=r"snapshot\(s\) \['decoder'\]"):
+        tr.phase_eval(["latent_dcem"])
+    # phase=eval with the configured list evaluates the ready ones only
+    assert set(tr.phase_eval()) == {"random"}
+
+
+def test_report_mode_writes_the_blocks(tiny_run, tmp_path):
+    root, out, res, _ = tiny_run
+    page = tmp_path / "docs" / "mbrl.md"
+    page.parent.mkdir()
+    page.write_text("# hand-written\n\nprose stays\n")
+    main(["phase=report", f"report.root={root}", f"report.page={page}"])
+    text = page.read_text()
+    assert text.startswith("# hand-written\n\nprose stays\n")
+    for block in ("mbrl-paired", "mbrl-paired-diffs", "mbrl-runs", "mbrl-claims"):
+        assert f"<!-- report:{block} begin" in text and f"<!-- report:{block} end -->" in text
+    assert f"report.root={root}" in text and (page.parent / "mbrl_paired.png").stat().st_size > 0
+    # the numbers are the run's: pooled mean of latent_dcem and the paired difference to full CEM
+    lat, full = (np.array(res["controllers"][k]["returns"]) for k in ("latent_dcem", "full_cem"))
+    s = summarize(load_runs(root)["cartpole-swingup"])
+    assert s["controllers"]["latent_dcem"]["pooled"][0] == pytest.approx(lat.mean())
+    comp = next(c for c in s["comparisons"] if (c["num"], c["den"]) == ("latent_dcem", "full_cem"))
+    assert comp["diff"][0] == pytest.approx((lat - full).mean())
+    assert comp["ratio_pooled"] == pytest.approx(lat.mean() / full.mean())
+    assert "| cartpole-swingup | latent_dcem | decoder | 12 | 1 × 3 |" in text
+    again = page.read_text()
+    main(["phase=report", f"report.root={root}", f"report.page={page}"])
+    assert page.read_text() == again  # regenerating is idempotent
+
+
+def _bad_root(tmp_path, res, edit):
+    d = tmp_path / "bad" / "seed0"
+    d.mkdir(parents=True)
+    r = json.loads(json.dumps(res))
+    edit(r)
+    (d / "eval.json").write_text(json.dumps(r) if isinstance(r, dict) else r)
+    return d.parent
+
+
+@pytest.mark.parametrize(
+    "edit,key",
+    [
+        (lambda r: r.pop("episode_seeds"), "'episode_seeds'"),
+        (lambda r: r.update(format="old"), "'format'"),
+        (lambda r: r["controllers"]["full_cem"].pop("returns"), "'controllers.full_cem.returns'"),
+        (lambda r: r["controllers"]["latent_dcem"]["returns"].pop(), "'controllers.latent_dcem.returns'"),
+        (lambda r: r["controllers"].update(bogus={"returns": [], "snapshot": "x"}), "'controllers.bogus'"),
+        (lambda r: r.update(controllers={}), "'controllers'"),
+    ],
+)
+def test_bad_report_inputs_are_one_line_naming_the_key(tiny_run, tmp_path, edit, key):
+    root = _bad_root(tmp_path, tiny_run[2], edit)
+    with pytest.raises(SystemExit) as err:
+        cli(["mbrl", "phase=report", f"report.root={root}", f"report.page={tmp_path / 'p.md'}"])
+    msg = str(err.value.code)
+    assert msg.startswith("dcem-exp mbrl: error: ") and key in msg and len(msg.splitlines()) == 1, msg
+    assert not (tmp_path / "p.md").exists()
+
+
+def test_bad_report_root_and_files(tmp_path, tiny_run):
+    with pytest.raises(RunError, match="report.root='.*nowhere' is not a folder"):
+        load_runs(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="no eval.json"):
+        load_runs(tmp_path / "empty")
+    d = tmp_path / "trunc" / "s0"
+    d.mkdir(parents=True)
+    (d / "eval.json").write_text('{"format": ')
+    with pytest.raises(RunError, match="eval.json: unreadable"):
+        load_runs(tmp_path / "trunc")
+    two = tmp_path / "two"
+    for k in ("a", "b"):
+        shutil.copytree(tiny_run[1], two / k, ignore=shutil.ignore_patterns("*.pt"))
+    with pytest.raises(RunError, match="two runs with seed"):
+        load_runs(two)
+
+
+def test_claim_verdicts_read_the_intervals():
+    from dcem.experiments.mbrl.report import _verdict_diff, _verdict_ratio
+
+    c = {"ratio_pooled": 0.95, "ratio_boot": (0.91, 0.99), "diff": (-3.0, 2.0)}
+    assert _verdict_ratio(c, 0.9).endswith("above 0.9") and _verdict_diff(c).endswith("lower")
+    c = {"ratio_pooled": 0.95, "ratio_boot": (0.85, 1.02), "diff": (1.0, 2.0)}
+    assert _verdict_ratio(c, 0.9).endswith("not separable from 0.9")
+    assert _verdict_diff(c).endswith("no significant difference")
+    c = {"ratio_pooled": 0.7, "ratio_boot": (0.6, 0.8), "diff": (5.0, 2.0)}
+    assert _verdict_ratio(c, 0.9).endswith("below 0.9") and _verdict_diff(c).endswith("higher")
+    assert _verdict_ratio(None, 0.9) == "not evaluated"
