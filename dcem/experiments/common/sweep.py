@@ -50,7 +50,7 @@ def expand(overrides: Sequence[str]) -> list[list[str]]:
 
 def _defaults(name: str, task: list[str], hydra: list[str]) -> list[str]:
     keys = {a.split("=", 1)[0] for a in hydra}
-    out = [f"hydra.searchpath=[file://{CONF}]", "hydra.output_subdir=null", f"hydra.job.name={name}",
+    out = [f"hydra.searchpath=['file://{CONF}']", "hydra.output_subdir=null", f"hydra.job.name={name}",
            "hydra/job_logging=none", "hydra/hydra_logging=none"]  # fmt: skip
     if "hydra/launcher" not in keys:
         out.append("hydra/launcher=joblib")

@@ -53,6 +53,7 @@ def run(cfg: dict):
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
+    from dcem.experiments.common import distributed
     from dcem.experiments.common.distributed import launch_info
     from dcem.experiments.common.runs import RunError, open_run, require_scipy, set_threads
     from dcem.experiments.mbrl.trainer import MBRLTrainer, seed_everything, validate_config
@@ -73,7 +74,7 @@ def run(cfg: dict):
                    launch=launch)  # fmt: skip
     seed_everything(int(cfg["seed"]))
     trainer = MBRLTrainer(cfg, out)
-    if cfg["log"]["tensorboard"]:
+    if cfg["log"]["tensorboard"] and distributed.is_main():  # under torchrun rank 0 writes
         from torch.utils.tensorboard import SummaryWriter
 
         trainer.tb = SummaryWriter(str(Path(out) / "tb"))
