@@ -223,6 +223,7 @@ def train_step(
     clip_grad: float | None = 1.0,
     cost_weight: float = 1.0,
     extra_loss: Callable[[LatentSolution, Tensor], Tensor] | None = None,
+    grad_hook: Callable[[list[Tensor]], None] | None = None,
 ) -> dict[str, Tensor]:
     """One step of Alg. 2: solve the embedded problems, step the decoder on their cost.
 
@@ -235,6 +236,9 @@ def train_step(
         cost_weight: weight of the control cost in the loss (0 for pure imitation).
         extra_loss: optional ``(solution, x_init) -> scalar`` added to the loss, e.g. an
             imitation loss on ``solution.u[0]`` (fine-tuning the policy ``pi``).
+        grad_hook: optional ``(params) -> None`` called after ``backward`` and before clipping
+            on the parameters that have a gradient, e.g. to average them over data-parallel
+            processes.
 
     Returns:
         detached tensors: ``loss`` (scalar), ``cost`` (mean plan cost), ``extra`` (extra loss or 0)
@@ -250,6 +254,8 @@ def train_step(
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if grad_hook is not None:
+        grad_hook(params)
     if clip_grad is not None and params:
         gn = nn.utils.clip_grad_norm_(params, clip_grad)
     elif params:

@@ -23,18 +23,38 @@ def main(argv: list[str] | None = None) -> None:
     names = available()
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(
-            "usage: dcem-exp NAME [key=value ...]   (dcem-exp NAME --help lists the keys)\n\n"
+            "usage: dcem-exp NAME [key=value ...]   (dcem-exp NAME --help lists the keys)\n"
+            "       dcem-exp NAME -m key=a,b ...    (a Hydra multirun; see README, Scaling out)\n"
+            "       dcem-exp gather SWEEP_DIR       (plots and tables of a multirun)\n\n"
             "experiments: " + ", ".join(names) + "\n"
         )
         return
     name = argv[0]
+    if name == "gather":
+        from dcem.experiments.common.gather import main as gather
+
+        try:
+            return gather(argv[1:])
+        except ValueError as err:
+            raise SystemExit(f"dcem-exp gather: error: {err}") from None
     if name not in names:
         raise SystemExit(f"dcem-exp: unknown experiment {name!r}; choose one of: {', '.join(names)}")
+    from dcem.experiments.common import distributed, sweep
+
+    if any(a in sweep.MULTIRUN_FLAGS for a in argv[1:]):
+        try:
+            return sweep.multirun(name, argv[1:])
+        except ValueError as err:
+            raise SystemExit(f"dcem-exp {name} -m: error: {err}") from None
     module = importlib.import_module(f"dcem.experiments.{name}")
+
     try:
+        distributed.init()  # under torchrun: join the process group (a no-op for one process)
         module.main(argv[1:])
     except ValueError as err:  # bad configuration, run folder or checkpoint: a message, not a traceback
         raise SystemExit(f"dcem-exp {name}: error: {err}") from None
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def ablation_name(tau: float, n_latent: int, seed: int) -> str:
 
 def main(argv: list[str]) -> None:
     """Entry point of ``dcem-exp cartpole``; see the module docstring (``--help`` lists every key)."""
+    from dcem.experiments.common.distributed import is_main, launch_info
     from dcem.experiments.common.runs import RunError, open_run, set_threads, setup_logging
 
     cfg = load(EXPERIMENT, argv)
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> None:
         log.info("rewrote the generated blocks of %s", cfg.report.page)
         return
     resume = bool(cfg.resume) or cfg.mode in ("vis", "eval")
-    run_dir = open_run("cartpole", cfg, EXPERIMENT.free_keys, resume=resume)
+    run_dir = open_run("cartpole", cfg, EXPERIMENT.free_keys, resume=resume,
+                       launch=launch_info({"n_batch": int(cfg.n_batch)}))  # fmt: skip
     log.info("run folder %s", run_dir)
     if cfg.mode == "vis":
         _plots(cfg, run_dir)
@@ -162,7 +164,7 @@ def main(argv: list[str]) -> None:
         from dcem.experiments.cartpole.run import train
 
         summary = train(cfg, run_dir)
-        if cfg.plots:
+        if cfg.plots and is_main():  # under torchrun rank 0 plots
             summary.update(_plots(cfg, run_dir))
         log.info("summary: %s", json.dumps(summary))
     else:

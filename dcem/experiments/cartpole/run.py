@@ -21,6 +21,7 @@ from dcem.control import (
     cartpole_swingup_cost,
     train_step,
 )
+from dcem.experiments.common.distributed import Shard, barrier
 from dcem.experiments.common.runs import CsvLog, atomic_write_text, incompatible, load_torch, save_torch
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class _Training:
         self.ckpt_path, self.best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
         self.log = CsvLog(run_dir / "log.csv", CSV_FIELDS)
         self.start, self.best_val, self.random_cost, self.wall0 = 0, math.inf, None, 0.0
+        self.shard = Shard.of("n_batch", int(cfg.n_batch))  # data parallel: this process's states
 
     def restore(self) -> None:
         """Load ``checkpoint.pt``."""
@@ -184,8 +186,11 @@ class _Training:
         return dict(iter=it, mode="val", cost=val, lr=self.opt.param_groups[0]["lr"], wall_s=wall)
 
     def step(self, it: int, wall: float) -> dict[str, Any]:
-        x0 = self.dx.sample_state(int(self.cfg.n_batch), self.g_init)
-        out = train_step(self.ctrl, self.opt, x0, generator=self.g_train, clip_grad=self.cfg.clip_grad)
+        x0 = self.shard.rows(self.dx.sample_state(int(self.cfg.n_batch), self.g_init))
+        with self.shard.draws(self.g_train):
+            out = train_step(self.ctrl, self.opt, x0, generator=self.g_train, clip_grad=self.cfg.clip_grad,
+                             grad_hook=None if self.shard.world == 1 else self.shard.average)  # fmt: skip
+        out["loss"], out["cost"] = self.shard.average([], out["loss"], out["cost"])
         return dict(iter=it, mode="train", cost=float(out["cost"]), loss=float(out["loss"]),
                     grad_norm=float(out["grad_norm"]), lr=self.opt.param_groups[0]["lr"],
                     wall_s=wall)  # fmt: skip
@@ -235,6 +240,7 @@ def train(
             tr.save(it + 1, time.perf_counter() - t0)
     tr.log.append(pending)
     tr.save(n_iters, time.perf_counter() - t0)
+    barrier()  # summarize reads rank 0's checkpoint
     return summarize(cfg, run_dir, n_latent, temp, expert, expert_test, n_iters=n_iters,
                      wall_s=time.perf_counter() - t0)  # fmt: skip
 

@@ -3,5 +3,8 @@
 - :mod:`~dcem.experiments.common.config`: typed schemas, ``--help``, override checks;
 - :mod:`~dcem.experiments.common.runs`: run folders, atomic files, CSV logs, checkpoints,
   Student-t intervals;
-- :mod:`~dcem.experiments.common.plots`: the plot style (a context manager) and the GIF writer.
+- :mod:`~dcem.experiments.common.plots`: the plot style (a context manager) and the GIF writer;
+- :mod:`~dcem.experiments.common.distributed`: data parallelism under ``torchrun``;
+- :mod:`~dcem.experiments.common.sweep`, :mod:`~dcem.experiments.common.gather`: Hydra
+  multiruns (``dcem-exp NAME -m``) and their summary (``dcem-exp gather SWEEP_DIR``).
 """

@@ -43,12 +43,14 @@ class RunError(ValueError):
 def setup_logging() -> None:
     """INFO lines of the ``dcem`` loggers on stderr; the root logger (and so every dependency's
     INFO chatter) is left alone."""
+    from dcem.experiments.common.distributed import is_main
+
     lg = logging.getLogger("dcem")
     if not lg.handlers:
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         lg.addHandler(h)
-        lg.setLevel(logging.INFO)
+        lg.setLevel(logging.INFO if is_main() else logging.WARNING)  # torchrun: rank 0 reports
         lg.propagate = False
 
 
@@ -67,8 +69,15 @@ def set_threads(n: int | None) -> None:
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success flush, fsync and rename it onto ``path``.
 
-    A crash (or an exception in the block) never leaves ``path`` half-written.
+    A crash (or an exception in the block) never leaves ``path`` half-written. Under
+    ``torchrun`` only rank 0 writes: the other processes write into ``os.devnull``.
     """
+    from dcem.experiments.common.distributed import is_main
+
+    if not is_main():
+        with open(os.devnull, mode, **kw) as fh:
+            yield fh
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -139,14 +148,53 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def open_run(name: str, cfg: Any, free_keys: Sequence[str], resume: bool = True) -> Path:
+def open_run(
+    name: str,
+    cfg: Any,
+    free_keys: Sequence[str],
+    resume: bool = True,
+    launch: Mapping[str, Any] | None = None,
+) -> Path:
     """The run folder of ``cfg`` (``cfg.out_dir`` or ``runs/NAME/<timestamp>``), with its
     ``config.yaml`` written once.
 
     An existing folder is resumed only if its ``config.yaml`` matches ``cfg`` on every key but
     ``free_keys``; otherwise :class:`RunError`. With ``resume=False`` a previous run in the folder
-    is moved aside to ``<out_dir>.old-<timestamp>`` and a fresh one starts.
+    is moved aside to ``<out_dir>.old-<timestamp>`` and a fresh one starts. ``launch`` (e.g. the
+    world size and per-process batches, :func:`~dcem.experiments.common.distributed.launch_info`)
+    is recorded as the ``launch`` section of ``config.yaml``; it may differ when a run is resumed
+    (the section is then updated). Under ``torchrun`` rank 0 opens the folder and the other
+    processes get its path (or its error).
     """
+    from dcem.experiments.common import distributed
+
+    launch = None if launch is None else {"experiment": name, **launch}
+    if distributed.world_size() == 1:
+        return _open_run(name, cfg, free_keys, resume, launch)
+    res: tuple[str, str] | None = None
+    if distributed.is_main():
+        try:
+            res = ("ok", str(_open_run(name, cfg, free_keys, resume, launch)))
+        except RunError as err:
+            res = ("error", str(err))
+    kind, value = distributed.broadcast_object(res)
+    if kind == "error":
+        raise RunError(value)
+    return Path(value)
+
+
+def _config_text(cfg: Any, launch: Mapping[str, Any] | None) -> str:
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(cfg)
+    if launch is not None:
+        text += OmegaConf.to_yaml({"launch": dict(launch)})
+    return text
+
+
+def _open_run(
+    name: str, cfg: Any, free_keys: Sequence[str], resume: bool, launch: Mapping[str, Any] | None
+) -> Path:
     from omegaconf import OmegaConf
 
     out = Path(cfg.out_dir) if cfg.out_dir else Path("runs") / name / _stamp()
@@ -163,17 +211,21 @@ def open_run(name: str, cfg: Any, free_keys: Sequence[str], resume: bool = True)
             except Exception as err:  # noqa: BLE001
                 raise RunError(f"{path} is unreadable ({type(err).__name__}); "
                                "rerun with resume=false to start over") from None  # fmt: skip
+            was = old.pop("launch", None)
             diffs = _differences(old, now, free_keys)
             if diffs:
                 raise RunError(f"out_dir={out} holds a run with another configuration ({diffs}); "
                                "repeat its settings to resume it, choose another out_dir, or pass "
                                "resume=false to start over (the old run is moved aside)")  # fmt: skip
+            if launch is not None and was != dict(launch):
+                log.info("resuming %s with launch %s (was %s)", out, dict(launch), was)
+                atomic_write_text(path, _config_text(cfg, launch))
             return out
     elif not resume and out.is_dir() and any(out.iterdir()):
         raise RunError(f"resume=false: out_dir={out} is not empty but holds no run (no config.yaml); "
                        "empty it or choose another out_dir")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, OmegaConf.to_yaml(cfg))
+    atomic_write_text(path, _config_text(cfg, launch))
     return out
 
 
@@ -237,6 +289,11 @@ class CsvLog:
             w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in self.fields} for r in rows)
 
     def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append ``rows`` (rank 0 only under ``torchrun``)."""
+        from dcem.experiments.common.distributed import is_main
+
+        if not is_main():
+            return
         new = not self.path.exists()
         with open(self.path, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")

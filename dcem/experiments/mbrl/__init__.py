@@ -53,6 +53,8 @@ def run(cfg: dict):
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
+    from dcem.experiments.common import distributed
+    from dcem.experiments.common.distributed import launch_info
     from dcem.experiments.common.runs import RunError, open_run, require_scipy, set_threads
     from dcem.experiments.mbrl.trainer import MBRLTrainer, seed_everything, validate_config
 
@@ -67,10 +69,12 @@ def run(cfg: dict):
         raise RunError(f"phase={cfg['phase']} needs the checkpoint of phase=model in out_dir="
                        f"{cfg.get('out_dir')!r}, which does not exist")  # fmt: skip
     set_threads(cfg["num_threads"])
-    out = open_run("mbrl", OmegaConf.create(cfg), EXPERIMENT.free_keys, resume=bool(cfg["resume"]))
+    launch = launch_info({f"{k}.batch_size": cfg[k]["batch_size"] for k in ("model", "decoder")})
+    out = open_run("mbrl", OmegaConf.create(cfg), EXPERIMENT.free_keys, resume=bool(cfg["resume"]),
+                   launch=launch)  # fmt: skip
     seed_everything(int(cfg["seed"]))
     trainer = MBRLTrainer(cfg, out)
-    if cfg["log"]["tensorboard"]:
+    if cfg["log"]["tensorboard"] and distributed.is_main():  # under torchrun rank 0 writes
         from torch.utils.tensorboard import SummaryWriter
 
         trainer.tb = SummaryWriter(str(Path(out) / "tb"))

@@ -24,7 +24,7 @@ class PhasesMixin:
             i = self.progress["model"]
             stats: dict[str, float] = {}
             if i < c["seed_episodes"]:
-                obs, act, rew = self.run_episode(self.env, "random")
+                obs, act, rew = self.seed_episode(i)  # in worker processes if train.collect_workers > 1
             else:
                 self._set_obs_stats()
                 ups = [self.model_update() for _ in range(c["updates_per_episode"])]

@@ -45,6 +45,7 @@ class Train:
     updates_per_episode: int = opt(ge=1)
     expl_noise: float = opt(ge=0)
     replay_capacity: int = opt(ge=1)
+    collect_workers: int = opt(ge=1, doc="worker processes stepping the seed episodes' environments")
 
 
 @dataclass

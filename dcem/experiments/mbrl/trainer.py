@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dcem.control import ActionDecoder
+from dcem.experiments.common.distributed import Shard
 from dcem.experiments.common.runs import (
     CsvLog,
     incompatible,
@@ -30,6 +31,7 @@ from dcem.experiments.common.runs import (
     mean_ci95,
     save_torch,
 )
+from dcem.experiments.mbrl.collect import CollectMixin
 from dcem.experiments.mbrl.evaluation import EvalMixin
 from dcem.experiments.mbrl.paired import PairedEvalMixin
 from dcem.experiments.mbrl.phases import PhasesMixin
@@ -86,7 +88,7 @@ def validate_config(cfg: dict) -> None:
     obj.validate()
 
 
-class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin):
+class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
     """State and loops of one run; see the module docstring for the phases.
 
     The global RNGs are not seeded here (see :func:`seed_everything`); the checkpoint saves and
@@ -146,6 +148,8 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin):
             self.env.obs_dim, self.env.act_dim, self.env.episode_len, cfg["train"]["replay_capacity"]
         )
         self._ppo = None
+        # data parallel (torchrun): every process samples the global batch and keeps its rows
+        self.shards = {k: Shard.of(f"{k}.batch_size", cfg[k]["batch_size"]) for k in ("model", "decoder")}
         self.progress = {
             "model": 0,
             "decoder": 0,
@@ -333,10 +337,13 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin):
     # -- learning steps --------------------------------------------------------------------------
     def model_update(self) -> dict[str, float]:
         m = self.cfg["model"]
-        o, a, r = self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device)
+        sh = self.shards["model"]
+        batch = self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device)
+        o, a, r = (sh.rows(t) for t in batch)
         loss, stats = self.model.loss(o, a, r, m["overshooting"], m["overshooting_scale"], m["reward_scale"])
         self.model_opt.zero_grad()
         loss.backward()
+        stats = dict(zip(stats, sh.average(list(self.model.parameters()), *stats.values())))
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), m["grad_clip"])
         self.model_opt.step()
         self.progress["model_updates"] += 1
@@ -351,13 +358,16 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin):
         return h[:, -1], o[:, -1]
 
     def decoder_update(self) -> float:
-        h, x = self.sample_states(self.cfg["decoder"]["batch_size"])
+        sh = self.shards["decoder"]
+        h, x = (sh.rows(t) for t in self.sample_states(self.cfg["decoder"]["batch_size"]))
         for p in self.model.parameters():
             p.requires_grad_(False)
         try:
-            loss = self.latent.decoder_loss(h, x, generator=self.gen)
+            with sh.draws(self.gen):
+                loss = self.latent.decoder_loss(h, x, generator=self.gen)
             self.dec_opt.zero_grad()
             loss.backward()
+            (loss,) = sh.average(list(self.decoder.parameters()), loss)
             torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), self.cfg["decoder"]["grad_clip"])
             self.dec_opt.step()
         finally:

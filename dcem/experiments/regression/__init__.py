@@ -52,6 +52,7 @@ def run(cfg: Any) -> dict[str, Any]:
     """
     from omegaconf import OmegaConf
 
+    from dcem.experiments.common.distributed import is_main, launch_info
     from dcem.experiments.common.runs import open_run, require_scipy, set_threads
     from dcem.experiments.regression.analysis import analyse
     from dcem.experiments.regression.train import train_run
@@ -59,7 +60,9 @@ def run(cfg: Any) -> dict[str, Any]:
     if cfg.analyse:
         require_scipy("dcem-exp regression (analyse=true)")
     set_threads(cfg.num_threads)
-    out_dir = open_run("regression", cfg, EXPERIMENT.free_keys, resume=bool(cfg.resume))
+    bs_key = "train.batch_size" if cfg.train.batch_size is not None else "n_points"  # null: all points
+    launch = launch_info({bs_key: cfg.train.batch_size or cfg.n_points})
+    out_dir = open_run("regression", cfg, EXPERIMENT.free_keys, resume=bool(cfg.resume), launch=launch)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     log.info("regression: writing to %s", out_dir)
 
@@ -70,7 +73,7 @@ def run(cfg: Any) -> dict[str, Any]:
             log.info("%s seed %s: train MSE %.4g, held-out MSE %.4g (%d updates, %.0f s)",
                      m, s, r["train_mse"], r["test_mse"], r["steps"], r["wall_s"])  # fmt: skip
             runs.append(r)
-    if not plain["analyse"]:
+    if not plain["analyse"] or not is_main():  # under torchrun rank 0 analyses
         return {}
     results = analyse(plain, out_dir, runs)
     log.info("regression: summary\n%s", (out_dir / "summary.md").read_text())

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dcem.experiments.common.distributed import Shard, barrier
 from dcem.experiments.common.runs import CsvLog, incompatible, load_torch, save_torch
 from dcem.experiments.regression.model import DCEMPredictor, EnergyNet, build_predictor, make_data
 
@@ -80,6 +81,7 @@ class _Run:
         self.device = device = torch.device(cfg["device"])
         self.n_points = int(cfg["n_points"])
         self.bs = self.n_points if tr["batch_size"] is None else int(tr["batch_size"])  # see schema.py
+        self.shard = Shard.of("n_points" if tr["batch_size"] is None else "train.batch_size", self.bs)
         self.eval_seed = int(cfg["eval_seed"])
         run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = run_dir / "ckpt.pt"
@@ -130,19 +132,21 @@ class _Run:
     def batch(self) -> tuple[Tensor, Tensor]:
         x, y = self.data[0], self.data[1]
         if self.bs == self.n_points:
-            return x, y
+            return self.shard.rows(x), self.shard.rows(y)
         idx = torch.randperm(self.n_points, generator=self.gen, device=self.device)[: self.bs]
-        return x[idx], y[idx]
+        return self.shard.rows(x[idx]), self.shard.rows(y[idx])
 
     def update(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """One Adam step on the batch; returns the loss and the gradient norm (before clipping)."""
-        if isinstance(self.predictor, DCEMPredictor):
-            yhat = self.predictor(xb, generator=self.gen)
-        else:
-            yhat = self.predictor(xb)
+        with self.shard.draws(self.gen):  # data parallel: this process's rows of the global draws
+            if isinstance(self.predictor, DCEMPredictor):
+                yhat = self.predictor(xb, generator=self.gen)
+            else:
+                yhat = self.predictor(xb)
         loss = (yhat - yb).pow(2).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        (loss,) = self.shard.average(list(self.energy.parameters()), loss)  # no-op for one process
         gn = nn.utils.clip_grad_norm_(self.energy.parameters(), float(self.tr["clip_norm"]))
         self.opt.step()
         self.step += 1
@@ -202,6 +206,7 @@ def train_run(
     bar.close()
     if not (run_dir / "model.pt").exists() or r.step == n_updates:
         save_torch(r.energy.state_dict(), run_dir / "model.pt")
+    barrier()  # the log read below is rank 0's
     final = read_log(r.log.path)[-1]
     return {"method": method, "seed": seed, "steps": r.step, "wall_s": final["wall_s"],
             "train_mse": final["train_mse"], "test_mse": final["test_mse"]}  # fmt: skip

@@ -1,0 +1,80 @@
+"""Parallel data collection of the MBRL trainer (``train.collect_workers > 1``): DeepMind Control
+tasks stepped in worker processes (:class:`dcem.rl.env_pool.EnvPool`).
+
+With ``collect_workers = 1`` (the default) every episode runs in the trainer's process exactly as
+before. With more, the seed episodes come from the pool, ``collect_workers`` at a time, episode
+``i`` seeded with :func:`~dcem.rl.env_pool.episode_seed` ``(seed, i)`` (so they do not depend on
+the number of workers or on a resume), and :meth:`CollectMixin.planned_episodes` runs one
+planner-driven episode per worker with one batched planning call per step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dcem.rl.env_pool import EnvPool, episode_seed, planned_episodes
+
+__all__ = ["CollectMixin"]
+
+
+class CollectMixin:
+    """Needs the trainer's ``cfg``, ``env``, ``run_episode``, ``model``, ``cem``, ``latent``, ``rng``,
+    ``gen`` and ``device``."""
+
+    _pool: EnvPool | None = None
+    _seed_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    @property
+    def n_collect(self) -> int:
+        return int(self.cfg["train"].get("collect_workers", 1))
+
+    def pool(self) -> EnvPool:
+        """The worker pool (started on first use)."""
+        if self._pool is None:
+            e = self.cfg["env"]
+            self._pool = EnvPool(e["name"], e.get("action_repeat"), e["episode_steps"], self.n_collect)
+        return self._pool
+
+    def close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def seed_episode(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Random seed episode ``i`` (``obs (T+1, O)``, ``act (T, A)``, ``rew (T,)``)."""
+        if self.n_collect == 1:
+            return self.run_episode(self.env, "random")
+        cache = self.__dict__.setdefault("_seed_cache", {})
+        if i not in cache:
+            n = min(self.n_collect, int(self.cfg["train"]["seed_episodes"]) - i)
+            idx = list(range(i, i + max(n, 1)))
+            seeds = [episode_seed(int(self.cfg["seed"]), k) for k in idx]
+            cache.clear()
+            cache.update(zip(idx, self.pool().random_episodes(seeds)))
+        out = cache.pop(i)
+        if i + 1 >= int(self.cfg["train"]["seed_episodes"]):
+            self.close_pool()  # the seed episodes are done
+        return out
+
+    def planned_episodes(self, policy: str, noise: float, first: int) -> list[tuple[np.ndarray, ...]]:
+        """Episodes ``first .. first + collect_workers - 1`` with ``policy`` (``"cem"``/``"dcem"``) and
+        Gaussian exploration noise, one per worker, planned in one batch per step."""
+        planner = {"cem": self.cem, "dcem": self.latent}[policy]
+        pool = self.pool()
+        W, lo, hi = pool.n_workers, pool.u_lower, pool.u_upper
+        h = self.model.initial_state((W,), device=self.device)
+
+        def act(t: int, obs: np.ndarray) -> np.ndarray:
+            nonlocal h
+            x = torch.as_tensor(obs, device=self.device)
+            a = planner.plan(h, x, generator=self.gen)[:, 0].cpu().numpy()
+            if noise > 0:
+                a = a + noise * self.rng.standard_normal(a.shape).astype(np.float32)
+            a = np.clip(a, lo, hi).astype(np.float32)
+            with torch.no_grad():
+                h = self.model.transition(h, self.model.normalize(x), torch.as_tensor(a, device=self.device))
+            return a
+
+        seeds = [episode_seed(int(self.cfg["seed"]), first + w) for w in range(W)]
+        return planned_episodes(pool, seeds, act)
