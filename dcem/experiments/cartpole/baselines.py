@@ -13,6 +13,7 @@ Every planner here is the one :class:`dcem.planning.Planner`; one run gives both
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -82,11 +83,13 @@ def latent_scores(
 ) -> dict[str, list[list[float]]]:
     """Latent-controller plan costs from ``x (n, 5)`` for each DCEM sampling seed.
 
-    Returns ``mean`` and ``best``: ``(len(seeds), n)`` nested lists (decoded final mean / best
-    decoded sample of the same run).
+    Returns ``mean`` and ``best``: ``(len(seeds), n)`` nested lists (decoded last sampled mean /
+    best decoded sample of the same run), whatever the controller's own ``select``.
     """
     obj = rollout_objective(ctrl.dx, x, ctrl.cost)
-    planner = ctrl.planner()
+    # the last sampled mean whatever the controller's own selection (hard CEM defaults to "min")
+    planner = Planner(ctrl.horizon, ctrl.dx.n_ctrl, dataclasses.replace(ctrl.config, select="mean"),
+                      decoder=ctrl.decoder, z_lower=ctrl.z_lower, z_upper=ctrl.z_upper)  # fmt: skip
     out: dict[str, list[list[float]]] = {"mean": [], "best": []}
     for s in seeds:
         res = planner.plan(

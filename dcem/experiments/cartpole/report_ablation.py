@@ -59,8 +59,13 @@ def ablation_block(
         cfg_s = OmegaConf.merge(cfg, {"seed": seed})
         ctrl = make_controller(cfg_s, dx, nz, tau)
         best = _load_decoder(ctrl, d / "best.pt")
-        cost = np.mean(latent_scores(ctrl, x_test, seeds)["mean"], 0)
-        raw[d.name] = {"best_iter": int(best["iter"]), "test_cost": cost.tolist()}
+        sc = latent_scores(ctrl, x_test, seeds)
+        cost, cost_best = np.mean(sc["mean"], 0), np.mean(sc["best"], 0)
+        raw[d.name] = {
+            "best_iter": int(best["iter"]),
+            "test_cost": cost.tolist(),
+            "test_cost_best": cost_best.tolist(),
+        }
         results.append(
             {
                 "name": d.name,
@@ -68,6 +73,7 @@ def ablation_block(
                 "n_latent": nz,
                 "seed": seed,
                 "frac": float(cost.mean() / expert.mean()),
+                "frac_best": float(cost_best.mean() / expert.mean()),
                 "best_iter": int(best["iter"]),
             }
         )
@@ -83,6 +89,7 @@ def ablation_block(
                     int(nz),
                     ci_cell([r["frac"] for r in cell], pct=True),
                     ", ".join(f"{100 * r['frac']:.0f} %" for r in cell),
+                    ci_cell([r["frac_best"] for r in cell], pct=True),
                     f"{np.mean([r['best_iter'] for r in cell]):.0f}",
                 ]
             )
@@ -98,8 +105,9 @@ def ablation_block(
         [
             "tau",
             "latent size",
-            "fraction of converged return (95% CI over seeds)",
+            "fraction of converged return, mean selection (95% CI over seeds)",
             "per seed",
+            "best-sample selection",
             "mean best update",
         ],
         rows,
