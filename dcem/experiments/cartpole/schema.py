@@ -29,8 +29,10 @@ class Latent:
 
 @dataclass
 class Expert:
+    """A full-space CEM (the paper's expert, and the converged baseline of mode=report)."""
+
     n_sample: int = opt(ge=2)
-    n_elite: int = opt(ge=1, doc="<= expert.n_sample")
+    n_elite: int = opt(ge=1, doc="<= n_sample of the same section")
     n_iter: int = opt(ge=1)
     sigma_scale: float = opt(gt=0)
 
@@ -51,14 +53,6 @@ class Ablation:
 
 
 @dataclass
-class Converged:
-    n_sample: int = opt(ge=2)
-    n_elite: int = opt(ge=1, doc="<= report.converged.n_sample")
-    n_iter: int = opt(ge=1)
-    sigma_scale: float = opt(gt=0)
-
-
-@dataclass
 class Report:
     runs: list[str] = opt(doc="train run folders, one per training seed (mode=report)")
     ablation: str | None = opt(doc="an ablation run folder (null: no ablation block)")
@@ -68,7 +62,7 @@ class Report:
     cache_dir: str = opt(doc="cache of the full-space CEM baselines")
     eval_seeds: list[int] = opt(ge=0, each=True, nonempty=True, doc="DCEM sampling seeds per trained decoder")
     baseline_seed: int = opt(ge=0)
-    converged: Converged = field(default_factory=Converged)
+    converged: Expert = field(default_factory=Expert)
 
 
 @dataclass
