@@ -110,3 +110,23 @@ def test_plot_style_is_local_and_figures_save(tmp_path):
 
     with Image.open(tmp_path / "a.gif") as im:
         assert im.n_frames == 2
+
+
+def test_open_run_reads_keys_missing_from_an_old_run_as_their_legacy_value(tmp_path):
+    import yaml
+    from omegaconf import OmegaConf
+
+    from dcem.experiments.common.runs import RunError, open_run
+
+    out = tmp_path / "run"
+    open_run("x", OmegaConf.create({"out_dir": str(out), "a": 1, "train": {"workers": 1}}), ("out_dir",))
+    text = yaml.safe_load((out / "config.yaml").read_text())
+    del text["train"]["workers"]  # a folder written before the key existed
+    (out / "config.yaml").write_text(yaml.safe_dump(text))
+    same = OmegaConf.create({"out_dir": str(out), "a": 1, "train": {"workers": 1}})
+    with pytest.raises(RunError, match="train.workers"):
+        open_run("x", same, ("out_dir",))  # without a legacy value the missing key is a difference
+    assert open_run("x", same, ("out_dir",), legacy={"train.workers": 1}) == out
+    other = OmegaConf.create({"out_dir": str(out), "a": 1, "train": {"workers": 2}})
+    with pytest.raises(RunError, match="train.workers: 1 there, 2 now"):
+        open_run("x", other, ("out_dir",), legacy={"train.workers": 1})

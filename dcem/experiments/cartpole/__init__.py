@@ -44,6 +44,9 @@ __all__ = ["EXPERIMENT", "main", "load_config"]
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+#: keys added after run folders existed, with the value an older run used (see common.runs.open_run):
+#: runs made before decoder.init existed used PyTorch's default initialisation
+LEGACY = {"decoder.init": "default"}
 EXPERIMENT = Experiment(
     "cartpole", CONF_DIR, CartpoleConfig, __doc__ or "",
     free_keys=("out_dir", "progress", "num_threads", "resume", "mode", "plots", "vis.n_states", "vis.grid",
@@ -150,7 +153,7 @@ def main(argv: list[str]) -> None:
         return
     resume = bool(cfg.resume) or cfg.mode in ("vis", "eval")
     run_dir = open_run("cartpole", cfg, EXPERIMENT.free_keys, resume=resume,
-                       launch=launch_info({"n_batch": int(cfg.n_batch)}))  # fmt: skip
+                       launch=launch_info({"n_batch": int(cfg.n_batch)}), legacy=LEGACY)  # fmt: skip
     log.info("run folder %s", run_dir)
     if cfg.mode == "vis":
         _plots(cfg, run_dir)

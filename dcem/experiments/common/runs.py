@@ -154,6 +154,7 @@ def open_run(
     free_keys: Sequence[str],
     resume: bool = True,
     launch: Mapping[str, Any] | None = None,
+    legacy: Mapping[str, Any] | None = None,
 ) -> Path:
     """The run folder of ``cfg`` (``cfg.out_dir`` or ``runs/NAME/<timestamp>``), with its
     ``config.yaml`` written once.
@@ -164,17 +165,19 @@ def open_run(
     world size and per-process batches, :func:`~dcem.experiments.common.distributed.launch_info`)
     is recorded as the ``launch`` section of ``config.yaml``; it may differ when a run is resumed
     (the section is then updated). Under ``torchrun`` rank 0 opens the folder and the other
-    processes get its path (or its error).
+    processes get its path (or its error). ``legacy`` maps keys added to a schema after run folders
+    existed to the value that reproduces what such an older run did (a key missing from an old
+    ``config.yaml`` is compared as that value, e.g. ``{"train.collect_workers": 1}``).
     """
     from dcem.experiments.common import distributed
 
     launch = None if launch is None else {"experiment": name, **launch}
     if distributed.world_size() == 1:
-        return _open_run(name, cfg, free_keys, resume, launch)
+        return _open_run(name, cfg, free_keys, resume, launch, legacy or {})
     res: tuple[str, str] | None = None
     if distributed.is_main():
         try:
-            res = ("ok", str(_open_run(name, cfg, free_keys, resume, launch)))
+            res = ("ok", str(_open_run(name, cfg, free_keys, resume, launch, legacy or {})))
         except RunError as err:
             res = ("error", str(err))
     kind, value = distributed.broadcast_object(res)
@@ -193,7 +196,12 @@ def _config_text(cfg: Any, launch: Mapping[str, Any] | None) -> str:
 
 
 def _open_run(
-    name: str, cfg: Any, free_keys: Sequence[str], resume: bool, launch: Mapping[str, Any] | None
+    name: str,
+    cfg: Any,
+    free_keys: Sequence[str],
+    resume: bool,
+    launch: Mapping[str, Any] | None,
+    legacy: Mapping[str, Any],
 ) -> Path:
     from omegaconf import OmegaConf
 
@@ -212,7 +220,7 @@ def _open_run(
                 raise RunError(f"{path} is unreadable ({type(err).__name__}); "
                                "rerun with resume=false to start over") from None  # fmt: skip
             was = old.pop("launch", None)
-            diffs = _differences(old, now, free_keys)
+            diffs = _differences(old, now, free_keys, legacy)
             if diffs:
                 raise RunError(f"out_dir={out} holds a run with another configuration ({diffs}); "
                                "repeat its settings to resume it, choose another out_dir, or pass "
@@ -229,14 +237,20 @@ def _open_run(
     return out
 
 
-def _differences(old: Mapping[str, Any], now: Mapping[str, Any], free_keys: Sequence[str]) -> str:
+def _differences(
+    old: Mapping[str, Any],
+    now: Mapping[str, Any],
+    free_keys: Sequence[str],
+    legacy: Mapping[str, Any] | None = None,
+) -> str:
     """``"key: OLD there, NEW now; ..."`` for the first three differing keys ("" if none); a free key
-    ending in ``.`` frees every key under that section."""
+    ending in ``.`` frees every key under that section; a key of ``legacy`` missing from ``old``
+    reads as its legacy value."""
 
     def free(k: str) -> bool:
         return k in free_keys or any(f.endswith(".") and k.startswith(f) for f in free_keys)
 
-    a = {k: v for k, v in _flat(old).items() if not free(k)}
+    a = {k: v for k, v in {**(legacy or {}), **_flat(old)}.items() if not free(k)}
     b = {k: v for k, v in _flat(now).items() if not free(k)}
     keys = [k for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")]
     shown = "; ".join(f"{k}: {_short(a.get(k, '<unset>'))} there, {_short(b.get(k, '<unset>'))} now"

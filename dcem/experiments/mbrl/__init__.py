@@ -31,6 +31,8 @@ __all__ = ["EXPERIMENT", "compose", "main", "run"]
 
 CONF_DIR = Path(__file__).parent / "conf"
 log = logging.getLogger("dcem.experiments.mbrl")
+#: keys added after run folders existed, with the value an older run used (see common.runs.open_run)
+LEGACY = {"train.collect_workers": 1}
 EXPERIMENT = Experiment(
     "mbrl", CONF_DIR, MBRLConfig, __doc__ or "",
     free_keys=("out_dir", "progress", "num_threads", "resume", "phase", "device", "log.tensorboard",
@@ -71,7 +73,7 @@ def run(cfg: dict):
     set_threads(cfg["num_threads"])
     launch = launch_info({f"{k}.batch_size": cfg[k]["batch_size"] for k in ("model", "decoder")})
     out = open_run("mbrl", OmegaConf.create(cfg), EXPERIMENT.free_keys, resume=bool(cfg["resume"]),
-                   launch=launch)  # fmt: skip
+                   launch=launch, legacy=LEGACY)  # fmt: skip
     seed_everything(int(cfg["seed"]))
     trainer = MBRLTrainer(cfg, out)
     if cfg["log"]["tensorboard"] and distributed.is_main():  # under torchrun rank 0 writes
