@@ -34,7 +34,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from dcem.experiments.cartpole.schema import CartpoleConfig
@@ -68,6 +67,8 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
     from dcem.experiments.cartpole.run import (
         _load,
         _load_decoder,
+        expert_costs,
+        expert_spec,
         make_controller,
         read_csv,
         validation_states,
@@ -78,20 +79,12 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
     ck = _load(run_dir / "checkpoint.pt")
     ctrl = make_controller(cfg, dx, ck.get("n_latent"), ck.get("temp") or 0.0)
     _load_decoder(ctrl, run_dir / "best.pt")
-    summary = (
-        json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    )
-    expert = (
-        json.loads((run_dir / "expert.json").read_text())["costs"]
-        if (run_dir / "expert.json").exists()
-        else None
-    )
-    expert_mean = float(torch.tensor(expert).mean()) if expert else summary.get("expert_cost", float("nan"))
     x_val = validation_states(cfg, dx)
+    expert_mean = float(expert_costs(cfg, dx, x_val, run_dir / "expert.json").mean())
     with plots.style():
         plot_curves(read_csv(run_dir / "log.csv"), expert_mean, ck.get("random_cost"), run_dir / "curves.png")
         plot_surface(ctrl, x_val[: int(cfg.vis.n_states)], run_dir / "surface.png", grid=int(cfg.vis.grid))
-        spec = {k: cfg.expert[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")}
+        spec = expert_spec(cfg.expert)
         rows = [(f"CEM, full space ({int(spec['n_sample'])} x {int(spec['n_iter'])})", spec)]
         return plot_fig3(ctrl, rows, x_val[0], run_dir / "fig3.png", n_lines=int(cfg.vis.n_lines))
 
@@ -109,27 +102,26 @@ def _ablation(cfg: DictConfig, run_dir: Path) -> None:
     expert = expert_costs(cfg, dx, validation_states(cfg, dx), run_dir / "expert.json")
     expert_test = expert_costs(cfg, dx, test_states(cfg, dx), run_dir / "expert_test.json", tag="test")
     results, curves = [], {}
-    for seed in cfg.ablation.seeds:
-        cfg_s = OmegaConf.merge(cfg, {"seed": int(seed)})
-        for nz in cfg.ablation.latent_sizes:
-            for tau in cfg.ablation.temps:
-                name = ablation_name(float(tau), int(nz), int(seed))
-                s = train(cfg_s, run_dir / name, n_latent=int(nz), temp=float(tau),
-                          n_train_iter=int(cfg.ablation.n_train_iter), expert=expert,
-                          expert_test=expert_test)  # fmt: skip
-                s.update(name=name, seed=int(seed))
-                results.append(s)
-                curves[name] = read_csv(run_dir / name / "log.csv")
-                log.info("%s: latent %.3f expert %.3f factor %.3f", name, s["latent_cost"], s["expert_cost"],
-                         s["improvement_factor"])  # fmt: skip
+    for tau, nz, seed, name in ablation_cells(cfg):
+        cfg_s = OmegaConf.merge(cfg, {"seed": seed})
+        s = train(cfg_s, run_dir / name, n_latent=nz, temp=tau, n_train_iter=int(cfg.ablation.n_train_iter),
+                  expert=expert, expert_test=expert_test)  # fmt: skip
+        s.update(name=name, seed=seed)
+        results.append(s)
+        curves[name] = read_csv(run_dir / name / "log.csv")
+        log.info("%s: latent %.3f expert %.3f factor %.3f", name, s["latent_cost"], s["expert_cost"],
+                 s["improvement_factor"])  # fmt: skip
     CsvLog(run_dir / "ablation.csv", list(results[0].keys())).rewrite(results)
     with plots.style():
         plot_ablation(results, curves, float(expert.mean()), run_dir / "ablation.png")
 
 
-def ablation_name(tau: float, n_latent: int, seed: int) -> str:
-    """Sub-run folder name of one ablation cell: ``tau<tau>_nz<n_latent>_seed<seed>``."""
-    return f"tau{tau:g}_nz{n_latent}_seed{seed}"
+def ablation_cells(cfg: DictConfig) -> list[tuple[float, int, int, str]]:
+    """The cells of ``mode=ablation`` in training order: ``(tau, n_latent, seed, sub-run folder
+    name)`` for every seed x latent size x temperature; folders are ``tau<tau>_nz<n>_seed<seed>``."""
+    return [(float(tau), int(nz), int(seed), f"tau{float(tau):g}_nz{int(nz)}_seed{int(seed)}")
+            for seed in cfg.ablation.seeds for nz in cfg.ablation.latent_sizes
+            for tau in cfg.ablation.temps]  # fmt: skip
 
 
 def main(argv: list[str]) -> None:

@@ -24,10 +24,21 @@ import torch
 from torch import Tensor
 
 from dcem.control import CartpoleDx, LatentDCEMController, cartpole_swingup_cost
-from dcem.experiments.common.runs import atomic_write_text
+from dcem.experiments.common.runs import cached_json
 from dcem.planning import Planner, PlannerConfig, rollout_objective
 
-__all__ = ["cem_baseline", "latent_scores", "cached"]
+__all__ = ["full_space_cem", "cem_baseline", "latent_scores", "cached"]
+
+
+def full_space_cem(
+    dx: CartpoleDx, horizon: int, n_sample: int, n_elite: int, n_iter: int, sigma_scale: float
+) -> tuple[Planner, Tensor]:
+    """Hard CEM over the full action sequences ``U^horizon`` in the force bounds (selection: the
+    last sampled mean; ``PlanResult.best_cost`` gives the best sample) and its initial std
+    ``sigma_scale * (u_upper - u_lower)`` ``(n_ctrl,)``."""
+    cfg = PlannerConfig("cem", int(n_sample), int(n_elite), int(n_iter), select="mean")
+    planner = Planner(horizon, dx.n_ctrl, cfg, lower=dx.u_lower, upper=dx.u_upper)
+    return planner, float(sigma_scale) * (dx.u_upper - dx.u_lower)
 
 
 @torch.no_grad()
@@ -49,9 +60,7 @@ def cem_baseline(
     distribution, in force units) and ``best_trace`` (best cost seen so far) ``(n_iter,)``.
     """
     g = torch.Generator().manual_seed(int(seed))
-    cfg = PlannerConfig("cem", int(n_sample), int(n_elite), int(n_iter), select="mean")
-    planner = Planner(horizon, dx.n_ctrl, cfg, lower=dx.u_lower, upper=dx.u_upper)
-    init_std = float(sigma_scale) * (dx.u_upper - dx.u_lower)
+    planner, init_std = full_space_cem(dx, horizon, n_sample, n_elite, n_iter, sigma_scale)
     mean, best, sig, trace = [], [], torch.zeros(n_iter), torch.zeros(n_iter)
     for xb in x.split(chunk):
         seen = torch.full((xb.shape[0],), float("inf"))
@@ -108,13 +117,5 @@ def cached(cache_dir: Path | None, key: Mapping[str, Any], compute: Any) -> Any:
     """``compute()`` memoised as JSON in ``cache_dir/<hash of key>.json`` (no cache for ``None``)."""
     if cache_dir is None:
         return compute()
-    text = json.dumps(key, sort_keys=True)
-    path = Path(cache_dir) / (hashlib.sha256(text.encode()).hexdigest()[:16] + ".json")
-    if path.exists():
-        data = json.loads(path.read_text())
-        if data.get("key") == json.loads(text):
-            return data["value"]
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"key": json.loads(text), "value": value}))
-    return value
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json"
+    return cached_json(Path(cache_dir) / name, key, compute)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from dcem.control import LatentDCEMController
 from dcem.experiments.common.plots import figure, save
-from dcem.planning import Planner, PlannerConfig, rollout_objective
+from dcem.planning import rollout_objective
 
 
 def _smooth(y: np.ndarray, w: int) -> np.ndarray:
@@ -73,16 +73,15 @@ def _cem_samples(
     ctrl: LatentDCEMController, spec: dict[str, Any], x: Tensor, seed: int
 ) -> tuple[list, float]:
     """Per-iteration samples of full-space CEM with ``spec`` (n_sample, n_elite, n_iter, sigma_scale)."""
+    from dcem.experiments.cartpole.baselines import full_space_cem
+    from dcem.experiments.cartpole.run import expert_spec
 
-    dx, store = ctrl.dx, []
-    cfg = PlannerConfig(
-        "cem", int(spec["n_sample"]), int(spec["n_elite"]), int(spec["n_iter"]), select="mean"
-    )
-    p = Planner(ctrl.horizon, dx.n_ctrl, cfg, lower=dx.u_lower, upper=dx.u_upper)
+    store: list[tuple[Tensor, Tensor, Tensor]] = []
+    p, init_std = full_space_cem(ctrl.dx, ctrl.horizon, **expert_spec(spec))
     res = p.plan(
-        rollout_objective(dx, x, ctrl.cost),
+        rollout_objective(ctrl.dx, x, ctrl.cost),
         batch_shape=(1,),
-        init_std=float(spec["sigma_scale"]) * (dx.u_upper - dx.u_lower),
+        init_std=init_std,
         generator=torch.Generator().manual_seed(seed),
         iter_cb=_record(store),
         dtype=x.dtype,

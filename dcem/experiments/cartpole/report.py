@@ -28,12 +28,14 @@ from dcem.experiments.cartpole.baselines import cached, cem_baseline, latent_sco
 from dcem.experiments.cartpole.run import (
     _load,
     _load_decoder,
+    expert_spec,
     make_controller,
+    read_csv,
     test_states,
     validation_states,
 )
 from dcem.experiments.common.report import ci_cell, md_table, update_page
-from dcem.experiments.common.runs import RunError, atomic_write_text
+from dcem.experiments.common.runs import RunError, atomic_write_text, bootstrap_ratio
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,7 @@ def fractions(costs: np.ndarray, expert: np.ndarray, n_boot: int = 2000) -> dict
     costs = np.atleast_2d(np.asarray(costs, dtype=np.float64))
     expert = np.asarray(expert, dtype=np.float64)
     c = costs.mean(0)
-    idx = np.random.default_rng(0).integers(0, c.size, size=(n_boot, c.size))
-    boot = c[idx].mean(1) / expert[idx].mean(1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    lo, hi = bootstrap_ratio([c], [expert], np.random.default_rng(0), n_boot)
     return {"ratio": float(c.mean() / expert.mean()), "per_seed": costs.mean(1) / expert.mean(),
             "state_ci": (float(lo), float(hi))}  # fmt: skip
 
@@ -77,8 +77,8 @@ def _baselines(cfg: DictConfig, rep: DictConfig, x: torch.Tensor, tag: str) -> d
     cache = Path(rep.cache_dir)
     lat = cfg.dcem
     specs = {
-        "converged": dict(rep.converged),
-        "paper_expert": {k: cfg.expert[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")},
+        "converged": expert_spec(rep.converged),
+        "paper_expert": expert_spec(cfg.expert),
         "same_budget": {
             "n_sample": lat.n_sample,
             "n_elite": lat.n_elite,
@@ -105,7 +105,7 @@ def _score_run(run: Path, rep: DictConfig, x_test: torch.Tensor) -> dict[str, An
     trained = latent_scores(ctrl, x_test, seeds)
     torch.manual_seed(int(cfg.seed))  # the decoder this run started from (same draws as training)
     rand = latent_scores(make_controller(cfg, dx, nz, tau), x_test, seeds)
-    val = [r for r in _csv(run / "log.csv") if r["mode"] == "val"]
+    val = [r for r in read_csv(run / "log.csv") if r["mode"] == "val"]
     return {
         "run": str(run),
         "seed": int(cfg.seed),
@@ -119,12 +119,6 @@ def _score_run(run: Path, rep: DictConfig, x_test: torch.Tensor) -> dict[str, An
         "val_curve": [(int(r["iter"]), float(r["cost"])) for r in val],
         "init": str(cfg.decoder.get("init", "default")),
     }
-
-
-def _csv(path: Path) -> list[dict[str, Any]]:
-    from dcem.experiments.cartpole.run import read_csv
-
-    return read_csv(path)
 
 
 def _zero_plan(cfg: DictConfig, x: torch.Tensor) -> list[float]:

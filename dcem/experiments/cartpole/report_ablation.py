@@ -22,18 +22,12 @@ __all__ = ["ablation_block"]
 
 
 def _cells(root: Path, cfg: DictConfig) -> list[tuple[float, int, int, Path]]:
-    from dcem.experiments.cartpole import ablation_name
+    from dcem.experiments.cartpole import ablation_cells
 
-    cells = []
-    for seed in cfg.ablation.seeds:
-        for nz in cfg.ablation.latent_sizes:
-            for tau in cfg.ablation.temps:
-                d = root / ablation_name(float(tau), int(nz), int(seed))
-                if not (d / "best.pt").is_file():
-                    raise RunError(
-                        f"report.ablation: {d} is missing (run mode=ablation out_dir={root} to finish it)"
-                    )
-                cells.append((float(tau), int(nz), int(seed), d))
+    cells = [(tau, nz, seed, root / name) for tau, nz, seed, name in ablation_cells(cfg)]
+    for *_, d in cells:
+        if not (d / "best.pt").is_file():
+            raise RunError(f"report.ablation: {d} is missing (run mode=ablation out_dir={root} to finish it)")
     return cells
 
 

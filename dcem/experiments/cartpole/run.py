@@ -22,7 +22,14 @@ from dcem.control import (
     train_step,
 )
 from dcem.experiments.common.distributed import Shard, barrier
-from dcem.experiments.common.runs import CsvLog, atomic_write_text, incompatible, load_torch, save_torch
+from dcem.experiments.common.runs import (
+    CsvLog,
+    atomic_write_text,
+    cached_json,
+    incompatible,
+    load_torch,
+    save_torch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,12 @@ def make_expert(cfg: DictConfig, dx: CartpoleDx, generator: torch.Generator | No
     )
 
 
+def expert_spec(section: Any) -> dict[str, Any]:
+    """The full-space CEM settings ``n_sample, n_elite, n_iter, sigma_scale`` of a config section
+    (``expert`` or ``report.converged``) as a plain dict."""
+    return {k: section[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")}
+
+
 def test_states(cfg: DictConfig, dx: CartpoleDx) -> Tensor:
     """A held-out test set ``(n_val, 5)`` (never used for checkpoint selection)."""
     return dx.sample_state(int(cfg.n_val), torch.Generator().manual_seed(int(cfg.val_seed) + 1))
@@ -90,19 +103,16 @@ def expert_costs(
     cfg: DictConfig, dx: CartpoleDx, x_val: Tensor, cache: Path | None, tag: str = "val"
 ) -> Tensor:
     """Expert plan costs on ``x_val`` (validation or test set) ``(n_val,)``, cached as JSON."""
-    key = {k: cfg.expert[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")}
+    key = expert_spec(cfg.expert)
     key.update(horizon=int(cfg.horizon), n_val=int(cfg.n_val), val_seed=int(cfg.val_seed), set=tag)
-    key = json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create(key))))
-    if cache is not None and cache.exists():
-        data = json.loads(cache.read_text())
-        if data.get("key") == key:
-            return torch.tensor(data["costs"])
-    mpc = make_expert(cfg, dx, torch.Generator().manual_seed(int(cfg.seed) + 1))
-    with torch.no_grad():
-        costs = torch.cat([mpc.plan(xb).cost for xb in x_val.split(25)])
-    if cache is not None:
-        atomic_write_text(cache, json.dumps({"key": key, "costs": costs.tolist()}))
-    return costs
+    key = OmegaConf.to_container(OmegaConf.create(key))
+
+    def compute() -> list[float]:
+        mpc = make_expert(cfg, dx, torch.Generator().manual_seed(int(cfg.seed) + 1))
+        with torch.no_grad():
+            return torch.cat([mpc.plan(xb).cost for xb in x_val.split(25)]).tolist()
+
+    return torch.tensor(cached_json(cache, key, compute, field="costs"))
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import json
 import logging
 import math
 import os
@@ -19,6 +20,8 @@ __all__ = [
     "RunError",
     "atomic_open",
     "atomic_write_text",
+    "bootstrap_ratio",
+    "cached_json",
     "load_torch",
     "mean_ci95",
     "open_run",
@@ -348,3 +351,42 @@ def mean_ci95(values: Sequence[float] | Any) -> tuple[float, float]:
     if v.size == 1:
         return float(v[0]), math.nan
     return float(v.mean()), t_quantile(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
+
+
+def bootstrap_ratio(
+    num: Sequence[Any], den: Sequence[Any], gen: Any, n_boot: int = 2000
+) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the pooled ratio of means ``sum(num) / sum(den)``.
+
+    ``num`` and ``den`` are lists of paired 1-D arrays (one per group, e.g. per training seed);
+    each group's pairs are resampled with replacement ``n_boot`` times from the NumPy generator
+    ``gen`` (``numpy.random.Generator``). Returns the 2.5 and 97.5 % percentiles.
+    """
+    import numpy as np
+
+    idx = [gen.integers(0, len(a), size=(n_boot, len(a))) for a in num]
+    sn = sum(np.asarray(a)[i].sum(1) for a, i in zip(num, idx))
+    sd = sum(np.asarray(b)[i].sum(1) for b, i in zip(den, idx))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.nanpercentile(sn / sd, [2.5, 97.5])
+    return float(q[0]), float(q[1])
+
+
+def cached_json(
+    path: str | os.PathLike | None, key: Mapping[str, Any], compute: Any, field: str = "value"
+) -> Any:
+    """``compute()`` memoised in the JSON file ``path`` as ``{"key": key, field: value}``: the stored
+    value is returned when the file holds the same ``key`` (compared after a JSON round trip),
+    otherwise ``compute()`` runs and the file is (atomically) rewritten. ``path=None``: no cache."""
+    if path is None:
+        return compute()
+    key = json.loads(json.dumps(key, sort_keys=True))
+    p = Path(path)
+    if p.exists():
+        data = json.loads(p.read_text())
+        if data.get("key") == key and field in data:
+            return data[field]
+    value = compute()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, json.dumps({"key": key, field: value}))
+    return value

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dcem.experiments.common.report import copy_figure, fmt_ci, md_table, update_page
-from dcem.experiments.common.runs import RunError, mean_ci95
+from dcem.experiments.common.runs import RunError, bootstrap_ratio, mean_ci95
 from dcem.experiments.mbrl.paired import CONTROLLERS
 
 __all__ = ["COMPARISONS", "load_runs", "report", "summarize"]
@@ -106,18 +106,6 @@ def _matrix(rs: list[dict], name: str) -> list[np.ndarray] | None:
     return [np.asarray(r["controllers"][name]["returns"], float) for r in rs]
 
 
-def _boot_ratio(
-    num: list[np.ndarray], den: list[np.ndarray], gen: np.random.Generator
-) -> tuple[float, float]:
-    """2.5 / 97.5 % percentiles of the pooled ratio of means, episodes resampled in pairs per seed."""
-    idx = [gen.integers(0, len(a), size=(N_BOOT, len(a))) for a in num]
-    sn = sum(a[i].sum(1) for a, i in zip(num, idx))
-    sd = sum(b[i].sum(1) for b, i in zip(den, idx))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.nanpercentile(sn / sd, [2.5, 97.5])
-    return float(q[0]), float(q[1])
-
-
 def summarize(rs: list[dict]) -> dict:
     """Per-controller pooled statistics and the paired comparisons of one task's runs."""
     ctrl = {}
@@ -136,7 +124,7 @@ def summarize(rs: list[dict]) -> dict:
         ratios = [x.mean() / y.mean() if y.mean() != 0 else math.nan for x, y in zip(num, den)]
         pooled = float(np.concatenate(num).mean() / np.concatenate(den).mean())
         comps.append({"num": a, "den": b, "ratio_seeds": mean_ci95(ratios), "ratio_pooled": pooled,
-                      "ratio_boot": _boot_ratio(num, den, gen),
+                      "ratio_boot": bootstrap_ratio(num, den, gen, N_BOOT),
                       "diff": mean_ci95(np.concatenate([x - y for x, y in zip(num, den)])),
                       "n": int(sum(x.size for x in num))})  # fmt: skip
     return {"controllers": ctrl, "comparisons": comps, "seeds": [r["seed"] for r in rs]}
