@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dcem.experiments.common.report import md_table
 from dcem.experiments.common.runs import CsvLog, RunError, _flat, atomic_write_text, mean_ci95, require_scipy
 
 __all__ = ["gather", "main"]
@@ -123,12 +124,10 @@ def _table(groups: dict[str, list[Run]]) -> list[dict[str, Any]]:
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
     metrics = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")]
-    head = "| group | seeds | " + " | ".join(metrics) + " |"
-    lines = [head, "|" + "---|" * (2 + len(metrics))]
-    for r in rows:
-        cells = [f"{r[m + '_mean']:.4g} ± {r[m + '_ci95']:.2g}" for m in metrics]
-        lines.append(f"| {r['group']} | {r['n_seeds']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n± is the half-width of the two-sided 95% Student-t interval over seeds.\n"
+    body = [[r["group"], r["n_seeds"], *(f"{r[m + '_mean']:.4g} ± {r[m + '_ci95']:.2g}" for m in metrics)]
+            for r in rows]  # fmt: skip
+    note = "± is the half-width of the two-sided 95% Student-t interval over seeds."
+    return md_table(["group", "seeds", *metrics], body) + f"\n\n{note}\n"
 
 
 def _plot(groups: dict[str, list[Run]], ylabel: str, path: Path) -> None:
