@@ -54,16 +54,22 @@ def test_env_flat_obs_and_action_repeat():
         DMCEnv("cheetah-fly")
 
 
-def test_ppo_gradients_reach_decoder_through_dcem():
-    from tensordict import TensorDict
-
+def _tiny_ppo():
+    """A seeded tiny world model, decoder and PPO fine-tuner (decoder + reward head trained)."""
     from dcem.rl.ppo import PPOFineTuner
 
     torch.manual_seed(0)
     m = WorldModel(3, 2, deter_size=8, hidden_size=8)
     dec = ActionDecoder(2, 3, 2, -1.0, 1.0, hidden_sizes=(8,))
     planner = LatentDCEMPlanner(m, dec, n_sample=10, n_elite=3, n_iter=2, temp=1.0)
-    ft = PPOFineTuner(planner, parts=["decoder", "reward"], sigma=0.1, minibatch=5, epochs=1)
+    return m, dec, PPOFineTuner(planner, parts=["decoder", "reward"], sigma=0.1, minibatch=5, epochs=1)
+
+
+def test_ppo_gradients_reach_decoder_through_dcem():
+    from tensordict import TensorDict
+
+
+    m, dec, ft = _tiny_ppo()
     T = 5
     h, x = torch.randn(T, 8), torch.randn(T, 3)
     a, logp, loc, scale = ft.act(h, x, seed=3)
@@ -116,13 +122,8 @@ def test_ppo_update_skips_non_finite_minibatches():
     """A minibatch whose loss overflows (the DCEM mean jumped) is skipped, the rest are applied."""
     from tensordict import TensorDict
 
-    from dcem.rl.ppo import PPOFineTuner
 
-    torch.manual_seed(0)
-    m = WorldModel(3, 2, deter_size=8, hidden_size=8)
-    dec = ActionDecoder(2, 3, 2, -1.0, 1.0, hidden_sizes=(8,))
-    planner = LatentDCEMPlanner(m, dec, n_sample=10, n_elite=3, n_iter=2, temp=1.0)
-    ft = PPOFineTuner(planner, parts=["decoder", "reward"], sigma=0.1, minibatch=5, epochs=1)
+    m, dec, ft = _tiny_ppo()
     T = 10
     h, x = torch.randn(T, 8), torch.randn(T, 3)
     a, *_ = ft.act(h, x, seed=3)
