@@ -11,7 +11,6 @@ planner-driven episode per worker with one batched planning call per step.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from dcem.rl.env_pool import EnvPool, episode_seed, planned_episodes
 
@@ -67,14 +66,8 @@ class CollectMixin:
 
         def act(t: int, obs: np.ndarray) -> np.ndarray:
             nonlocal h
-            x = torch.as_tensor(obs, device=self.device)
-            a = planner.plan(h, x, generator=self.gen)[:, 0].cpu().numpy()
-            if noise > 0:
-                a = a + noise * self.rng.standard_normal(a.shape).astype(np.float32)
-            a = np.clip(a, lo, hi).astype(np.float32)
-            with torch.no_grad():
-                h = self.model.transition(h, self.model.normalize(x), torch.as_tensor(a, device=self.device))
-            return a
+            a, h = self.policy_step(planner, h, obs, noise, self.rng, self.gen, lo, hi)
+            return a.astype(np.float32)
 
         seeds = [episode_seed(int(self.cfg["seed"]), first + w) for w in range(W)]
         return planned_episodes(pool, seeds, act)

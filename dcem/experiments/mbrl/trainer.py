@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -318,21 +319,36 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
             if policy == "random":
                 a = rng.uniform(env.u_lower, env.u_upper).astype(np.float32)
             else:
-                x = torch.as_tensor(obs[t], device=self.device).unsqueeze(0)
-                u = planner.plan(h, x, generator=gen)[0, 0]
-                a = u.cpu().numpy()
-                if noise > 0:
-                    a = a + noise * rng.standard_normal(A).astype(np.float32)
-                a = np.clip(a, env.u_lower, env.u_upper)
+                a, h = self.policy_step(planner, h, obs[t][None], noise, rng, gen, env.u_lower, env.u_upper)
+                a = a[0]
             if frames is not None:
                 frames.append(env.render())
             o, r, _ = env.step(a)
             obs[t + 1], act[t], rew[t] = o, a, r
-            if policy != "random":
-                with torch.no_grad():
-                    xn = self.model.normalize(x)
-                    h = self.model.transition(h, xn, torch.as_tensor(a, device=self.device).unsqueeze(0))
         return obs, act, rew
+
+    def policy_step(
+        self,
+        planner: Any,
+        h: torch.Tensor,
+        obs: np.ndarray,
+        noise: float,
+        rng: np.random.Generator,
+        gen: torch.Generator | None,
+        u_lower: np.ndarray,
+        u_upper: np.ndarray,
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """One planner-driven step for a batch of tasks: actions ``(B, A)`` (first planned action, plus
+        Gaussian exploration ``noise`` from ``rng``, clipped into the bounds) for observations
+        ``obs (B, O)`` and hidden states ``h (B, D)``, and the hidden states after the transition."""
+        x = torch.as_tensor(obs, device=self.device)
+        a = planner.plan(h, x, generator=gen)[:, 0].cpu().numpy()
+        if noise > 0:
+            a = a + noise * rng.standard_normal(a.shape).astype(np.float32)
+        a = np.clip(a, u_lower, u_upper)
+        with torch.no_grad():
+            h = self.model.transition(h, self.model.normalize(x), torch.as_tensor(a, device=self.device))
+        return a, h
 
     # -- learning steps --------------------------------------------------------------------------
     def model_update(self) -> dict[str, float]:
