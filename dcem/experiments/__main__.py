@@ -67,7 +67,12 @@ def _main(argv: list[str] | None = None) -> None:
     if name not in names:
         raise SystemExit(f"dcem-exp: unknown experiment {name!r}; choose one of: {', '.join(names)}")
     from dcem.experiments.common import distributed, sweep
+    from dcem.experiments.common.config import refuse_duplicates
 
+    try:
+        refuse_duplicates(argv[1:])
+    except ValueError as err:
+        raise SystemExit(f"dcem-exp {name}: error: {err}") from None
     if any(a in sweep.MULTIRUN_FLAGS for a in argv[1:]):
         try:
             return sweep.multirun(name, argv[1:])
