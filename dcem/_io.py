@@ -165,13 +165,14 @@ def safe_load(
         text = str(err)
         found = re.search(r"(?:GLOBAL|global) ([\w.]+)|[Uu]nsupported class ([\w.]+)", text)
         detail = next((g for g in found.groups() if g), "") if found else ""
-        if "Weights only load failed" in text or "weights_only" in text:
+        if detail:  # a global (a class or function) the safe unpickler does not allow
             raise CheckpointError(
                 f"{what} {str(path)!r} holds objects other than tensors and plain containers"
-                f"{f' ({detail})' if detail else ''}; refused without running them (a file from "
+                f" ({detail}); refused without running them (a file from "
                 f"elsewhere can run code when unpickled): {way_out}"
             ) from None
-        raise _unreadable(what, path, err, way_out) from None
+        inner = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)  # torch's reason, without its advice
+        raise _unreadable(what, path, RuntimeError(inner.group(1)) if inner else err, way_out) from None
     except Exception as err:  # noqa: BLE001 - any other failure to read means unreadable
         raise _unreadable(what, path, err, way_out) from None
     return _decode(obj)
