@@ -14,7 +14,13 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_arguments(sub.add_parser("demo", help="2-D CEM / DCEM demo with plots"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
-        demo.run_from_args(args)
+        try:
+            demo.run_from_args(args)
+        except ValueError as err:  # a bad option or output folder: one line, not a traceback
+            raise SystemExit(f"dcem demo: error: {err}") from None
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted; run the same command to start the demo again\n")
+            raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

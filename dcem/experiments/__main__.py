@@ -18,7 +18,34 @@ def available() -> list[str]:
                   if m.ispkg and m.name not in NOT_EXPERIMENTS and not m.name.startswith("_"))  # fmt: skip
 
 
+#: the one line printed when the experiments' dependencies are missing
+MISSING_EXTRA = ("dcem-exp: error: the experiments need the '{name}' package, which is not installed; "
+                 "install the experiments extra: pip install -e '.[experiments]'")
+
+
 def main(argv: list[str] | None = None) -> None:
+    """``dcem-exp``: a missing dependency, a bad configuration and Ctrl-C each end in one line (exit
+    status 1, 1 and 130), never a traceback."""
+    try:
+        _main(argv)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in EXTRA_MODULES:
+            raise
+        raise SystemExit(MISSING_EXTRA.format(name=err.name.split(".")[0])) from None
+    except KeyboardInterrupt:
+        from dcem.experiments.common.runs import last_progress
+
+        done = last_progress()
+        where = f"at {done[0]} {done[1]}" if done else "before the first update"
+        sys.stderr.write(f"interrupted {where}; run the same command to resume\n")
+        raise SystemExit(130) from None
+
+
+#: top-level modules of the ``experiments`` extra (see pyproject.toml)
+EXTRA_MODULES = ("omegaconf", "hydra", "matplotlib", "tqdm", "scipy", "PIL", "yaml")
+
+
+def _main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = available()
     if not argv or argv[0] in ("-h", "--help"):
@@ -40,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     if name not in names:
         raise SystemExit(f"dcem-exp: unknown experiment {name!r}; choose one of: {', '.join(names)}")
     from dcem.experiments.common import distributed, sweep
+    from dcem.experiments.common.config import refuse_duplicates
 
+    try:
+        refuse_duplicates(argv[1:])
+    except ValueError as err:
+        raise SystemExit(f"dcem-exp {name}: error: {err}") from None
     if any(a in sweep.MULTIRUN_FLAGS for a in argv[1:]):
         try:
             return sweep.multirun(name, argv[1:])

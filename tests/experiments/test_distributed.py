@@ -213,8 +213,8 @@ def test_cartpole_two_processes_match_one(tmp_path):
                 assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (k, ra, rb)
     launch = OmegaConf.load(tmp_path / "two/config.yaml").launch
     assert launch.world_size == 2 and launch.per_process_batch.n_batch == 2
-    sa = torch.load(tmp_path / "one/checkpoint.pt", weights_only=False)["decoder"]
-    sb = torch.load(tmp_path / "two/checkpoint.pt", weights_only=False)["decoder"]
+    sa = torch.load(tmp_path / "one/checkpoint.pt", weights_only=True)["decoder"]
+    sb = torch.load(tmp_path / "two/checkpoint.pt", weights_only=True)["decoder"]
     for k in sa:
         torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-6)
 

@@ -28,6 +28,7 @@ from dcem.experiments.common.runs import (
     cached_json,
     incompatible,
     load_torch,
+    note_progress,
     save_torch,
 )
 
@@ -127,7 +128,7 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    ck = load_torch(path, weights_only=False)
+    ck = load_torch(path)
     if not isinstance(ck, dict) or "decoder" not in ck:
         raise incompatible(path, "not a cartpole checkpoint")
     return ck
@@ -227,7 +228,7 @@ def train(
             log.info("%s: already trained (%d updates), not retraining", run_dir, tr.start)
             return summarize(cfg, run_dir, n_latent, temp, expert, expert_test)
         log.info("resuming %s at iteration %d", run_dir, tr.start)
-        tr.log.rewrite(r for r in tr.log.rows() if r["iter"] < tr.start)  # rows after the checkpoint
+        tr.log.keep(lambda r: r["iter"] < tr.start)  # rows after the checkpoint go, the rest stays as written
     else:
         tr.log.rewrite([])
     if expert is None:
@@ -244,6 +245,7 @@ def train(
         if it == n_iters:
             break
         pending.append(tr.step(it, time.perf_counter() - t0))
+        note_progress(it + 1)
         if (it + 1) % int(cfg.ckpt_interval) == 0:
             tr.log.append(pending)
             pending = []

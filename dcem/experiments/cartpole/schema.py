@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dcem.control.decoder import INITS
-from dcem.experiments.common.config import ConfigError, opt
+from dcem.experiments.common.config import ConfigError, footprint, opt
 
 
 @dataclass
@@ -99,3 +99,11 @@ class CartpoleConfig:
                 raise ConfigError(f"{name}.n_elite={c.n_elite}: must be <= {name}.n_sample ({c.n_sample})")
         if self.vis.n_states > self.n_val:
             raise ConfigError(f"vis.n_states={self.vis.n_states}: must be <= n_val ({self.n_val})")
+
+    def memory_bytes(self) -> list[tuple[str, float]]:
+        """Lower bounds of the largest tensors (float32), checked before the run folder exists."""
+        return [footprint(self, ("n_batch", "dcem.n_sample", "dcem.n_iter", "horizon"), 4 * 16,
+                          "the unrolled DCEM graph of one update"),
+                footprint(self, ("n_val", "dcem.n_sample", "horizon"), 4 * 8, "the validation plans"),
+                footprint(self, ("expert.n_sample", "horizon"), 4 * 8 * 25,
+                          "the expert's plans, 25 states at a time")]  # fmt: skip

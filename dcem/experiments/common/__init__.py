@@ -1,8 +1,10 @@
 """Plumbing shared by every experiment (not an experiment itself).
 
 - :mod:`~dcem.experiments.common.config`: typed schemas, ``--help``, override checks;
-- :mod:`~dcem.experiments.common.runs`: run folders, atomic files, CSV logs, checkpoints,
-  Student-t intervals;
+- :mod:`~dcem.experiments.common.runs`: run folders, atomic files, checkpoints (read without
+  unpickling code, through :mod:`dcem._io`), Student-t intervals;
+- :mod:`~dcem.experiments.common.csvlog`: torn-line tolerant CSV logs that keep their text;
+- :mod:`~dcem.experiments.common.provenance`: the code, versions and config of each run folder;
 - :mod:`~dcem.experiments.common.plots`: the plot style (a context manager) and the GIF writer;
 - :mod:`~dcem.experiments.common.distributed`: data parallelism under ``torchrun``;
 - :mod:`~dcem.experiments.common.sweep`, :mod:`~dcem.experiments.common.gather`: Hydra

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-__all__ = ["ConfigError", "Experiment", "check_device", "load", "opt"]
+__all__ = ["ConfigError", "Experiment", "check_device", "footprint", "load", "memory_limit", "opt"]
 
 HELP_FLAGS = ("-h", "--help")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
@@ -214,6 +214,19 @@ def _parse(exp: Experiment, argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
+def refuse_duplicates(argv: Sequence[str]) -> None:
+    """Refuse a command line that gives a key twice (``dcem-exp`` calls it; programmatic callers of
+    :func:`load` may append overrides, the last one winning, as Hydra does)."""
+    seen: dict[str, str] = {}
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]!r} and {arg!r}); give it once")
+        seen[key] = arg
+
+
 def _compose(exp: Experiment, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
@@ -277,6 +290,47 @@ def load(exp: Experiment, argv: Sequence[str], out: Callable[[str], Any] | None 
     check = getattr(obj, "validate", None)
     if check is not None:
         check()
+    check_memory(obj)
     OmegaConf.set_readonly(typed, False)
     OmegaConf.set_struct(typed, True)
     return typed
+
+
+# --------------------------------------------------------------------------- memory estimate
+
+
+def memory_limit() -> float:
+    """This machine's physical memory in bytes (``inf`` where the OS does not say)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return math.inf
+
+
+def footprint(obj: Any, keys: Sequence[str], nbytes: float, what: str) -> tuple[str, float]:
+    """``(description, bytes)`` of a tensor of ``prod(keys)`` items of ``nbytes`` bytes each, for a
+    schema's ``memory_bytes()`` (the description names every key and its value)."""
+    n = float(nbytes)
+    parts = []
+    for key in keys:
+        v = obj
+        for k in key.split("."):
+            v = getattr(v, k)
+        n *= float(v)
+        parts.append(f"{key}={v}")
+    return f"{' x '.join(parts)} ({what})", n
+
+
+def check_memory(obj: Any) -> None:
+    """Refuse a configuration whose largest tensors (the schema's ``memory_bytes()``: a list of
+    :func:`footprint`) would not fit in this machine's memory, before any folder or tensor exists."""
+    estimate = getattr(obj, "memory_bytes", None)
+    if estimate is None:
+        return
+    limit = memory_limit()
+    for what, n in estimate():
+        if n > limit:
+            raise ConfigError(f"{what}: needs about {n / 2**30:.3g} GiB of memory, more than this machine's "
+                              f"{limit / 2**30:.3g} GiB; lower these keys")  # fmt: skip

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dcem._io import read_json
 from dcem.experiments.common.report import md_table
 from dcem.experiments.common.runs import CsvLog, RunError, _flat, atomic_write_text, mean_ci95, require_scipy
 
@@ -58,7 +59,7 @@ def _cartpole(folder: Path, cfg: dict) -> list[Run]:
     path = folder / "summary.json"
     if not path.exists():
         return []
-    s = json.loads(path.read_text())
+    s = read_json(path, "summary file")
     rows = [r for r in CsvLog(folder / "log.csv", []).rows() if r["mode"] == "val"]
     keys = ("latent_cost", "expert_cost", "improvement_factor", "latent_test_cost", "improvement_factor_test")
     return [Run({}, {k: float(s[k]) for k in keys}, ([r["iter"] for r in rows], [r["cost"] for r in rows]))]

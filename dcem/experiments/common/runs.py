@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime
 import json
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from dcem import _io
+from dcem._io import CheckpointError
+from dcem.experiments.common.csvlog import CsvLog
 
 __all__ = [
     "CheckpointError",
@@ -22,7 +24,11 @@ __all__ = [
     "atomic_write_text",
     "bootstrap_ratio",
     "cached_json",
+    "describe_differences",
+    "ensure_dir",
+    "last_progress",
     "load_torch",
+    "note_progress",
     "mean_ci95",
     "open_run",
     "require_scipy",
@@ -33,10 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """An unreadable or incompatible checkpoint; the message names the file and the way out."""
 
 
 class RunError(ValueError):
@@ -70,10 +72,12 @@ def set_threads(n: int | None) -> None:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success flush, fsync and rename it onto ``path``.
+    """Open a temporary file next to ``path``; on success flush, fsync and rename it onto ``path``
+    (:func:`dcem._io.atomic_open`: the umask is honoured).
 
     A crash (or an exception in the block) never leaves ``path`` half-written. Under
-    ``torchrun`` only rank 0 writes: the other processes write into ``os.devnull``.
+    ``torchrun`` only rank 0 writes: the other processes write into ``os.devnull``. The first
+    write into a run folder commits its pending ``config.yaml`` (see :func:`open_run`).
     """
     from dcem.experiments.common.distributed import is_main
 
@@ -81,19 +85,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator
         with open(os.devnull, mode, **kw) as fh:
             yield fh
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kw) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    commit_pending(path)
+    with _io.atomic_open(path, mode, **kw) as fh:
+        yield fh
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -102,33 +96,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically (temporary file, fsync, rename)."""
-    import torch
+    """``torch.save`` atomically (temporary file, fsync, rename); NumPy values are stored as tensors
+    (:func:`dcem._io.save`) so that :func:`load_torch` reads them back without unpickling code."""
+    from dcem.experiments.common.distributed import is_main
 
-    with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
+    if is_main():
+        commit_pending(path)
+        _io.save(obj, path)
 
 
-def load_torch(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = False,
-               fmt: str | None = None) -> Any:  # fmt: skip
-    """``torch.load`` with a short :class:`CheckpointError` for a missing, truncated or foreign file.
+def load_torch(path: str | os.PathLike, map_location: Any = "cpu", fmt: str | None = None, *,
+               weights_only: bool = True) -> Any:  # fmt: skip
+    """``torch.load(..., weights_only=True)`` (:func:`dcem._io.safe_load`) with a one-line
+    :class:`CheckpointError` for a missing, truncated or foreign file, and for a file holding
+    anything but tensors, numbers, strings and plain containers (refused: nothing in it runs).
 
-    ``fmt``: the value the ``"format"`` entry of a checkpoint dict must have.
+    ``fmt``: the value the ``"format"`` entry of a checkpoint dict must have. ``weights_only``
+    exists for old call sites and must stay ``True``.
     """
-    import torch
-
+    if weights_only is not True:
+        raise ValueError("load_torch never unpickles arbitrary objects (weights_only must be True)")
     path = Path(path)
-    way_out = "delete it or rerun with resume=false to start the run over"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as err:  # noqa: BLE001 - any failure to unpickle means unreadable
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable (truncated or not a checkpoint: "
-                              f"{reason}); {way_out}") from None  # fmt: skip
+    obj = _io.safe_load(path, map_location=map_location)
     if fmt is not None and (not isinstance(obj, dict) or obj.get("format") != fmt):
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a {fmt} checkpoint; {way_out}")
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a {fmt} checkpoint; "
+                              "delete it or rerun with resume=false to start the run over")  # fmt: skip
     return obj
 
 
@@ -136,6 +128,29 @@ def incompatible(path: str | os.PathLike, why: str) -> CheckpointError:
     """The error for a checkpoint that does not fit the current configuration."""
     return CheckpointError(f"checkpoint {str(path)!r} does not fit this configuration ({why}); "
                            "rerun with resume=false to start over, or use another out_dir")  # fmt: skip
+
+
+def describe_differences(saved: Any, now: Any) -> str:
+    """``"key: A there, B now; ..."`` for the (first three) keys in which two nested dicts differ,
+    e.g. a checkpoint's recorded settings and this run's (for :func:`incompatible`)."""
+    if not isinstance(saved, Mapping):
+        return f"it holds a {type(saved).__name__}, not the settings of a run"
+    return _differences(saved, now, ()) or "no key differs"
+
+
+# --------------------------------------------------------------------------- progress (for SIGINT)
+
+_PROGRESS: dict[str, Any] = {}
+
+
+def note_progress(n: int, what: str = "update") -> None:
+    """Record that ``what`` number ``n`` is done (the command line reports it on Ctrl-C)."""
+    _PROGRESS.update(n=int(n), what=what)
+
+
+def last_progress() -> tuple[str, int] | None:
+    """``(what, n)`` of the last :func:`note_progress`, ``None`` before the first."""
+    return (_PROGRESS["what"], _PROGRESS["n"]) if _PROGRESS else None
 
 
 # --------------------------------------------------------------------------- run folders
@@ -160,17 +175,26 @@ def open_run(
     legacy: Mapping[str, Any] | None = None,
 ) -> Path:
     """The run folder of ``cfg`` (``cfg.out_dir`` or ``runs/NAME/<timestamp>``), with its
-    ``config.yaml`` written once.
+    ``config.yaml`` and ``provenance.json``.
 
     An existing folder is resumed only if its ``config.yaml`` matches ``cfg`` on every key but
-    ``free_keys``; otherwise :class:`RunError`. With ``resume=False`` a previous run in the folder
-    is moved aside to ``<out_dir>.old-<timestamp>`` and a fresh one starts. ``launch`` (e.g. the
-    world size and per-process batches, :func:`~dcem.experiments.common.distributed.launch_info`)
-    is recorded as the ``launch`` section of ``config.yaml``; it may differ when a run is resumed
-    (the section is then updated). Under ``torchrun`` rank 0 opens the folder and the other
-    processes get its path (or its error). ``legacy`` maps keys added to a schema after run folders
-    existed to the value that reproduces what such an older run did (a key missing from an old
-    ``config.yaml`` is compared as that value, e.g. ``{"train.collect_workers": 1}``).
+    ``free_keys``; otherwise :class:`RunError` (naming the differing keys). With ``resume=False`` a
+    previous run in the folder is moved aside to ``<out_dir>.old-<timestamp>`` and a fresh one
+    starts. Temporary files left by a killed process are removed. ``launch`` (e.g. the world size
+    and per-process batches, :func:`~dcem.experiments.common.distributed.launch_info`) is recorded
+    as the ``launch`` section of ``config.yaml``; it may differ when a run is resumed (the section
+    is then updated). ``provenance.json`` (:mod:`.provenance`) records, per session, the code
+    commit, whether the tree was dirty, the library versions and the command line.
+
+    ``config.yaml`` is written at once only into a new (or empty) folder. Into a folder that already
+    holds files, it (and the session's provenance) is written with the first file the run writes
+    there, i.e. after the experiment's own checks of its checkpoints passed: a run refused by a
+    checkpoint never leaves a ``config.yaml`` describing settings its results were not made with.
+
+    Under ``torchrun`` rank 0 opens the folder and the other processes get its path (or its
+    error). ``legacy`` maps keys added to a schema after run folders existed to the value that
+    reproduces what such an older run did (a key missing from an old ``config.yaml`` is compared
+    as that value, e.g. ``{"train.collect_workers": 1}``).
     """
     from dcem.experiments.common import distributed
 
@@ -189,6 +213,23 @@ def open_run(
     return Path(value)
 
 
+def ensure_dir(path: str | os.PathLike, key: str = "out_dir") -> Path:
+    """Create the folder ``path`` (and its parents); a path that is a file, lies under a file or
+    cannot be written is a one-line :class:`RunError` naming ``key``."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise RunError(f"{key}={p}: is a file, not a folder; choose another {key}")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = "a parent is a file, not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) \
+            else (err.strerror or type(err).__name__)  # fmt: skip
+        raise RunError(f"{key}={p}: cannot create the folder ({why}); choose another {key}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise RunError(f"{key}={p}: the folder is not writable; choose another {key}")
+    return p
+
+
 def _config_text(cfg: Any, launch: Mapping[str, Any] | None) -> str:
     from omegaconf import OmegaConf
 
@@ -196,6 +237,26 @@ def _config_text(cfg: Any, launch: Mapping[str, Any] | None) -> str:
     if launch is not None:
         text += OmegaConf.to_yaml({"launch": dict(launch)})
     return text
+
+
+#: run folder -> the files its first write commits (``config.yaml``, a provenance session)
+_PENDING: dict[Path, list[tuple[str, Any]]] = {}
+
+
+def commit_pending(path: str | os.PathLike | None = None) -> None:
+    """Write the pending ``config.yaml`` / provenance of the run folder holding ``path`` (of every
+    pending folder when ``path`` is ``None``); see :func:`open_run`."""
+    from dcem.experiments.common import provenance
+
+    target = None if path is None else Path(path).absolute()
+    for out in list(_PENDING):
+        if target is not None and out != target and out not in target.parents:
+            continue
+        for kind, value in _PENDING.pop(out):
+            if kind == "config":
+                _io.atomic_write_text(out / "config.yaml", value)
+            else:
+                provenance.record(out, value)
 
 
 def _open_run(
@@ -208,35 +269,47 @@ def _open_run(
 ) -> Path:
     from omegaconf import OmegaConf
 
+    from dcem.experiments.common import provenance
+
     out = Path(cfg.out_dir) if cfg.out_dir else Path("runs") / name / _stamp()
+    if out.exists() and not out.is_dir():
+        raise RunError(f"out_dir={out}: is a file, not a folder; choose another out_dir")
     path = out / "config.yaml"
     now = OmegaConf.to_container(cfg, resolve=True)
+    text = None  # the config.yaml to write (None: the folder's is right)
+    if path.exists() and not resume:
+        ensure_dir(out.parent, "out_dir")
+        aside = out.with_name(f"{out.name}.old-{_stamp()}")
+        out.rename(aside)
+        log.info("resume=false: moved the previous run in %s to %s", out, aside)
     if path.exists():
-        if not resume:
-            aside = out.with_name(f"{out.name}.old-{_stamp()}")
-            out.rename(aside)
-            log.info("resume=false: moved the previous run in %s to %s", out, aside)
-        else:
-            try:
-                old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-            except Exception as err:  # noqa: BLE001
-                raise RunError(f"{path} is unreadable ({type(err).__name__}); "
-                               "rerun with resume=false to start over") from None  # fmt: skip
-            was = old.pop("launch", None)
-            diffs = _differences(old, now, free_keys, legacy)
-            if diffs:
-                raise RunError(f"out_dir={out} holds a run with another configuration ({diffs}); "
-                               "repeat its settings to resume it, choose another out_dir, or pass "
-                               "resume=false to start over (the old run is moved aside)")  # fmt: skip
-            if launch is not None and was != dict(launch):
-                log.info("resuming %s with launch %s (was %s)", out, dict(launch), was)
-                atomic_write_text(path, _config_text(cfg, launch))
-            return out
-    elif not resume and out.is_dir() and any(out.iterdir()):
-        raise RunError(f"resume=false: out_dir={out} is not empty but holds no run (no config.yaml); "
-                       "empty it or choose another out_dir")  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, _config_text(cfg, launch))
+        try:
+            old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        except Exception as err:  # noqa: BLE001
+            raise RunError(f"{path} is unreadable ({type(err).__name__}); "
+                           "rerun with resume=false to start over") from None  # fmt: skip
+        was = old.pop("launch", None)
+        diffs = _differences(old, now, free_keys, legacy)
+        if diffs:
+            raise RunError(f"out_dir={out} holds a run with another configuration ({diffs}); "
+                           "repeat its settings to resume it, choose another out_dir, or pass "
+                           "resume=false to start over (the old run is moved aside)")  # fmt: skip
+        if launch is not None and was != dict(launch):
+            log.info("resuming %s with launch %s (was %s)", out, dict(launch), was)
+            text = _config_text(cfg, launch)
+    else:
+        if not resume and out.is_dir() and any(out.iterdir()):
+            raise RunError(f"resume=false: out_dir={out} is not empty but holds no run (no config.yaml); "
+                           "empty it or choose another out_dir")  # fmt: skip
+        text = _config_text(cfg, launch)
+    ensure_dir(out, "out_dir")
+    for p in _io.remove_stale_tmp(out):
+        log.info("removed %s (a temporary file left by an interrupted write)", p)
+    fresh = not any(out.iterdir())
+    todo = ([("config", text)] if text is not None else []) + [("session", provenance.session(now, launch))]
+    _PENDING[out.absolute()] = todo
+    if fresh:
+        commit_pending(out)
     return out
 
 
@@ -268,56 +341,6 @@ def _short(v: Any, n: int = 40) -> str:
 
 def _stamp() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-# --------------------------------------------------------------------------- CSV logs
-
-
-def _num(v: str) -> Any:
-    if v == "":
-        return None
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
-
-
-class CsvLog:
-    """A CSV log with fixed columns, appended row by row and truncated on resume."""
-
-    def __init__(self, path: str | os.PathLike, fields: Sequence[str]) -> None:
-        self.path = Path(path)
-        self.fields = list(fields)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """The rows, numbers parsed (ints stay ints, empty cells are ``None``)."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as fh:
-            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-    def rewrite(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Replace the file by ``rows`` atomically (e.g. the rows up to a checkpoint)."""
-        with atomic_open(self.path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in self.fields} for r in rows)
-
-    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Append ``rows`` (rank 0 only under ``torchrun``)."""
-        from dcem.experiments.common.distributed import is_main
-
-        if not is_main():
-            return
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in self.fields} for r in rows)
-            fh.flush()
 
 
 # --------------------------------------------------------------------------- statistics
@@ -383,8 +406,8 @@ def cached_json(
     key = json.loads(json.dumps(key, sort_keys=True))
     p = Path(path)
     if p.exists():
-        data = json.loads(p.read_text())
-        if data.get("key") == key and field in data:
+        data = _io.read_json(p, "cache")
+        if isinstance(data, dict) and data.get("key") == key and field in data:
             return data[field]
     value = compute()
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,12 @@ import os
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from dcem.experiments.common import plots
-from dcem.experiments.common.runs import CsvLog
+from dcem.experiments.common.runs import CsvLog, ensure_dir
 from dcem.experiments.demo import figures
 from dcem.experiments.demo.compute import eval_runs, grid, grid_argmin, point, run_cem, solve, surface
 from dcem.experiments.demo.objective import BumpObjective, DemoConfig, DemoResult
@@ -156,8 +155,7 @@ def run(
     t_start = time.perf_counter()
     cfg = _resolve(config, quick, steps, seed)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir, "out_dir")  # a file or an unwritable path: a RunError naming out_dir
     obj = BumpObjective(dtype=torch.float32)
     centers0 = obj.centers.detach().clone()
     xs, ys, pts = grid(cfg, torch.float32)
@@ -207,6 +205,7 @@ def run_from_args(args: argparse.Namespace) -> DemoResult:
         raise SystemExit(f"dcem demo: --steps must be >= 1, got {args.steps}")
     if args.seed < 0:
         raise SystemExit(f"dcem demo: --seed must be >= 0, got {args.seed}")
+    ensure_dir(args.out, "--out")  # before any work: a file or an unwritable path is one line
     # tiny tensors: extra threads only add overhead
     torch.set_num_threads(1)
     res = run(args.out, seed=args.seed, steps=args.steps, gif=not args.no_gif, quick=args.quick)

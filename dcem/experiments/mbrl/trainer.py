@@ -27,9 +27,11 @@ from dcem.control import ActionDecoder
 from dcem.experiments.common.distributed import Shard
 from dcem.experiments.common.runs import (
     CsvLog,
+    describe_differences,
     incompatible,
     load_torch,
     mean_ci95,
+    note_progress,
     save_torch,
 )
 from dcem.experiments.mbrl.collect import CollectMixin
@@ -256,7 +258,7 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
         # RNG states must stay CPU tensors; load_state_dict moves parameters/optimiser state
         sd = load_torch(path, map_location="cpu", fmt=FORMAT)
         if sd.get("config_sizes") != self._sizes():
-            raise incompatible(path, f"written for {sd.get('config_sizes')}, this config has {self._sizes()}")
+            raise incompatible(path, describe_differences(sd.get("config_sizes"), self._sizes()))
         try:
             self.model.load_state_dict(sd["model"])
             self.model_opt.load_state_dict(sd["model_opt"])
@@ -400,6 +402,7 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
     def _record(self, row: dict) -> None:
         self.history.append(row)
         CsvLog(self.out / "train.csv", TRAIN_FIELDS).append([row])
+        note_progress(int(row["episode"]), f"{row['phase']} episode")
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("episode", "env_steps"):

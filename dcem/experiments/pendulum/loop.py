@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from dcem.experiments.common.runs import CsvLog, incompatible, load_torch, save_torch
+from dcem.experiments.common.runs import CsvLog, incompatible, load_torch, note_progress, save_torch
 
 __all__ = ["LOG_FIELDS", "simulate"]
 
@@ -37,7 +37,7 @@ def _row(step: int, x: Tensor, costs: list[Tensor], plan_costs: list[Tensor], wa
 
 
 def _restore(path: Path, cfg: DictConfig, g: torch.Generator) -> dict[str, Any]:
-    ck = load_torch(path, weights_only=False)
+    ck = load_torch(path)
     want = (int(cfg.n_systems), 3)
     if not isinstance(ck, dict) or "x" not in ck or tuple(ck["x"][0].shape) != want:
         raise incompatible(path, f"not a pendulum checkpoint of {want[0]} systems")
@@ -66,7 +66,7 @@ def simulate(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Tensor], float, 
         ck = _restore(path, cfg, g)
         xs, us, pcs, cs = list(ck["x"]), list(ck["u"]), list(ck["plan_cost"]), list(ck["cost"])
         warm, wall = ck["warm"], float(ck["wall"])
-        csv_log.rewrite(r for r in csv_log.rows() if r["step"] <= len(us))
+        csv_log.keep(lambda r: r["step"] <= len(us))
     else:
         csv_log.rewrite([_row(0, x0, cs, pcs, 0.0)])
     n_steps, every = int(cfg.n_steps), int(cfg.ckpt_every)
@@ -80,6 +80,7 @@ def simulate(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Tensor], float, 
         us.append(u0)
         pcs.append(p.cost)
         xs.append(dx.step(xs[-1], u0))
+        note_progress(step + 1, "step")
         if (step + 1) % every == 0 or step + 1 == n_steps:
             now = time.perf_counter()
             wall, t0 = wall + now - t0, now

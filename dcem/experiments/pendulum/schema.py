@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dcem.experiments.common.config import ConfigError, opt
+from dcem.experiments.common.config import ConfigError, footprint, opt
 
 
 @dataclass
@@ -36,3 +36,9 @@ class PendulumConfig:
         if self.mpc.n_elite > self.mpc.n_sample:
             n, s = self.mpc.n_elite, self.mpc.n_sample
             raise ConfigError(f"mpc.n_elite={n}: must be <= mpc.n_sample ({s})")
+
+    def memory_bytes(self) -> list[tuple[str, float]]:
+        """Lower bounds of the largest tensors (float32), checked before the run folder exists."""
+        return [footprint(self, ("n_systems", "mpc.n_sample", "horizon"), 4 * 8,
+                          "the planner's samples and rollouts"),
+                footprint(self, ("n_systems", "n_steps"), 4 * 8, "the recorded trajectories")]  # fmt: skip

@@ -137,8 +137,7 @@ def analyse(cfg: Mapping[str, Any], out_dir: Path, runs: list[dict[str, Any]]) -
     for m in methods:
         for s in seeds:
             energy, pred = build(m, cfg, device)
-            energy.load_state_dict(load_torch(out_dir / m / f"seed{s}" / "model.pt", map_location=device,
-                                              weights_only=True))
+            energy.load_state_dict(load_torch(out_dir / m / f"seed{s}" / "model.pt", map_location=device))
             energy.eval()
             models[(m, s)], energies[(m, s)] = pred, energy
 

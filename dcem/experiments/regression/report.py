@@ -9,13 +9,13 @@ to ``report.img_dir`` with the prefix ``regression_``.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dcem._io import read_json
 from dcem.experiments.common.report import copy_figure, fmt_ci, md_table, update_page
 from dcem.experiments.common.runs import RunError
 
@@ -43,7 +43,7 @@ def _load(run: Path) -> tuple[DictConfig, dict[str, Any], list[dict[str, Any]]]:
             f"out_dir={run}: not an analysed regression run (missing {', '.join(missing)}); "
             "run `dcem-exp regression out_dir=...` first"
         )
-    results = json.loads((run / "results.json").read_text())
+    results = read_json(run / "results.json", "results file")
     if "train_mse_last" not in next(iter(results["methods"].values())):
         raise RunError(
             f"out_dir={run}: analysed by an older version; rerun `dcem-exp regression out_dir={run}`"
@@ -142,5 +142,6 @@ def report(cfg: DictConfig) -> None:
         "main": _main_block(run_cfg, results, rows, k),
         "ablation": _ablation_block(results),
     }
-    update_page(cfg.report.page, blocks, f"dcem-exp regression mode=report out_dir={run}")
+    update_page(cfg.report.page, blocks, f"dcem-exp regression mode=report out_dir={run}",
+                runs={"main": [run], "ablation": [run]})  # provenance under the numbers
     log.info("rewrote the generated blocks of %s", cfg.report.page)

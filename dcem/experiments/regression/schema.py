@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dcem.experiments.common.config import ConfigError, opt
+from dcem.experiments.common.config import ConfigError, footprint, opt
 
 
 @dataclass
@@ -95,3 +95,12 @@ class RegressionConfig:
             raise ConfigError(f"plot.y_range={self.plot.y_range}: must be [low, high] with low < high")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.methods)) != len(self.methods):
             raise ConfigError("seeds and methods must not repeat a value")
+
+    def memory_bytes(self) -> list[tuple[str, float]]:
+        """Lower bounds of the largest tensors (float32 activations kept for the backward pass of one
+        update), checked before the run folder exists."""
+        rows = "train.batch_size" if self.train.batch_size is not None else "n_points"
+        return [footprint(self, (rows, "dcem.n_sample", "dcem.n_iter", "n_hidden", "n_layers"), 4 * 2,
+                          "the unrolled DCEM graph of one update"),
+                footprint(self, (rows, "gd.n_iter", "n_hidden", "n_layers"), 4 * 4,
+                          "the unrolled gradient-descent graph of one update")]  # fmt: skip

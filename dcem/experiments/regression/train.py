@@ -14,7 +14,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dcem.experiments.common.distributed import Shard, barrier
-from dcem.experiments.common.runs import CsvLog, incompatible, load_torch, save_torch
+from dcem.experiments.common.runs import (
+    CsvLog,
+    describe_differences,
+    incompatible,
+    load_torch,
+    note_progress,
+    save_torch,
+)
 from dcem.experiments.regression.model import DCEMPredictor, EnergyNet, build_predictor, make_data
 
 __all__ = ["LOG_FIELDS", "build", "evaluate_mse", "predict", "read_log", "train_run"]
@@ -96,24 +103,26 @@ class _Run:
         )  # fmt: skip
         self.gen = torch.Generator(device=device).manual_seed(10_000 + seed)
         self.step, self.wall = 0, 0.0
+        self.window: list[Any] = [0.0, 0.0, 0]  # loss and gradient-norm sums, updates since the last row
         self.frozen = _frozen(cfg, method)
 
     def restore(self) -> None:
         """Load ``ckpt.pt`` and drop log rows written after it (an interrupted run)."""
         path = self.ckpt_path
-        ck = load_torch(path, map_location=self.device, weights_only=True)
+        ck = load_torch(path, map_location=self.device)
         if not isinstance(ck, dict) or ck.get("frozen") != self.frozen:
-            got = ck.get("frozen") if isinstance(ck, dict) else type(ck).__name__
-            raise incompatible(path, f"written for {got}, this run has {self.frozen}")
+            got = ck.get("frozen") if isinstance(ck, dict) else ck
+            raise incompatible(path, describe_differences(got, self.frozen))
         try:
             self.energy.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["opt"])
             self.sched.load_state_dict(ck["sched"])
             self.gen.set_state(ck["gen"].cpu())  # generator states are CPU byte tensors on every device
             self.step, self.wall = int(ck["step"]), float(ck["wall"])
+            self.window = list(ck.get("window", self.window))  # older checkpoints: an empty window
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             raise incompatible(path, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}") from None
-        self.log.rewrite(r for r in read_log(self.log.path) if r["step"] <= self.step)
+        self.log.keep(lambda r: r["step"] <= self.step)  # rows written after it, text of the others kept
 
     def start(self) -> None:
         x, y, xt, yt = self.data
@@ -127,7 +136,8 @@ class _Run:
     def checkpoint(self) -> None:
         save_torch({"step": self.step, "wall": self.wall, "model": self.energy.state_dict(),
                     "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    "gen": self.gen.get_state(), "frozen": self.frozen}, self.ckpt_path)  # fmt: skip
+                    "gen": self.gen.get_state(), "frozen": self.frozen, "window": self.window},
+                   self.ckpt_path)  # fmt: skip
 
     def batch(self) -> tuple[Tensor, Tensor]:
         x, y = self.data[0], self.data[1]
@@ -182,7 +192,7 @@ def train_run(
         log.info("%s seed %d: %s at update %d of %d", method, seed, what, r.step, n_updates)
     else:
         r.start()
-    loss_acc, gn_acc, n_acc = 0.0, 0.0, 0
+    loss_acc, gn_acc, n_acc = r.window  # checkpointed: a resume between two rows logs the same row
     bar = tqdm(total=n_updates, initial=min(r.step, n_updates), desc=f"{method} seed {seed}",
                disable=not progress, dynamic_ncols=True, leave=False)  # fmt: skip
     t0 = time.perf_counter()
@@ -191,6 +201,7 @@ def train_run(
         for _ in range(min(n_repeat, n_updates - r.step)):
             loss, gn = r.update(xb, yb)
             loss_acc, gn_acc, n_acc = loss_acc + loss, gn_acc + gn, n_acc + 1
+            note_progress(r.step)
             bar.update(1)
             if r.step % eval_every == 0 or r.step == n_updates:
                 now = time.perf_counter()
@@ -202,6 +213,7 @@ def train_run(
             if r.step % ckpt_every == 0 or r.step == n_updates:
                 now = time.perf_counter()
                 r.wall, t0 = r.wall + now - t0, now
+                r.window = [loss_acc, gn_acc, n_acc]
                 r.checkpoint()
     bar.close()
     if not (run_dir / "model.pt").exists() or r.step == n_updates:
