@@ -36,7 +36,7 @@ from dcem._checks import check_int
 from dcem.optim import best_sample, invalid_mask
 from dcem.optim.capture import resolve_capture
 from dcem.planning.bounds import _check_bound_pair, _search_tensor
-from dcem.planning.capture import run_captured
+from dcem.planning.capture import LoopCaptures, LoopOutput
 from dcem.planning.config import PlannerConfig
 from dcem.planning.noise import colored_noise
 from dcem.planning.rules import Gaussian, refit
@@ -132,7 +132,7 @@ class Planner:
         _check_bound_pair(z_lower, z_upper, "z_")
         self.decoder, self.z_lower, self.z_upper = decoder, z_lower, z_upper
         self.capture_options = dict(capture_options or {})
-        self._captures: dict[tuple, Any] = {}  # captured loops by objective and layout
+        self._captures = LoopCaptures(self.capture_options)  # captured loops by objective and layout
 
     @property
     def search_shape(self) -> tuple[int, ...]:
@@ -176,17 +176,16 @@ class Planner:
         if not callable(cost):
             raise TypeError(f"cost must be callable, got {type(cost).__name__}")
         mu, sigma, lo, hi, batch = self._initial(batch_shape, init_mean, init_std, dtype, device)
+        start = (mu, sigma, lo, hi)
         mode = resolve_capture(self.config.capture, mu, compile_with_grad=False)
         if mode != "none":
             if iter_cb is not None:
                 raise ValueError(f"iter_cb cannot be used with capture={self.config.capture!r}")
-            out = run_captured(self, mode, cost, cost_args, (mu, sigma, lo, hi), batch, generator)
+            out = self._captures.run(self, mode, cost, cost_args, start, batch, generator)
             if out is not None:
-                return self._result(*out, batch, self.config.n_iter)
+                return self._result(out, batch)
         call = cost if not cost_args else (lambda P: cost(P, *cost_args))
-        evaluate, counter = self._evaluator(call, batch)
-        g, best_xf, mean_xf = self._loop(evaluate, mu, sigma, lo, hi, generator, iter_cb)
-        return self._result(g, best_xf, mean_xf, batch, counter[0])
+        return self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
 
     # -- set-up -------------------------------------------------------------------------
     def _initial(
@@ -272,8 +271,10 @@ class Planner:
         return evaluate, counter
 
     # -- the loop -----------------------------------------------------------------------
-    def _noise(self, B: int, N: int, D: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        beta = self.config.noise_beta
+    def noise(self, it: int, B: int, D: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Standard normal draws ``(B, population(it), D)`` of iteration ``it`` (coloured along
+        time when ``noise_beta`` and searching full plans), dtype/device of ``like``."""
+        N, beta = self.config.population(it), self.config.noise_beta
         if beta and self.n_latent is None:
             shape = (B, N, self.horizon, self.n_ctrl)
             return colored_noise(
@@ -281,20 +282,35 @@ class Planner:
             ).reshape(B, N, D)
         return torch.randn(B, N, D, generator=generator, dtype=like.dtype, device=like.device)
 
-    def _loop(
+    def iterate(
         self,
-        evaluate: Callable[[Tensor], Tensor],
-        mu: Tensor,
-        sigma: Tensor,
-        lo: Tensor | None,
-        hi: Tensor | None,
-        generator: torch.Generator | None,
-        iter_cb: IterCallback | None,
+        cost: Callable[[Tensor], Tensor],
+        start: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+        batch: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        iter_cb: IterCallback | None = None,
         noises: list[Tensor] | None = None,
         host: bool | None = None,
-    ) -> tuple[Gaussian, Tensor, Tensor]:
-        """The iterations; ``noises`` (one standard normal draw per iteration) replace the
-        ``generator``'s and ``host`` the sync policy, as the captured loop needs."""
+    ) -> LoopOutput:
+        """The iterations on flattened search-space tensors (the seam a captured loop runs).
+
+        Args:
+            cost: objective ``(*batch, M, H, A) -> (*batch, M)`` (decoded, clamped candidates).
+            start: ``(mu, sigma)`` of shape ``(B, D)`` with ``B = prod(batch)``, ``D`` the size
+                of the search space, and the bounds ``lo, hi`` ``(B, 1, D)`` or ``None``.
+            batch: the batch shape ``*B``.
+            generator: for the noise unless ``noises`` (one draw of :meth:`noise` per
+                iteration) are given.
+            iter_cb: see :data:`IterCallback`.
+            host: the sync policy (``None``: from ``config.sync``); a captured loop passes ``False``.
+
+        Returns:
+            :class:`dcem.planning.capture.LoopOutput`: the final Gaussian, the best and the
+            last mean candidate each with its cost appended ``(B, D + 1)``, objective calls.
+        """
+        evaluate, counter = self._evaluator(cost, batch)
+        mu, sigma, lo, hi = start
         cfg = self.config
         host = resolve_sync(cfg.sync, mu) if host is None else host
         B, D = mu.shape
@@ -307,7 +323,7 @@ class Planner:
         want = iter_cb is not None  # the same in the forward pass and its recomputation
         mean_xf = best_xf
         for i in range(cfg.n_iter):
-            noise = self._noise(B, cfg.population(i), D, mu, generator) if noises is None else noises[i]
+            noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
 
             def it(mu_, sigma_, done_, failed_, kept_, noise_, i=i):
                 g_ = Gaussian(mu_, sigma_, done_, failed_)
@@ -325,7 +341,7 @@ class Planner:
             best_f = torch.minimum(fb, best_f)
             if host and cfg.iter_eps and bool(g.done.all()):
                 break
-        return g, best_xf, mean_xf
+        return LoopOutput(g, best_xf, mean_xf, counter[0])
 
     def _iteration(
         self,
@@ -351,9 +367,8 @@ class Planner:
         s, w = r.state, r.weights if want_weights else fX[:, :0]
         return s.mu, s.sigma, s.done, s.failed, r.kept, xf, fb, Xf[:, -1], X, fX, w
 
-    def _result(
-        self, g: Gaussian, best_xf: Tensor, mean_xf: Tensor, batch: tuple[int, ...], n_evals: int
-    ) -> PlanResult:
+    def _result(self, out: LoopOutput, batch: tuple[int, ...]) -> PlanResult:
+        g, best_xf, mean_xf, n_evals = out
         D = g.mu.shape[-1]
         best_f = best_xf[:, D].detach()
         mean_f = mean_xf[:, D].detach()
