@@ -28,10 +28,15 @@ Run: ``PYTHONPATH=. python benchmarks/bench_planners.py [--states 20] [--seeds 3
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -231,22 +236,79 @@ def checkpoint_table(dx: CartpoleDx, x0: Tensor, repeats: int) -> None:
             print(f"{rule:6s} {str(ckpt):>10s} {mem / 2**20:10.1f} MiB {t:10.1f} {diff:13.2e}")
 
 
+OVERHEAD_REV = "096ff66"  # the planner before the no-autograd path (issue 20)
+
+
+def old_planner_class() -> type:
+    """``Planner`` of revision ``OVERHEAD_REV``: its planner, rules and capture modules copied
+    from git at run time into a temporary package (the rest of dcem is today's)."""
+    tmp = Path(tempfile.mkdtemp()) / "_old_planning"
+    tmp.mkdir()
+    (tmp / "__init__.py").write_text("")
+    for mod in ("planner", "rules", "capture"):
+        src = subprocess.run(["git", "show", f"{OVERHEAD_REV}:dcem/planning/{mod}.py"], check=True,
+                             capture_output=True, text=True, cwd=Path(__file__).parent).stdout  # fmt: skip
+        for m in ("planner", "rules", "capture"):
+            src = src.replace(f"dcem.planning.{m} import", f"_old_planning.{m} import")
+        (tmp / f"{mod}.py").write_text(src)
+    sys.path.insert(0, str(tmp.parent))
+    return importlib.import_module("_old_planning.planner").Planner
+
+
+def overhead_table(repeats: int) -> None:
+    """Per-plan time with a near-zero-cost objective (one sum): the planner's own work, old and
+    new module timed alternately, with and without ``torch.no_grad``; plans compared bit for bit."""
+    Old = old_planner_class()
+    cost = lambda P: P.sum((-1, -2))  # noqa: E731 - (B, N, H, A) -> (B, N), a few microseconds
+    print(f"\nper-plan overhead: objective = one sum, H = {H}, A = 1, {ITERS} iterations, batch 1 "
+          f"(old = planner of {OVERHEAD_REV}); median ms over {repeats} plans")  # fmt: skip
+    print(f"{'rule':5s} {'N':>5s} {'grad mode':>10s} {'old ms':>7s} {'new ms':>7s} {'new/old':>7s} "
+          f"{'same plan':>9s}")
+    for rule, n in [(r, n) for r in ("cem", "dcem", "mppi", "icem") for n in (100, 1000)]:
+        cfg = PlannerConfig(rule, n, n // 10, ITERS)
+        planners = [cls(H, 1, cfg, lower=-1.0, upper=1.0) for cls in (Old, Planner)]
+        for grad in (False, True):
+            ts: list[list[float]] = [[], []]
+            plans = []
+            for r in range(repeats + 3):
+                for j, p in enumerate(planners):
+                    g = torch.Generator().manual_seed(r)
+                    with torch.set_grad_enabled(grad):
+                        t = time.perf_counter()
+                        res = p.plan(cost, batch_shape=(1,), generator=g)
+                        ts[j].append(time.perf_counter() - t)
+                    if r == 0:
+                        plans.append(res.plan)
+            old, new = (1e3 * statistics.median(v[3:]) for v in ts)
+            same = bool(torch.equal(plans[0], plans[1]))
+            mode = "enabled" if grad else "no_grad"
+            print(f"{rule:5s} {n:5d} {mode:>10s} {old:7.2f} {new:7.2f} {new / old:7.2f} {str(same):>9s}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--states", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="timings of each checkpointing case")
+    ap.add_argument("--overhead-repeats", type=int, default=30, help="timed plans per overhead case")
+    ap.add_argument("--sections", default="table,overhead,checkpoint",
+                    help="comma-separated: table, heldout, overhead, checkpoint")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     torch.set_num_threads(args.threads)
     dx = CartpoleDx()
     states = dx.sample_state(args.states, torch.Generator().manual_seed(0))
     print(f"cartpole swing-up, H={H}, {N} samples x {ITERS} iterations, {args.states} initial states x "
           f"{args.seeds} seeds, threads={torch.get_num_threads()}, torch={torch.__version__}")  # fmt: skip
-    plan_table(dx, states, args.seeds)
-    with torch.no_grad():
-        rollout_times(dx, states[:1])
-    checkpoint_table(dx, states[:1], args.repeats)
+    if "table" in sections:
+        plan_table(dx, states, args.seeds)
+        with torch.no_grad():
+            rollout_times(dx, states[:1])
+    if "overhead" in sections:
+        overhead_table(args.overhead_repeats)
+    if "checkpoint" in sections:
+        checkpoint_table(dx, states[:1], args.repeats)
 
 
 if __name__ == "__main__":

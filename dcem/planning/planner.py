@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -185,7 +186,11 @@ class Planner:
             if out is not None:
                 return self._result(out, batch)
         call = cost if not cost_args else (lambda P: cost(P, *cost_args))
-        return self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
+        # without gradients (and no callback to hand tensors to), no autograd bookkeeping at all
+        fast = not torch.is_grad_enabled() and iter_cb is None
+        with torch.inference_mode() if fast else contextlib.nullcontext():
+            res = self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
+        return _plain(res)
 
     # -- set-up -------------------------------------------------------------------------
     def _initial(
@@ -311,37 +316,53 @@ class Planner:
         """
         evaluate, counter = self._evaluator(cost, batch)
         mu, sigma, lo, hi = start
-        cfg = self.config
+        cfg, want = self.config, iter_cb is not None  # want: the same in forward and recomputation
         host = resolve_sync(cfg.sync, mu) if host is None else host
         B, D = mu.shape
         flags = torch.zeros(B, dtype=torch.bool, device=mu.device)
-        g = Gaussian(mu, sigma, flags, flags)
-        kept = mu.new_zeros(B, 0, D)
+        g, kept = Gaussian(mu, sigma, flags, flags), mu.new_zeros(B, 0, D)
         best_f = torch.full((B,), math.inf, dtype=mu.dtype, device=mu.device)
-        best_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
-        use_ckpt = cfg.checkpoint and torch.is_grad_enabled()
-        want = iter_cb is not None  # the same in the forward pass and its recomputation
-        mean_xf = best_xf
-        for i in range(cfg.n_iter):
-            noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
-
-            def it(mu_, sigma_, done_, failed_, kept_, noise_, i=i):
-                g_ = Gaussian(mu_, sigma_, done_, failed_)
-                return self._iteration(evaluate, g_, kept_, noise_, lo, hi, host, i, want)
-
-            args = (g.mu, g.sigma, g.done, g.failed, kept, noise)
-            out = _checkpoint(it, *args, use_reentrant=False) if use_ckpt else it(*args)
-            mu_, sigma_, done_, failed_, kept, xf, fb, mean_xf, X, fX, w = out
-            g = Gaussian(mu_, sigma_, done_, failed_)
-            if iter_cb is not None:  # outside the checkpointed region: called once per iteration
-                w = w.unsqueeze(-1)
-                iter_cb(i, X, fX, w, w * X, g.mu, g.sigma)
-            better = fb < best_f
-            best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
-            best_f = torch.minimum(fb, best_f)
-            if host and cfg.iter_eps and bool(g.done.all()):
-                break
+        best_xf = mean_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
+        with contextlib.ExitStack() as stack:
+            for i in range(cfg.n_iter):
+                noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
+                step = self._step(evaluate, g, kept, noise, (lo, hi), host, i, want)
+                g, kept, xf, fb, mean_xf, X, fX, w = step
+                if iter_cb is not None:  # outside the checkpointed region: called once per iteration
+                    w = w.unsqueeze(-1)
+                    iter_cb(i, X, fX, w, w * X, g.mu, g.sigma)
+                better = fb < best_f
+                best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
+                best_f = torch.minimum(fb, best_f)
+                if i == 0 and noises is None and not want and torch.is_grad_enabled():
+                    if not any(t is not None and t.requires_grad for t in (fX, mu, sigma, lo, hi)):
+                        stack.enter_context(torch.inference_mode())  # nothing is differentiable
+                if host and cfg.iter_eps and bool(g.done.all()):
+                    break
         return LoopOutput(g, best_xf, mean_xf, counter[0])
+
+    def _step(
+        self,
+        evaluate: Callable[[Tensor], Tensor],
+        g: Gaussian,
+        kept: Tensor,
+        noise: Tensor,
+        bounds: tuple[Tensor | None, Tensor | None],
+        host: bool,
+        i: int,
+        want: bool,
+    ) -> tuple[Any, ...]:
+        """One iteration (recomputed in the backward pass with ``config.checkpoint``): the new
+        Gaussian and kept elites, this iteration's best and mean candidates, ``X``, ``fX``, weights."""
+
+        def it(mu_: Tensor, sigma_: Tensor, done_: Tensor, failed_: Tensor, kept_: Tensor, noise_: Tensor):
+            g_ = Gaussian(mu_, sigma_, done_, failed_)
+            return self._iteration(evaluate, g_, kept_, noise_, *bounds, host, i, want)
+
+        args = (*g, kept, noise)
+        use_ckpt = self.config.checkpoint and torch.is_grad_enabled()
+        out = _checkpoint(it, *args, use_reentrant=False) if use_ckpt else it(*args)
+        return (Gaussian(*out[:4]), *out[4:])
 
     def _iteration(
         self,
@@ -404,3 +425,9 @@ class Planner:
         return torch.clamp(
             P, _search_tensor(self.lower, "lower", S, P), _search_tensor(self.upper, "upper", S, P)
         )
+
+
+def _plain(res: PlanResult) -> PlanResult:
+    """``res`` with inference tensors (of a plan run under ``torch.inference_mode``) copied into
+    normal ones, which callers may use in autograd and in-place like any other tensor."""
+    return PlanResult(*(t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res))
