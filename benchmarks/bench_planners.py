@@ -43,7 +43,7 @@ from torch import Tensor
 
 import dcem
 from dcem.control import MPC, CartpoleDx, cartpole_swingup_cost
-from dcem.planning import Planner, PlannerConfig, rollout_objective
+from dcem.planning import RULE_DEFAULTS, Planner, PlannerConfig, Rule, rollout_objective
 
 H, N, ITERS, ELITES = 20, 1000, 10, 100
 
@@ -285,6 +285,74 @@ def overhead_table(repeats: int) -> None:
             print(f"{rule:5s} {n:5d} {mode:>10s} {old:7.2f} {new:7.2f} {new / old:7.2f} {str(same):>9s}")
 
 
+TUNE_SEED, HELDOUT_SEED = 0, 1  # the seeds of the two sets of start states (dx.sample_state)
+ICEM_SEARCH = {  # one pass of coordinate search, in this order, from today's defaults
+    "n_elite": (10, 50, 100), "noise_beta": (0.0, 0.5, 1.0, 2.0), "keep_frac": (0.0, 0.3, 0.6),
+    "pop_decay": (1.0, 1.25, 1.5), "momentum": (0.0, 0.1, 0.3), "std_scale": (0.3, 0.5, 1.0),
+}  # fmt: skip
+
+
+def set_costs(dx: CartpoleDx, states: Tensor, opts: dict, seeds: range) -> Tensor:
+    """Plan costs ``(len(seeds), n_states)``: one batched plan of every state per sampling seed."""
+    p = Planner(H, 1, lower=dx.u_lower, upper=dx.u_upper, n_sample=N, n_iter=ITERS, **opts)
+    obj = rollout_objective(dx, states, cartpole_swingup_cost)
+    with torch.no_grad():
+        rows = [p.plan(obj, batch_shape=(states.shape[0],), generator=torch.Generator().manual_seed(s)).cost
+                for s in seeds]  # fmt: skip
+    return torch.stack(rows)
+
+
+def tune_icem(dx: CartpoleDx, states: Tensor, seeds: range) -> dict:
+    """iCEM options minimising the mean plan cost on the tuning states (coordinate search)."""
+    names = ("noise_beta", "keep_frac", "pop_decay", "momentum", "std_scale")
+    best = {"rule": "icem", **dict(zip(names, RULE_DEFAULTS[Rule.ICEM])), "n_elite": RULES["icem"]["n_elite"]}
+    score = float(set_costs(dx, states, best, seeds).mean())
+    for key, values in ICEM_SEARCH.items():
+        for v in values:
+            if v == best[key]:
+                continue
+            trial = {**best, key: v}
+            s = float(set_costs(dx, states, trial, seeds).mean())
+            print(f"  tune icem {key}={v}: mean cost {s:.3f} (best so far {score:.3f})", flush=True)
+            if s < score:
+                best, score = trial, s
+    return best
+
+
+def heldout_table(dx: CartpoleDx, n_states: int, seeds: int) -> None:
+    """Defaults chosen on one set of start states, reported on another (issue 20)."""
+    tune = dx.sample_state(n_states, torch.Generator().manual_seed(TUNE_SEED))
+    held = dx.sample_state(n_states, torch.Generator().manual_seed(HELDOUT_SEED))
+    tune_seeds, held_seeds = range(seeds), range(100, 100 + seeds)
+    print(f"\ntuning on start states of seed {TUNE_SEED}, reporting on seed {HELDOUT_SEED} "
+          f"({n_states} states x {seeds} sampling seeds each)")  # fmt: skip
+    sel = {m: float(set_costs(dx, tune, {**RULES["cem"], "select": m}, tune_seeds).mean())
+           for m in ("min", "best", "mean")}  # fmt: skip (ties go to the first)
+    print("  tune cem select (mean cost): " + ", ".join(f"{k} {v:.3f}" for k, v in sel.items())
+          + f" -> {min(sel, key=sel.get)}", flush=True)  # fmt: skip
+    icem = tune_icem(dx, tune, tune_seeds)
+    rows = {
+        "cem select=min": {**RULES["cem"], "select": "min"},
+        "cem select=mean": {**RULES["cem"], "select": "mean"},
+        "cem select=best": {**RULES["cem"], "select": "best"},
+        "dcem": RULES["dcem"],
+        "mppi": RULES["mppi"],
+        "mppi select=mean": {**RULES["mppi"], "select": "mean"},
+        "icem (rule defaults)": RULES["icem"],
+        "icem (tuned)": icem,
+    }
+    costs = {k: set_costs(dx, held, v, held_seeds).flatten() for k, v in rows.items()}
+    ref = next(iter(costs.values()))
+    print("\n| planner | settings | held-out mean cost | median | vs first row (paired) | better/worse |")
+    print("|---|---|---|---|---|---|")
+    for name, c in costs.items():
+        st = ", ".join(f"{k}={v}" for k, v in rows[name].items() if k not in ("rule", "select"))
+        d = c - ref
+        bw = f"{int((d < -1e-3).sum())}/{int((d > 1e-3).sum())}"
+        m, med, dm = float(c.mean()), float(c.median()), float(d.mean())
+        print(f"| {name} | {st} | {m:.3f} | {med:.3f} | {dm:+.3f} | {bw} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--states", type=int, default=20)
@@ -305,6 +373,8 @@ def main() -> None:
         plan_table(dx, states, args.seeds)
         with torch.no_grad():
             rollout_times(dx, states[:1])
+    if "heldout" in sections:
+        heldout_table(dx, args.states, args.seeds)
     if "overhead" in sections:
         overhead_table(args.overhead_repeats)
     if "checkpoint" in sections:
