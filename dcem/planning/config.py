@@ -83,7 +83,9 @@ class PlannerConfig:
         sync: ``"auto"``, ``"host"`` or ``"free"`` (:mod:`dcem.sync`).
         capture: ``"none"`` (default), ``"auto"``, ``"graph"`` or ``"compile"``: run the
             sync-free loop captured once per shape (:mod:`dcem.planning.capture`); ``"auto"``
-            is a CUDA graph for CUDA tensors without gradients and eager otherwise.
+            is a CUDA graph for CUDA tensors without gradients and eager otherwise, on CPU
+            too: ``"compile"`` runs faster there at steady state but its first call compiles
+            for minutes (see :class:`dcem.optim.Solver`), which few plans of one shape repay.
 
     ``None`` for ``noise_beta``, ``keep_frac``, ``pop_decay``, ``momentum`` or ``std_scale``
     takes the rule's default from :data:`RULE_DEFAULTS`.
