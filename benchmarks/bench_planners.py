@@ -106,7 +106,8 @@ def make_rows(dx: CartpoleDx) -> dict[str, Callable[[Tensor, torch.Generator], t
     rows: dict[str, Callable[[Tensor, torch.Generator], tuple[Tensor, int]]] = {
         "old path": lambda x, g: old_plan(dx, x, g)
     }
-    mpc = MPC(H, dx, cartpole_swingup_cost, n_sample=N, n_elite=ELITES, n_iter=ITERS, warm_start=False)
+    cfg = PlannerConfig("cem", N, ELITES, ITERS, capture="auto")
+    mpc = MPC(H, dx, cartpole_swingup_cost, cfg, warm_start=False)
 
     def wrapper(x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
         mpc.generator = g
