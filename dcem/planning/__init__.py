@@ -1,6 +1,6 @@
 """One planner for trajectory optimisation: CEM, DCEM, MPPI and iCEM over batch-major plans.
 
-- :class:`Planner`, :class:`PlanResult` (:mod:`dcem.planning.planner`): minimise
+- :class:`Planner` (:mod:`dcem.planning.planner`), :class:`PlanResult` (:mod:`dcem.planning.result`): minimise
   ``cost(plans (*B, N, H, A)) -> (*B, N)`` inside per-dimension action bounds, optionally over
   the latent space of a decoder; exactly one objective call per iteration;
 - :class:`PlannerConfig`, :class:`Rule` (:mod:`dcem.planning.config`): the update rule

@@ -34,19 +34,20 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from dcem._checks import check_int
-from dcem.optim import best_sample, invalid_mask
+from dcem.optim import best_sample
 from dcem.optim.capture import resolve_capture
 from dcem.planning.bounds import _check_bound_pair, _search_tensor
 from dcem.planning.capture import LoopCaptures, LoopOutput
 from dcem.planning.config import PlannerConfig
 from dcem.planning.noise import colored_noise
+from dcem.planning.result import PlanResult, assemble, plain
 from dcem.planning.rules import Gaussian, refit
 from dcem.sync import host_reads_free, resolve_sync
 
@@ -56,33 +57,6 @@ Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
 """``iter_cb(i, X, fX, I, X_I, mu, sigma)`` with flattened candidates ``X (B, M, D)``, costs
 ``fX (B, M)``, weights ``I (B, M, 1)``, ``X_I = I * X`` and the refit ``mu, sigma (B, D)``."""
-
-
-class PlanResult(NamedTuple):
-    """Result of :meth:`Planner.plan` (``*B`` the batch shape).
-
-    Attributes:
-        plan: the selected plans ``(*B, H, A)``.
-        cost: their costs ``(*B,)`` (from the objective calls, with gradients).
-        best_plan, best_cost: the best candidate evaluated ``(*B, H, A)``, ``(*B,)``
-            (``+inf`` where no candidate had a valid cost).
-        mean, std: the final Gaussian in the search space, ``(*B, H, A)`` or ``(*B, n_latent)``.
-        z, best_z: the latents of ``plan`` and ``best_plan`` ``(*B, n_latent)`` (None
-            without a decoder).
-        failed: ``(*B,)`` bool, some iteration had no valid candidate (sync-free path).
-        n_evals: objective calls made.
-    """
-
-    plan: Tensor
-    cost: Tensor
-    best_plan: Tensor
-    best_cost: Tensor
-    mean: Tensor
-    std: Tensor
-    z: Tensor | None
-    best_z: Tensor | None
-    failed: Tensor
-    n_evals: int
 
 
 class Planner:
@@ -197,7 +171,7 @@ class Planner:
         fast = not torch.is_grad_enabled() and iter_cb is None
         with torch.inference_mode() if fast else contextlib.nullcontext():
             res = self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
-        return _plain(res)
+        return plain(res)
 
     # -- set-up -------------------------------------------------------------------------
     def _initial(
@@ -396,29 +370,8 @@ class Planner:
         return s.mu, s.sigma, s.done, s.failed, r.kept, xf, fb, Xf[:, -1], X, fX, w
 
     def _result(self, out: LoopOutput, batch: tuple[int, ...]) -> PlanResult:
-        g, best_xf, mean_xf, n_evals = out
-        D = g.mu.shape[-1]
-        best_f = best_xf[:, D].detach()
-        mean_f = mean_xf[:, D].detach()
-        sel = self.config.select
-        if sel == "best":
-            use_best = torch.ones_like(best_f, dtype=torch.bool)
-        elif sel == "min":
-            use_best = ~(mean_f <= best_f)
-        else:
-            use_best = invalid_mask(mean_f)
-        use_best = use_best & (best_f < math.inf)
-        chosen = torch.where(use_best.unsqueeze(-1), best_xf, mean_xf)
-        S = self.search_shape
-        x_sel, x_best = chosen[:, :D].reshape(*batch, *S), best_xf[:, :D].reshape(*batch, *S)
-        z = zb = None
-        if self.decoder is not None:
-            z, zb = x_sel, x_best
-            x_sel, x_best = self._decode(z), self._decode(zb)
-        return PlanResult(
-            x_sel, chosen[:, D].reshape(batch), x_best, best_xf[:, D].reshape(batch),
-            g.mu.reshape(*batch, *S), g.sigma.reshape(*batch, *S), z, zb, g.failed.reshape(batch), n_evals,
-        )  # fmt: skip
+        decode = self._decode if self.decoder is not None else None
+        return assemble(out, self.config.select, batch, self.search_shape, decode)
 
     def _decode(self, z: Tensor) -> Tensor:
         """Plans ``(*B, H, A)`` of latents ``(*B, n_latent)`` (decoded and clamped like candidates)."""
@@ -433,8 +386,3 @@ class Planner:
             P, _search_tensor(self.lower, "lower", S, P), _search_tensor(self.upper, "upper", S, P)
         )
 
-
-def _plain(res: PlanResult) -> PlanResult:
-    """``res`` with inference tensors (of a plan run under ``torch.inference_mode``) copied into
-    normal ones, which callers may use in autograd and in-place like any other tensor."""
-    return PlanResult(*(t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res))
