@@ -22,16 +22,28 @@ state) with and without per-iteration activation checkpointing: bytes autograd s
 backward (``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage; the backward
 additionally holds one recomputed iteration at a time) and forward+backward time.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_planners.py [--states 20] [--seeds 3] [--threads 1]``
+Sections (``--sections``, comma-separated; default ``table,overhead,checkpoint``): ``table`` (the
+above), ``heldout`` (CEM's ``select`` and iCEM's options tuned on one seeded set of start states,
+every rule reported on another), ``overhead`` (per-plan time of the planner with a near-zero-cost
+objective, today's against the planner of 096ff66 copied from git at run time, plans compared),
+``checkpoint`` (the memory-bounded backward).
+
+Run: ``PYTHONPATH=. python benchmarks/bench_planners.py [--states 20] [--seeds 5] [--threads 1]
+[--sections table,heldout,overhead,checkpoint]``
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -42,14 +54,16 @@ from dcem.planning import Planner, PlannerConfig, rollout_objective
 
 H, N, ITERS, ELITES = 20, 1000, 10, 100
 
-# row -> planner options (MPPI's and iCEM's defaults were tuned on this problem; n_elite=10 is
-# the planner's default, 100 that of the cartpole expert)
+# row -> planner options (MPPI's defaults were tuned on this problem, iCEM's chosen on other start
+# states: --sections heldout; "icem 096ff66" is the previous iCEM defaults; n_elite=10 is the
+# planner's default, 100 that of the cartpole expert)
 RULES: dict[str, dict] = {
     "cem": dict(rule="cem", n_elite=100),
     "dcem": dict(rule="dcem", n_elite=20, temp=0.1),
     "mppi": dict(rule="mppi"),
     "icem": dict(rule="icem", n_elite=10),
-    "icem no decay": dict(rule="icem", n_elite=10, pop_decay=1.0),
+    "icem 096ff66": dict(rule="icem", n_elite=10, noise_beta=0.5, keep_frac=0.3, pop_decay=1.25, momentum=0.1,
+                         std_scale=0.5),
 }
 
 
@@ -101,7 +115,8 @@ def make_rows(dx: CartpoleDx) -> dict[str, Callable[[Tensor, torch.Generator], t
     rows: dict[str, Callable[[Tensor, torch.Generator], tuple[Tensor, int]]] = {
         "old path": lambda x, g: old_plan(dx, x, g)
     }
-    mpc = MPC(H, dx, cartpole_swingup_cost, n_sample=N, n_elite=ELITES, n_iter=ITERS, warm_start=False)
+    cfg = PlannerConfig("cem", N, ELITES, ITERS, capture="auto")
+    mpc = MPC(H, dx, cartpole_swingup_cost, cfg, warm_start=False)
 
     def wrapper(x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
         mpc.generator = g
@@ -231,22 +246,150 @@ def checkpoint_table(dx: CartpoleDx, x0: Tensor, repeats: int) -> None:
             print(f"{rule:6s} {str(ckpt):>10s} {mem / 2**20:10.1f} MiB {t:10.1f} {diff:13.2e}")
 
 
+OVERHEAD_REV = "096ff66"  # the planner before the no-autograd path (issue 20)
+
+
+def old_planner_class() -> type:
+    """``Planner`` of revision ``OVERHEAD_REV``: its planner, rules and capture modules copied
+    from git at run time into a temporary package (the rest of dcem is today's)."""
+    tmp = Path(tempfile.mkdtemp()) / "_old_planning"
+    tmp.mkdir()
+    (tmp / "__init__.py").write_text("")
+    for mod in ("planner", "rules", "capture"):
+        src = subprocess.run(["git", "show", f"{OVERHEAD_REV}:dcem/planning/{mod}.py"], check=True,
+                             capture_output=True, text=True, cwd=Path(__file__).parent).stdout  # fmt: skip
+        for m in ("planner", "rules", "capture"):
+            src = src.replace(f"dcem.planning.{m} import", f"_old_planning.{m} import")
+        (tmp / f"{mod}.py").write_text(src)
+    sys.path.insert(0, str(tmp.parent))
+    return importlib.import_module("_old_planning.planner").Planner
+
+
+def overhead_table(repeats: int) -> None:
+    """Per-plan time with a near-zero-cost objective (one sum): the planner's own work, old and
+    new module timed alternately, with and without ``torch.no_grad``; plans compared bit for bit."""
+    Old = old_planner_class()
+    cost = lambda P: P.sum((-1, -2))  # noqa: E731 - (B, N, H, A) -> (B, N), a few microseconds
+    print(f"\nper-plan overhead: objective = one sum, H = {H}, A = 1, {ITERS} iterations, batch 1 "
+          f"(old = planner of {OVERHEAD_REV}); best of {repeats} plans, thread CPU ms")  # fmt: skip
+    print(f"{'rule':5s} {'N':>5s} {'grad mode':>10s} {'old ms':>7s} {'new ms':>7s} {'new/old':>7s} "
+          f"{'same plan':>9s}")
+    for rule, n in [(r, n) for r in ("cem", "dcem", "mppi", "icem") for n in (100, 1000)]:
+        cfg = PlannerConfig(rule, n, n // 10, ITERS)
+        planners = [cls(H, 1, cfg, lower=-1.0, upper=1.0) for cls in (Old, Planner)]
+        for grad in (False, True):
+            ts: list[list[float]] = [[], []]
+            plans = []
+            for r in range(repeats + 3):
+                for j, p in enumerate(planners):
+                    g = torch.Generator().manual_seed(r)
+                    with torch.set_grad_enabled(grad):
+                        t = time.thread_time()  # CPU time of this thread: not the other processes' load
+                        res = p.plan(cost, batch_shape=(1,), generator=g)
+                        ts[j].append(time.thread_time() - t)
+                    if r == 0:
+                        plans.append(res.plan)
+            old, new = (1e3 * min(v[3:]) for v in ts)  # best of: the least disturbed by machine load
+            same = bool(torch.equal(plans[0], plans[1]))
+            mode = "enabled" if grad else "no_grad"
+            print(f"{rule:5s} {n:5d} {mode:>10s} {old:7.2f} {new:7.2f} {new / old:7.2f} {str(same):>9s}")
+
+
+TUNE_SEED, HELDOUT_SEED = 0, 1  # the seeds of the two sets of start states (dx.sample_state)
+ICEM_SEARCH = {  # one pass of coordinate search, in this order, from the previous (096ff66) defaults
+    "n_elite": (10, 50, 100), "noise_beta": (0.0, 0.5, 1.0, 2.0), "keep_frac": (0.0, 0.3, 0.6),
+    "pop_decay": (1.0, 1.25, 1.5), "momentum": (0.0, 0.1, 0.3), "std_scale": (0.3, 0.5, 1.0),
+}  # fmt: skip
+
+
+def set_costs(dx: CartpoleDx, states: Tensor, opts: dict, seeds: range) -> Tensor:
+    """Plan costs ``(len(seeds), n_states)``: one batched plan of every state per sampling seed."""
+    p = Planner(H, 1, lower=dx.u_lower, upper=dx.u_upper, n_sample=N, n_iter=ITERS, **opts)
+    obj = rollout_objective(dx, states, cartpole_swingup_cost)
+    with torch.no_grad():
+        rows = [p.plan(obj, batch_shape=(states.shape[0],), generator=torch.Generator().manual_seed(s)).cost
+                for s in seeds]  # fmt: skip
+    return torch.stack(rows)
+
+
+def tune_icem(dx: CartpoleDx, states: Tensor, seeds: range) -> dict:
+    """iCEM options minimising the mean plan cost on the tuning states (coordinate search)."""
+    best = dict(RULES["icem 096ff66"])  # the search starts from the previous defaults
+    score = float(set_costs(dx, states, best, seeds).mean())
+    for key, values in ICEM_SEARCH.items():
+        for v in values:
+            if v == best[key]:
+                continue
+            trial = {**best, key: v}
+            s = float(set_costs(dx, states, trial, seeds).mean())
+            print(f"  tune icem {key}={v}: mean cost {s:.3f} (best so far {score:.3f})", flush=True)
+            if s < score:
+                best, score = trial, s
+    return best
+
+
+def heldout_table(dx: CartpoleDx, n_states: int, seeds: int) -> None:
+    """Defaults chosen on one set of start states, reported on another (issue 20)."""
+    tune = dx.sample_state(n_states, torch.Generator().manual_seed(TUNE_SEED))
+    held = dx.sample_state(n_states, torch.Generator().manual_seed(HELDOUT_SEED))
+    tune_seeds, held_seeds = range(seeds), range(100, 100 + seeds)
+    print(f"\ntuning on start states of seed {TUNE_SEED}, reporting on seed {HELDOUT_SEED} "
+          f"({n_states} states x {seeds} sampling seeds each)")  # fmt: skip
+    sel = {m: float(set_costs(dx, tune, {**RULES["cem"], "select": m}, tune_seeds).mean())
+           for m in ("min", "best", "mean")}  # fmt: skip (ties go to the first)
+    print("  tune cem select (mean cost): " + ", ".join(f"{k} {v:.3f}" for k, v in sel.items())
+          + f" -> {min(sel, key=sel.get)}", flush=True)  # fmt: skip
+    icem = tune_icem(dx, tune, tune_seeds)
+    rows = {
+        "cem select=min": {**RULES["cem"], "select": "min"},
+        "cem select=mean": {**RULES["cem"], "select": "mean"},
+        "cem select=best": {**RULES["cem"], "select": "best"},
+        "dcem": RULES["dcem"],
+        "mppi": RULES["mppi"],
+        "mppi select=mean": {**RULES["mppi"], "select": "mean"},
+        "icem 096ff66 defaults": RULES["icem 096ff66"],
+        "icem (tuned here)": icem,
+        "icem (rule defaults)": RULES["icem"],
+    }
+    costs = {k: set_costs(dx, held, v, held_seeds).flatten() for k, v in rows.items()}
+    ref = next(iter(costs.values()))
+    print("\n| planner | settings | held-out mean cost | median | vs first row (paired) | better/worse |")
+    print("|---|---|---|---|---|---|")
+    for name, c in costs.items():
+        st = ", ".join(f"{k}={v}" for k, v in rows[name].items() if k not in ("rule", "select"))
+        st = st.replace("noise_beta", "beta").replace("keep_frac", "keep").replace("pop_decay", "decay")
+        d = c - ref
+        bw = f"{int((d < -1e-3).sum())}/{int((d > 1e-3).sum())}"
+        m, med, dm = float(c.mean()), float(c.median()), float(d.mean())
+        print(f"| {name} | {st} | {m:.3f} | {med:.3f} | {dm:+.3f} | {bw} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--states", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="timings of each checkpointing case")
+    ap.add_argument("--overhead-repeats", type=int, default=30, help="timed plans per overhead case")
+    ap.add_argument("--sections", default="table,overhead,checkpoint",
+                    help="comma-separated: table, heldout, overhead, checkpoint")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     torch.set_num_threads(args.threads)
     dx = CartpoleDx()
     states = dx.sample_state(args.states, torch.Generator().manual_seed(0))
     print(f"cartpole swing-up, H={H}, {N} samples x {ITERS} iterations, {args.states} initial states x "
           f"{args.seeds} seeds, threads={torch.get_num_threads()}, torch={torch.__version__}")  # fmt: skip
-    plan_table(dx, states, args.seeds)
-    with torch.no_grad():
-        rollout_times(dx, states[:1])
-    checkpoint_table(dx, states[:1], args.repeats)
+    if "table" in sections:
+        plan_table(dx, states, args.seeds)
+        with torch.no_grad():
+            rollout_times(dx, states[:1])
+    if "heldout" in sections:
+        heldout_table(dx, args.states, args.seeds)
+    if "overhead" in sections:
+        overhead_table(args.overhead_repeats)
+    if "checkpoint" in sections:
+        checkpoint_table(dx, states[:1], args.repeats)
 
 
 if __name__ == "__main__":

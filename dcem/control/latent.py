@@ -8,7 +8,7 @@ the plan it produces (:func:`train_step`, Alg. 2), and the controller is a diffe
 ``pi(x_init) = u_1`` that can be fine-tuned with extra losses such as imitation of an expert
 (:func:`imitation_loss`).
 
-With ``temp=0`` (hard CEM) the latent solution does not depend on the decoder; the training
+With hard CEM (``rule="cem"``) the latent solution does not depend on the decoder; the training
 loss is then the cost of the best of {final mean, best sample} differentiated through the
 decoder only ("min-differentiation"), the ``tau = 0`` ablation.
 """
@@ -21,13 +21,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dcem._checks import check_choice, check_real
+from dcem._checks import check_real
 from dcem.control.decoder import ActionDecoder
 from dcem.control.dynamics import Dynamics
-from dcem.control.mpc import StepCost, _rule
+from dcem.control.mpc import StepCost
 from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout_objective
+from dcem.planning.config import ConfigView, resolve_config
 
 __all__ = ["LatentDCEMController", "LatentSolution", "train_step", "imitation_loss"]
+
+LATENT_DEFAULTS = {"temp": 1.0, "select": None}  # DCEM at tau = 1; select "mean" ("min" for hard rules)
 
 
 class LatentSolution(NamedTuple):
@@ -44,7 +47,7 @@ class LatentSolution(NamedTuple):
     cost: Tensor
 
 
-class LatentDCEMController(nn.Module):
+class LatentDCEMController(ConfigView, nn.Module):
     """DCEM over a box-bounded latent action space ``Z = [z_lower, z_upper]^n_latent``.
 
     A thin wrapper over :class:`dcem.planning.Planner` with the decoder as its latent path.
@@ -53,19 +56,17 @@ class LatentDCEMController(nn.Module):
         decoder: maps ``z (..., n_latent)`` to ``u (..., H, n_ctrl)`` inside the control bounds.
         dx: dynamics model.
         cost: per-step cost ``(x, u) -> (...)``; default ``dx.quadratic_cost``.
-        terminal_cost: optional ``x_H -> (...)``.
-        n_sample, n_elite, n_iter: DCEM sizes (paper: 100 / 10 / 10); one rollout call per
-            iteration.
-        temp: soft top-k temperature ``tau > 0``; ``0``/``None`` = hard CEM with
+        config: the planner's rule, sizes and options; default the paper's DCEM,
+            ``PlannerConfig("dcem", 100, 10, 10, temp=1.0, select="mean")``. With a hard rule
+            (``"cem"``) the latent solution does not depend on the decoder and training uses
             min-differentiation (see the module docstring).
+        terminal_cost: optional ``x_H -> (...)``.
         init_sigma: initial std in the latent space (reference: 0.5).
         z_lower, z_upper: latent box (reference: ``[-1, 1]``).
-        normalize: standardise the costs before the soft top-k.
-        iter_eps: convergence threshold (``None``: all iterations).
-        select: ``"mean"`` (the mean of the last sampled distribution), ``"best"`` or
-            ``"min"``; default ``"mean"`` for ``temp > 0`` and ``"min"`` for hard CEM.
-        rule: planner rule (default from ``temp``; ``"mppi"`` is differentiable too).
-        options: further :class:`dcem.planning.PlannerConfig` fields (e.g. ``checkpoint``).
+        legacy: the older keywords (``n_sample``, ``n_elite``, ``n_iter``, ``temp`` with
+            ``0``/``None`` for hard CEM, ``normalize``, ``iter_eps``, ``select`` -- default
+            ``"min"`` for the hard rules, ``"mean"`` otherwise --, ``rule``, any config field),
+            translated by :func:`dcem.planning.config.resolve_config` with a ``DeprecationWarning``.
 
     Example:
         >>> import torch
@@ -82,20 +83,13 @@ class LatentDCEMController(nn.Module):
         decoder: ActionDecoder,
         dx: Dynamics,
         cost: StepCost | None = None,
+        config: PlannerConfig | None = None,
         *,
         terminal_cost: Callable[[Tensor], Tensor] | None = None,
-        n_sample: int = 100,
-        n_elite: int = 10,
-        n_iter: int = 10,
-        temp: float | None = 1.0,
         init_sigma: float = 0.5,
         z_lower: float = -1.0,
         z_upper: float = 1.0,
-        normalize: bool = True,
-        iter_eps: float | None = None,
-        select: str | None = None,
-        rule: str | None = None,
-        **options: object,
+        **legacy: object,
     ) -> None:
         super().__init__()
         if not isinstance(decoder, nn.Module) or not hasattr(decoder, "n_latent"):
@@ -104,27 +98,15 @@ class LatentDCEMController(nn.Module):
             raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
         if decoder.n_ctrl != dx.n_ctrl:
             raise ValueError(f"decoder.n_ctrl = {decoder.n_ctrl} does not match dx.n_ctrl = {dx.n_ctrl}")
-        rule, tau = _rule(temp, rule)
-        sel = check_choice(
-            "select", select or ("min" if rule in ("cem", "icem") else "mean"), ("mean", "best", "min")
-        )
-        self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=tau, normalize=normalize,
-                                    iter_eps=iter_eps, select=sel, **options)  # fmt: skip
+        self.config, _ = resolve_config("LatentDCEMController", (config,), legacy, defaults=LATENT_DEFAULTS)
         self.init_sigma = float(check_real("init_sigma", init_sigma, 0.0, strict=True))
         zl, zu = check_real("z_lower", z_lower), check_real("z_upper", z_upper)
         if not zl < zu:
             raise ValueError(f"need z_lower < z_upper, got {z_lower!r}, {z_upper!r}")
-        self.temp = tau if rule == "dcem" else None  # the soft top-k temperature, DCEM only
         self.decoder, self.dx = decoder, dx
         self.cost = cost if cost is not None else dx.quadratic_cost
         self.terminal_cost = terminal_cost
-        self.n_sample, self.n_elite, self.n_iter = (
-            self.config.n_sample,
-            self.config.n_elite,
-            self.config.n_iter,
-        )
         self.z_lower, self.z_upper = float(zl), float(zu)
-        self.normalize, self.iter_eps, self.select = normalize, iter_eps, sel
 
     @property
     def n_latent(self) -> int:

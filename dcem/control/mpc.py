@@ -8,9 +8,9 @@ Two entry points, both thin wrappers over the one planner :class:`dcem.planning.
   maximised by minimising ``-reward``), optionally over a latent action space (``u_decode``).
 - :class:`MPC`: a receding-horizon controller object: plan, apply the first action, shift the
   plan to warm-start the next step (:func:`dcem.planning.shift_plan`); per-dimension bounds, a
-  batch of systems, CEM (``temp=None``), DCEM (``temp > 0``, differentiable) or any rule of the
-  planner (``rule="mppi"``/``"icem"``), and either a dynamics model with a per-step cost or a
-  user-supplied rollout-cost function.
+  batch of systems, any rule of the planner given as one :class:`dcem.planning.PlannerConfig`
+  (CEM, DCEM -- differentiable --, MPPI, iCEM), and either a dynamics model with a per-step
+  cost or a user-supplied rollout-cost function.
 
 A plan whose cost is NaN/inf (a diverging rollout) is never returned when a valid candidate
 exists (:func:`dcem.optim.best_sample`).
@@ -24,10 +24,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dcem._checks import check_choice, check_int, check_real
-from dcem.control.ctrl import _rule, dcem_ctrl
+from dcem._checks import check_choice, check_int
+from dcem.control.ctrl import dcem_ctrl
 from dcem.control.dynamics import Dynamics
 from dcem.planning import Planner, PlannerConfig, check_initial_state, rollout, rollout_objective, shift_plan
+from dcem.planning.config import ConfigView, resolve_config
 from dcem.planning.shift import SHIFT_FILLS
 from dcem.planning.timemajor import (
     rollout_cost,
@@ -49,40 +50,67 @@ class Plan(NamedTuple):
     cost: Tensor
 
 
-class MPC(nn.Module):
+MPC_DEFAULTS = {"select": "min", "capture": "auto"}  # CUDA graph of no-grad plans on CUDA, else eager
+
+
+def _model(
+    dx: Dynamics | None, cost: StepCost | None, rollout: RolloutCost | None, n_state: int | None,
+    n_ctrl: int | None, u_lower: float | Tensor | None, u_upper: float | Tensor | None,
+) -> tuple[int, int, StepCost | None, float | Tensor, float | Tensor]:
+    """``n_state, n_ctrl``, the step cost and the bounds of either ``dx`` (+ ``cost``) or ``rollout``."""
+    if (dx is None) == (rollout is None):
+        raise ValueError("give exactly one of dx (with an optional cost) or rollout")
+    if dx is not None:
+        if not isinstance(dx, Dynamics):
+            raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
+        lo = dx.u_lower if u_lower is None else u_lower
+        hi = dx.u_upper if u_upper is None else u_upper
+        return dx.n_state, dx.n_ctrl, cost if cost is not None else dx.quadratic_cost, lo, hi
+    if not callable(rollout):
+        raise TypeError("rollout must be callable")
+    if u_lower is None or u_upper is None:
+        raise ValueError("u_lower and u_upper are required with rollout")
+    return check_int("n_state", n_state, 1), check_int("n_ctrl", n_ctrl, 1), cost, u_lower, u_upper
+
+
+class MPC(ConfigView, nn.Module):
     """Receding-horizon controller solving ``min_u sum_t C(x_t, u_t)`` with the one planner.
 
     Give either a dynamics model ``dx`` and a per-step ``cost`` (default: ``dx.quadratic_cost``),
     or a ``rollout`` function ``(x_init (M, n_state), u (H, M, n_ctrl)) -> cost (M,)`` together
     with ``n_state``/``n_ctrl``/bounds. :meth:`act` plans, returns the first action and keeps
-    the plan shifted by one step as the initial mean of the next call (warm start).
+    the plan shifted by one step as the initial mean of the next call (warm start). The search
+    itself is configured by one :class:`dcem.planning.PlannerConfig`.
 
     Args:
         horizon: planning horizon ``H >= 1``.
         dx: dynamics model (gives ``n_state``, ``n_ctrl`` and default bounds).
         cost: per-step cost ``(x, u) -> (...)`` used with ``dx``.
+        config: the planner's rule, sizes and options; default
+            ``PlannerConfig(capture="auto")`` (CEM, 100 samples, 10 elites, 10 iterations,
+            ``select="min"``). ``config.std_scale`` gives the default initial std.
         terminal_cost: optional ``x_H -> (...)`` used with ``dx``.
         rollout: user rollout-cost function (instead of ``dx``/``cost``).
         n_state, n_ctrl: dimensions (required with ``rollout``).
         u_lower, u_upper: per-dimension bounds, floats or tensors of shape ``(n_ctrl,)``.
-        n_sample, n_elite, n_iter: planner sizes (one rollout call per iteration).
-        temp: ``None`` (or 0) for CEM; ``> 0`` for DCEM, whose plan is differentiable w.r.t.
-            the initial state and anything the cost/dynamics depend on.
         init_sigma: initial std, float or ``(n_ctrl,)`` tensor; default
-            ``sigma_scale * (u_upper - u_lower)``.
-        sigma_scale: see ``init_sigma``; default the rule's ``std_scale`` (0.5; MPPI 1.0).
-        iter_eps, normalize: see :class:`dcem.planning.PlannerConfig`.
+            ``config.std_scale * (u_upper - u_lower)``.
         warm_start: reuse the shifted previous plan as the initial mean.
         shift_fill: last action of a shifted plan: ``"last"`` (repeat), ``"zero"`` (clamped 0)
             or ``"mid"`` (middle of the bounds).
-        select: ``"mean"``, ``"best"`` or ``"min"`` (default; the better of the last sampled
-            mean and the best candidate seen). Invalid plans are never returned when a valid
-            candidate exists.
         generator: ``torch.Generator`` for reproducibility.
-        rule: planner rule (default ``"cem"``, or ``"dcem"`` when ``temp > 0``; also
-            ``"mppi"``, ``"icem"``).
-        options: further :class:`dcem.planning.PlannerConfig` fields (``lam``, ``noise_beta``,
-            ``keep_frac``, ``pop_decay``, ``momentum``, ``checkpoint``, ``sync``, ...).
+        capture_options: keyword arguments of :class:`dcem.optim.Captured`.
+        legacy: the older keywords (``n_sample``, ``n_elite``, ``n_iter``, ``temp``,
+            ``sigma_scale``, ``rule``, ``select``, any config field), translated by
+            :func:`dcem.planning.config.resolve_config` with a ``DeprecationWarning``.
+
+    Example:
+        >>> import torch
+        >>> from dcem.control import MPC, CartpoleDx, cartpole_swingup_cost
+        >>> from dcem.planning import PlannerConfig
+        >>> mpc = MPC(10, CartpoleDx(), cartpole_swingup_cost, PlannerConfig("cem", 50, 5, 3))
+        >>> mpc.act(torch.zeros(2, 5)).shape
+        torch.Size([2, 1])
     """
 
     def __init__(
@@ -90,6 +118,7 @@ class MPC(nn.Module):
         horizon: int,
         dx: Dynamics | None = None,
         cost: StepCost | None = None,
+        config: PlannerConfig | None = None,
         *,
         terminal_cost: Callable[[Tensor], Tensor] | None = None,
         rollout: RolloutCost | None = None,
@@ -97,52 +126,20 @@ class MPC(nn.Module):
         n_ctrl: int | None = None,
         u_lower: float | Tensor | None = None,
         u_upper: float | Tensor | None = None,
-        n_sample: int = 100,
-        n_elite: int = 10,
-        n_iter: int = 10,
-        temp: float | None = None,
         init_sigma: float | Tensor | None = None,
-        sigma_scale: float | None = None,
-        iter_eps: float | None = None,
-        normalize: bool = True,
         warm_start: bool = True,
         shift_fill: str = "last",
-        select: str = "min",
         generator: torch.Generator | None = None,
-        rule: str | None = None,
-        **options: Any,
+        capture_options: dict[str, Any] | None = None,
+        **legacy: Any,
     ) -> None:
         super().__init__()
         self.horizon = check_int("horizon", horizon, 1)
-        rule, tau = _rule(temp, rule)
-        options.setdefault("capture", "auto")  # CUDA graph of no-grad plans on CUDA, else eager
-        self.capture_options = options.pop("capture_options", None)
-        self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=tau, normalize=normalize,
-                                    iter_eps=iter_eps, select=select, **options)  # fmt: skip
-        self.temp = tau if rule == "dcem" else None  # the soft top-k temperature, DCEM only
-        self.n_sample, self.n_elite, self.n_iter = (
-            self.config.n_sample,
-            self.config.n_elite,
-            self.config.n_iter,
-        )
+        self.config, _ = resolve_config("MPC", (config,), legacy, defaults=MPC_DEFAULTS)
+        self.capture_options = capture_options
         self.shift_fill = check_choice("shift_fill", shift_fill, SHIFT_FILLS)
-        if (dx is None) == (rollout is None):
-            raise ValueError("give exactly one of dx (with an optional cost) or rollout")
-        if dx is not None:
-            if not isinstance(dx, Dynamics):
-                raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
-            self.n_state, self.n_ctrl = dx.n_state, dx.n_ctrl
-            self.cost = cost if cost is not None else dx.quadratic_cost
-            lo = dx.u_lower if u_lower is None else u_lower
-            hi = dx.u_upper if u_upper is None else u_upper
-        else:
-            if not callable(rollout):
-                raise TypeError("rollout must be callable")
-            self.cost = cost
-            self.n_state, self.n_ctrl = check_int("n_state", n_state, 1), check_int("n_ctrl", n_ctrl, 1)
-            if u_lower is None or u_upper is None:
-                raise ValueError("u_lower and u_upper are required with rollout")
-            lo, hi = u_lower, u_upper
+        model = _model(dx, cost, rollout, n_state, n_ctrl, u_lower, u_upper)
+        self.n_state, self.n_ctrl, self.cost, lo, hi = model
         self.dx: Dynamics | None = dx
         self.terminal_cost, self.rollout_fn = terminal_cost, rollout
         lo_t, hi_t = self._bound("u_lower", lo), self._bound("u_upper", hi)
@@ -151,14 +148,12 @@ class MPC(nn.Module):
         self.register_buffer("u_lower", lo_t)
         self.register_buffer("u_upper", hi_t)
         if init_sigma is None:
-            scale = self.config.std_scale if sigma_scale is None else sigma_scale
-            sig = float(check_real("sigma_scale", scale, 0.0, strict=True)) * (hi_t - lo_t)
+            sig = self.config.std_scale * (hi_t - lo_t)
         else:
             sig = self._bound("init_sigma", init_sigma)
             if not bool((sig > 0).all()):
                 raise ValueError("init_sigma must be > 0")
         self.register_buffer("init_sigma", sig)
-        self.iter_eps, self.normalize, self.select = iter_eps, normalize, select
         self.warm_start, self.generator = warm_start, generator
         self._warm: Tensor | None = None  # batch-major (n_batch, H, n_ctrl)
 

@@ -16,23 +16,45 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from dcem.optim.capture import Captured
+from dcem.planning.config import PlannerConfig
 from dcem.planning.rules import Gaussian
 
-if TYPE_CHECKING:
-    from dcem.planning.planner import Planner
-
-__all__ = ["run_captured"]
+__all__ = ["LoopCaptures", "LoopOutput", "Loopable"]
 
 _FAILED = object()
+Start = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None"]
 
 
-def _loop_fn(planner: Planner, cost: Callable[..., Tensor], layout: tuple) -> Callable[..., tuple]:
+class LoopOutput(NamedTuple):
+    """The planner loop's result: the final Gaussian, the best candidate and the last mean
+    candidate, each with its cost appended ``(B, D + 1)``, and the objective calls made."""
+
+    state: Gaussian
+    best_xf: Tensor
+    mean_xf: Tensor
+    n_evals: int
+
+
+class Loopable(Protocol):
+    """The public seam of :class:`dcem.planning.Planner` that a captured loop runs."""
+
+    config: PlannerConfig
+
+    def noise(self, it: int, B: int, D: int, like: Tensor, generator: torch.Generator | None) -> Tensor: ...
+
+    def iterate(
+        self, cost: Callable[[Tensor], Tensor], start: Start, batch: tuple[int, ...], *,
+        noises: list[Tensor] | None = None, host: bool | None = None,
+    ) -> LoopOutput: ...  # fmt: skip
+
+
+def _loop_fn(planner: Loopable, cost: Callable[..., Tensor], layout: tuple) -> Callable[..., tuple]:
     """The loop as a function of tensors only: ``(mu, sigma, [lo], [hi], *noises, *cost_args)``."""
     has_lo, has_hi, n_iter, batch = layout
 
@@ -43,50 +65,55 @@ def _loop_fn(planner: Planner, cost: Callable[..., Tensor], layout: tuple) -> Ca
         hi = t[i] if has_hi else None
         i += has_hi
         noises, args = list(t[i : i + n_iter]), t[i + n_iter :]
-        evaluate, _ = planner._evaluator(lambda P: cost(P, *args), batch)
-        g, best_xf, mean_xf = planner._loop(
-            evaluate, mu, sigma, lo, hi, None, None, noises=noises, host=False
-        )
-        return (*g, best_xf, mean_xf)
+        out = planner.iterate(lambda P: cost(P, *args), (mu, sigma, lo, hi), batch, noises=noises, host=False)
+        return (*out.state, out.best_xf, out.mean_xf)
 
     return fn
 
 
-def run_captured(
-    planner: Planner,
-    mode: str,
-    cost: Callable[..., Tensor],
-    cost_args: tuple[Tensor, ...],
-    start: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
-    batch: tuple[int, ...],
-    generator: torch.Generator | None,
-) -> tuple[Gaussian, Tensor, Tensor] | None:
-    """Run ``planner``'s loop captured (``mode`` ``"graph"`` or ``"compile"``); ``None`` means
-    plan eagerly (the capture of this objective failed before)."""
-    mu, sigma, lo, hi = start
-    cfg = planner.config
-    B, D = mu.shape
-    noises = [planner._noise(B, cfg.population(i), D, mu, generator) for i in range(cfg.n_iter)]
-    layout = (lo is not None, hi is not None, cfg.n_iter, batch)
-    key = (cost, mode, layout, len(cost_args))
-    cap: Any = planner._captures.get(key)
-    if cap is _FAILED:
-        return None
-    inputs = (mu, sigma, *(b for b in (lo, hi) if b is not None), *noises, *cost_args)
-    if cap is None:
-        cap = Captured(_loop_fn(planner, cost, layout), mode, **planner.capture_options)
-        try:
-            out = cap(*inputs)
-        except Exception as err:  # noqa: BLE001 - any failure of the capture means: plan eagerly
-            planner._captures[key] = _FAILED
-            warnings.warn(
-                f"dcem.planning: capture={mode!r} of this objective failed ({type(err).__name__}: {err}); "
-                "planning eagerly from now on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+class LoopCaptures(dict):
+    """A planner's captured loops, keyed by objective and layout (a failed capture is remembered)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.options = options
+
+    def run(
+        self,
+        planner: Loopable,
+        mode: str,
+        cost: Callable[..., Tensor],
+        cost_args: tuple[Tensor, ...],
+        start: Start,
+        batch: tuple[int, ...],
+        generator: torch.Generator | None,
+    ) -> LoopOutput | None:
+        """Run ``planner``'s loop captured (``mode`` ``"graph"`` or ``"compile"``); ``None`` means
+        plan eagerly (the capture of this objective failed before)."""
+        mu, sigma, lo, hi = start
+        n_iter = planner.config.n_iter
+        B, D = mu.shape
+        noises = [planner.noise(i, B, D, mu, generator) for i in range(n_iter)]
+        layout = (lo is not None, hi is not None, n_iter, batch)
+        key = (cost, mode, layout, len(cost_args))
+        cap: Any = self.get(key)
+        if cap is _FAILED:
             return None
-        planner._captures[key] = cap
-    else:
-        out = cap(*inputs)
-    return Gaussian(*out[:4]), out[4], out[5]
+        inputs = (mu, sigma, *(b for b in (lo, hi) if b is not None), *noises, *cost_args)
+        if cap is None:
+            cap = Captured(_loop_fn(planner, cost, layout), mode, **self.options)
+            try:
+                out = cap(*inputs)
+            except Exception as err:  # noqa: BLE001 - any failure of the capture means: plan eagerly
+                self[key] = _FAILED
+                warnings.warn(
+                    f"dcem.planning: capture={mode!r} of this objective failed ({type(err).__name__}: "
+                    f"{err}); planning eagerly from now on",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return None
+            self[key] = cap
+        else:
+            out = cap(*inputs)
+        return LoopOutput(Gaussian(*out[:4]), out[4], out[5], n_iter)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from dcem._checks import check_bool, check_choice, check_int, check_real
 from dcem.optim.capture import CAPTURE_MODES
 from dcem.sync import check_sync
 
-__all__ = ["Rule", "PlannerConfig", "RULE_DEFAULTS", "SELECT_MODES"]
+__all__ = ["Rule", "PlannerConfig", "RULE_DEFAULTS", "SELECT_MODES", "ConfigView", "resolve_config"]
 
 
 class Rule(str, Enum):
@@ -32,12 +36,14 @@ class Rule(str, Enum):
 
 #: Defaults of the options left at ``None``:
 #: (noise_beta, keep_frac, pop_decay, momentum, std_scale).
-#: MPPI's and iCEM's were tuned on the cartpole swing-up (benchmarks/bench_planners.py).
+#: MPPI's were tuned on the cartpole swing-up; iCEM's were chosen by a coordinate search on
+#: one seeded set of start states and checked on another (``benchmarks/bench_planners.py
+#: --sections heldout``; the 2020 paper's population decay and momentum did worse there).
 RULE_DEFAULTS: dict[Rule, tuple[float, float, float, float, float]] = {
     Rule.CEM: (0.0, 0.0, 1.0, 0.0, 0.5),
     Rule.DCEM: (0.0, 0.0, 1.0, 0.0, 0.5),
     Rule.MPPI: (0.5, 0.0, 1.0, 0.0, 1.0),
-    Rule.ICEM: (0.5, 0.3, 1.25, 0.1, 0.5),
+    Rule.ICEM: (1.0, 0.3, 1.0, 0.0, 1.0),
 }
 
 SELECT_MODES = ("mean", "best", "min")
@@ -79,7 +85,9 @@ class PlannerConfig:
         sync: ``"auto"``, ``"host"`` or ``"free"`` (:mod:`dcem.sync`).
         capture: ``"none"`` (default), ``"auto"``, ``"graph"`` or ``"compile"``: run the
             sync-free loop captured once per shape (:mod:`dcem.planning.capture`); ``"auto"``
-            is a CUDA graph for CUDA tensors without gradients and eager otherwise.
+            is a CUDA graph for CUDA tensors without gradients and eager otherwise, on CPU
+            too: ``"compile"`` runs faster there at steady state but its first call compiles
+            for minutes (see :class:`dcem.optim.Solver`), which few plans of one shape repay.
 
     ``None`` for ``noise_beta``, ``keep_frac``, ``pop_decay``, ``momentum`` or ``std_scale``
     takes the rule's default from :data:`RULE_DEFAULTS`.
@@ -147,3 +155,97 @@ class PlannerConfig:
             return self.n_sample
         n = int(round(self.n_sample / self.pop_decay**it))
         return max(min(self.n_sample, 2 * self.n_elite), n)
+
+
+#: Keywords of the older controller signatures that name a config field differently.
+RENAMED = {"sigma_scale": "std_scale", "dcem_iter_eps": "iter_eps", "dcem_normalize": "normalize"}
+_FIELDS = frozenset(f.name for f in dataclasses.fields(PlannerConfig))
+
+
+def _build(kw: dict[str, Any]) -> PlannerConfig:
+    """The config of old-style keywords: ``temp`` ``None``/0 means CEM (else DCEM) unless ``rule``
+    says otherwise; ``select=None`` means ``"min"`` for the hard rules and ``"mean"`` otherwise."""
+    if "temp" in kw:
+        t = check_real("temp", kw["temp"], 0.0, none_ok=True)
+        if kw.get("rule") is None:
+            kw["rule"] = "dcem" if t else "cem"
+        unused = t is None or (not t and kw["rule"] not in (Rule.DCEM, "dcem"))
+        kw["temp"] = 1.0 if unused else t  # 0 is an error for DCEM only
+    kw = {k: v for k, v in kw.items() if not (k == "rule" and v is None)}
+    if kw.get("select", "min") is None:
+        hard = kw.get("rule", "cem") in (Rule.CEM, Rule.ICEM, "cem", "icem")
+        kw["select"] = "min" if hard else "mean"
+    return PlannerConfig(**kw)
+
+
+def resolve_config(
+    owner: str,
+    args: tuple[Any, ...],
+    legacy: Mapping[str, Any],
+    *,
+    positional: tuple[str, ...] = (),
+    defaults: Mapping[str, Any] | None = None,
+    warn: bool = True,
+) -> tuple[PlannerConfig, dict[str, Any]]:
+    """The one translation of the older keyword forms of the controllers into a :class:`PlannerConfig`.
+
+    Args:
+        owner: the caller's name, for messages (``"MPC"``, ``"FullCEMPlanner"``, ...).
+        args: the caller's positional arguments from where ``config`` stands: ``(config,)``,
+            ``()`` or the older positional values named by ``positional``.
+        legacy: keywords the caller did not name itself: config fields (also ``temp`` and the
+            :data:`RENAMED` ones) or older positional names.
+        positional: names of the older positional arguments, in order.
+        defaults: the caller's defaults of config fields (also when ``config`` is not given).
+        warn: emit a ``DeprecationWarning`` for an older form (off for :func:`dcem.control.dcem_ctrl`,
+            whose keywords are the published interface).
+
+    Returns:
+        the config, and the older positional arguments that are not config fields (e.g.
+        ``u_lower``). ``TypeError`` for an unknown keyword or a config given with old keywords.
+
+    Example:
+        >>> cfg, extra = resolve_config("MPC", (), {"n_sample": 50, "temp": 0.5}, warn=False)
+        >>> cfg.rule.value, cfg.n_sample, cfg.temp, extra
+        ('dcem', 50, 0.5, {})
+    """
+    config = args[0] if args else None
+    rest = args[1:] if isinstance(config, PlannerConfig) or config is None else args
+    config = config if isinstance(config, PlannerConfig) else None
+    if len(rest) > len(positional):
+        n = len(positional)
+        raise TypeError(f"{owner} takes at most {n} positional planner arguments, got {len(rest)}")
+    old = dict(zip(positional, rest))
+    if dup := old.keys() & legacy.keys():
+        raise TypeError(f"{owner} got multiple values for {sorted(dup)}")
+    old.update(legacy)
+    extra = {k: old.pop(k) for k in list(old) if k not in _FIELDS and k not in RENAMED and k != "temp"}
+    if unknown := extra.keys() - set(positional):
+        raise TypeError(f"{owner} got unexpected keyword arguments {sorted(unknown)}")
+    if config is not None:
+        if old:
+            raise TypeError(f"{owner}: give config or the planner keywords {sorted(old)}, not both")
+        return config, extra
+    if (old or rest) and warn:
+        names = ", ".join(sorted({*old, *positional[: len(rest)]}))
+        warnings.warn(f"{owner}({names}) is deprecated: pass config=dcem.planning.PlannerConfig(...)",
+                      DeprecationWarning, stacklevel=3)  # fmt: skip
+    return _build({**(defaults or {}), **{RENAMED.get(k, k): v for k, v in old.items()}}), extra
+
+
+class ConfigView:
+    """Read-only attributes of a controller's ``config`` (the names of its older signature)."""
+
+    config: PlannerConfig
+
+    n_sample = property(lambda self: self.config.n_sample)
+    n_elite = property(lambda self: self.config.n_elite)
+    n_iter = property(lambda self: self.config.n_iter)
+    normalize = property(lambda self: self.config.normalize)
+    iter_eps = property(lambda self: self.config.iter_eps)
+    select = property(lambda self: self.config.select)
+
+    @property
+    def temp(self) -> float | None:
+        """The soft top-k temperature (DCEM only; ``None`` for the other rules)."""
+        return self.config.temp if self.config.rule is Rule.DCEM else None

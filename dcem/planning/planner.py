@@ -11,6 +11,13 @@ Gaussian, ``"best"`` the best candidate seen (:func:`dcem.optim.best_sample`: Na
 ``+inf`` never best, ``-inf`` best), ``"min"`` the better of the two. The last refit gives
 the final distribution (``PlanResult.mean``/``std``) for warm starts.
 
+Planning is differentiable by default, but a plan made without gradients (under
+``torch.no_grad``, or one whose start and first objective values require none) runs under
+``torch.inference_mode``: no autograd bookkeeping at all, the same plans, and the returned
+tensors are ordinary ones. ``config.capture`` captures the loop once per shape; on CPU the
+default stays eager (``torch.compile`` is faster at steady state but compiles for minutes on
+its first call, see :class:`dcem.optim.Solver`).
+
 Example:
     >>> import torch
     >>> from dcem.planning import Planner
@@ -24,21 +31,23 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from dcem._checks import check_int
-from dcem.optim import best_sample, invalid_mask
+from dcem.optim import best_sample
 from dcem.optim.capture import resolve_capture
 from dcem.planning.bounds import _check_bound_pair, _search_tensor
-from dcem.planning.capture import run_captured
+from dcem.planning.capture import LoopCaptures, LoopOutput
 from dcem.planning.config import PlannerConfig
 from dcem.planning.noise import colored_noise
+from dcem.planning.result import PlanResult, assemble, plain
 from dcem.planning.rules import Gaussian, refit
 from dcem.sync import host_reads_free, resolve_sync
 
@@ -48,33 +57,6 @@ Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
 """``iter_cb(i, X, fX, I, X_I, mu, sigma)`` with flattened candidates ``X (B, M, D)``, costs
 ``fX (B, M)``, weights ``I (B, M, 1)``, ``X_I = I * X`` and the refit ``mu, sigma (B, D)``."""
-
-
-class PlanResult(NamedTuple):
-    """Result of :meth:`Planner.plan` (``*B`` the batch shape).
-
-    Attributes:
-        plan: the selected plans ``(*B, H, A)``.
-        cost: their costs ``(*B,)`` (from the objective calls, with gradients).
-        best_plan, best_cost: the best candidate evaluated ``(*B, H, A)``, ``(*B,)``
-            (``+inf`` where no candidate had a valid cost).
-        mean, std: the final Gaussian in the search space, ``(*B, H, A)`` or ``(*B, n_latent)``.
-        z, best_z: the latents of ``plan`` and ``best_plan`` ``(*B, n_latent)`` (None
-            without a decoder).
-        failed: ``(*B,)`` bool, some iteration had no valid candidate (sync-free path).
-        n_evals: objective calls made.
-    """
-
-    plan: Tensor
-    cost: Tensor
-    best_plan: Tensor
-    best_cost: Tensor
-    mean: Tensor
-    std: Tensor
-    z: Tensor | None
-    best_z: Tensor | None
-    failed: Tensor
-    n_evals: int
 
 
 class Planner:
@@ -132,7 +114,7 @@ class Planner:
         _check_bound_pair(z_lower, z_upper, "z_")
         self.decoder, self.z_lower, self.z_upper = decoder, z_lower, z_upper
         self.capture_options = dict(capture_options or {})
-        self._captures: dict[tuple, Any] = {}  # captured loops by objective and layout
+        self._captures = LoopCaptures(self.capture_options)  # captured loops by objective and layout
 
     @property
     def search_shape(self) -> tuple[int, ...]:
@@ -176,17 +158,20 @@ class Planner:
         if not callable(cost):
             raise TypeError(f"cost must be callable, got {type(cost).__name__}")
         mu, sigma, lo, hi, batch = self._initial(batch_shape, init_mean, init_std, dtype, device)
+        start = (mu, sigma, lo, hi)
         mode = resolve_capture(self.config.capture, mu, compile_with_grad=False)
         if mode != "none":
             if iter_cb is not None:
                 raise ValueError(f"iter_cb cannot be used with capture={self.config.capture!r}")
-            out = run_captured(self, mode, cost, cost_args, (mu, sigma, lo, hi), batch, generator)
+            out = self._captures.run(self, mode, cost, cost_args, start, batch, generator)
             if out is not None:
-                return self._result(*out, batch, self.config.n_iter)
+                return self._result(out, batch)
         call = cost if not cost_args else (lambda P: cost(P, *cost_args))
-        evaluate, counter = self._evaluator(call, batch)
-        g, best_xf, mean_xf = self._loop(evaluate, mu, sigma, lo, hi, generator, iter_cb)
-        return self._result(g, best_xf, mean_xf, batch, counter[0])
+        # without gradients (and no callback to hand tensors to), no autograd bookkeeping at all
+        fast = not torch.is_grad_enabled() and iter_cb is None
+        with torch.inference_mode() if fast else contextlib.nullcontext():
+            res = self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
+        return plain(res)
 
     # -- set-up -------------------------------------------------------------------------
     def _initial(
@@ -272,8 +257,10 @@ class Planner:
         return evaluate, counter
 
     # -- the loop -----------------------------------------------------------------------
-    def _noise(self, B: int, N: int, D: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        beta = self.config.noise_beta
+    def noise(self, it: int, B: int, D: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Standard normal draws ``(B, population(it), D)`` of iteration ``it`` (coloured along
+        time when ``noise_beta`` and searching full plans), dtype/device of ``like``."""
+        N, beta = self.config.population(it), self.config.noise_beta
         if beta and self.n_latent is None:
             shape = (B, N, self.horizon, self.n_ctrl)
             return colored_noise(
@@ -281,51 +268,82 @@ class Planner:
             ).reshape(B, N, D)
         return torch.randn(B, N, D, generator=generator, dtype=like.dtype, device=like.device)
 
-    def _loop(
+    def iterate(
         self,
-        evaluate: Callable[[Tensor], Tensor],
-        mu: Tensor,
-        sigma: Tensor,
-        lo: Tensor | None,
-        hi: Tensor | None,
-        generator: torch.Generator | None,
-        iter_cb: IterCallback | None,
+        cost: Callable[[Tensor], Tensor],
+        start: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+        batch: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        iter_cb: IterCallback | None = None,
         noises: list[Tensor] | None = None,
         host: bool | None = None,
-    ) -> tuple[Gaussian, Tensor, Tensor]:
-        """The iterations; ``noises`` (one standard normal draw per iteration) replace the
-        ``generator``'s and ``host`` the sync policy, as the captured loop needs."""
-        cfg = self.config
+    ) -> LoopOutput:
+        """The iterations on flattened search-space tensors (the seam a captured loop runs).
+
+        Args:
+            cost: objective ``(*batch, M, H, A) -> (*batch, M)`` (decoded, clamped candidates).
+            start: ``(mu, sigma)`` of shape ``(B, D)`` with ``B = prod(batch)``, ``D`` the size
+                of the search space, and the bounds ``lo, hi`` ``(B, 1, D)`` or ``None``.
+            batch: the batch shape ``*B``.
+            generator: for the noise unless ``noises`` (one draw of :meth:`noise` per
+                iteration) are given.
+            iter_cb: see :data:`IterCallback`.
+            host: the sync policy (``None``: from ``config.sync``); a captured loop passes ``False``.
+
+        Returns:
+            :class:`dcem.planning.capture.LoopOutput`: the final Gaussian, the best and the
+            last mean candidate each with its cost appended ``(B, D + 1)``, objective calls.
+        """
+        evaluate, counter = self._evaluator(cost, batch)
+        mu, sigma, lo, hi = start
+        cfg, want = self.config, iter_cb is not None  # want: the same in forward and recomputation
         host = resolve_sync(cfg.sync, mu) if host is None else host
         B, D = mu.shape
         flags = torch.zeros(B, dtype=torch.bool, device=mu.device)
-        g = Gaussian(mu, sigma, flags, flags)
-        kept = mu.new_zeros(B, 0, D)
+        g, kept = Gaussian(mu, sigma, flags, flags), mu.new_zeros(B, 0, D)
         best_f = torch.full((B,), math.inf, dtype=mu.dtype, device=mu.device)
-        best_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
-        use_ckpt = cfg.checkpoint and torch.is_grad_enabled()
-        want = iter_cb is not None  # the same in the forward pass and its recomputation
-        mean_xf = best_xf
-        for i in range(cfg.n_iter):
-            noise = self._noise(B, cfg.population(i), D, mu, generator) if noises is None else noises[i]
+        best_xf = mean_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
+        with contextlib.ExitStack() as stack:
+            for i in range(cfg.n_iter):
+                noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
+                step = self._step(evaluate, g, kept, noise, (lo, hi), host, i, want)
+                g, kept, xf, fb, mean_xf, X, fX, w = step
+                if iter_cb is not None:  # outside the checkpointed region: called once per iteration
+                    w = w.unsqueeze(-1)
+                    iter_cb(i, X, fX, w, w * X, g.mu, g.sigma)
+                better = fb < best_f
+                best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
+                best_f = torch.minimum(fb, best_f)
+                if i == 0 and noises is None and not want and torch.is_grad_enabled():
+                    if not any(t is not None and t.requires_grad for t in (fX, mu, sigma, lo, hi)):
+                        stack.enter_context(torch.inference_mode())  # nothing is differentiable
+                if host and cfg.iter_eps and bool(g.done.all()):
+                    break
+        return LoopOutput(g, best_xf, mean_xf, counter[0])
 
-            def it(mu_, sigma_, done_, failed_, kept_, noise_, i=i):
-                g_ = Gaussian(mu_, sigma_, done_, failed_)
-                return self._iteration(evaluate, g_, kept_, noise_, lo, hi, host, i, want)
+    def _step(
+        self,
+        evaluate: Callable[[Tensor], Tensor],
+        g: Gaussian,
+        kept: Tensor,
+        noise: Tensor,
+        bounds: tuple[Tensor | None, Tensor | None],
+        host: bool,
+        i: int,
+        want: bool,
+    ) -> tuple[Any, ...]:
+        """One iteration (recomputed in the backward pass with ``config.checkpoint``): the new
+        Gaussian and kept elites, this iteration's best and mean candidates, ``X``, ``fX``, weights."""
 
-            args = (g.mu, g.sigma, g.done, g.failed, kept, noise)
-            out = _checkpoint(it, *args, use_reentrant=False) if use_ckpt else it(*args)
-            mu_, sigma_, done_, failed_, kept, xf, fb, mean_xf, X, fX, w = out
-            g = Gaussian(mu_, sigma_, done_, failed_)
-            if iter_cb is not None:  # outside the checkpointed region: called once per iteration
-                w = w.unsqueeze(-1)
-                iter_cb(i, X, fX, w, w * X, g.mu, g.sigma)
-            better = fb < best_f
-            best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
-            best_f = torch.minimum(fb, best_f)
-            if host and cfg.iter_eps and bool(g.done.all()):
-                break
-        return g, best_xf, mean_xf
+        def it(mu_: Tensor, sigma_: Tensor, done_: Tensor, failed_: Tensor, kept_: Tensor, noise_: Tensor):
+            g_ = Gaussian(mu_, sigma_, done_, failed_)
+            return self._iteration(evaluate, g_, kept_, noise_, *bounds, host, i, want)
+
+        args = (*g, kept, noise)
+        use_ckpt = self.config.checkpoint and torch.is_grad_enabled()
+        out = _checkpoint(it, *args, use_reentrant=False) if use_ckpt else it(*args)
+        return (Gaussian(*out[:4]), *out[4:])
 
     def _iteration(
         self,
@@ -351,31 +369,9 @@ class Planner:
         s, w = r.state, r.weights if want_weights else fX[:, :0]
         return s.mu, s.sigma, s.done, s.failed, r.kept, xf, fb, Xf[:, -1], X, fX, w
 
-    def _result(
-        self, g: Gaussian, best_xf: Tensor, mean_xf: Tensor, batch: tuple[int, ...], n_evals: int
-    ) -> PlanResult:
-        D = g.mu.shape[-1]
-        best_f = best_xf[:, D].detach()
-        mean_f = mean_xf[:, D].detach()
-        sel = self.config.select
-        if sel == "best":
-            use_best = torch.ones_like(best_f, dtype=torch.bool)
-        elif sel == "min":
-            use_best = ~(mean_f <= best_f)
-        else:
-            use_best = invalid_mask(mean_f)
-        use_best = use_best & (best_f < math.inf)
-        chosen = torch.where(use_best.unsqueeze(-1), best_xf, mean_xf)
-        S = self.search_shape
-        x_sel, x_best = chosen[:, :D].reshape(*batch, *S), best_xf[:, :D].reshape(*batch, *S)
-        z = zb = None
-        if self.decoder is not None:
-            z, zb = x_sel, x_best
-            x_sel, x_best = self._decode(z), self._decode(zb)
-        return PlanResult(
-            x_sel, chosen[:, D].reshape(batch), x_best, best_xf[:, D].reshape(batch),
-            g.mu.reshape(*batch, *S), g.sigma.reshape(*batch, *S), z, zb, g.failed.reshape(batch), n_evals,
-        )  # fmt: skip
+    def _result(self, out: LoopOutput, batch: tuple[int, ...]) -> PlanResult:
+        decode = self._decode if self.decoder is not None else None
+        return assemble(out, self.config.select, batch, self.search_shape, decode)
 
     def _decode(self, z: Tensor) -> Tensor:
         """Plans ``(*B, H, A)`` of latents ``(*B, n_latent)`` (decoded and clamped like candidates)."""
@@ -389,3 +385,4 @@ class Planner:
         return torch.clamp(
             P, _search_tensor(self.lower, "lower", S, P), _search_tensor(self.upper, "upper", S, P)
         )
+

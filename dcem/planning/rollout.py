@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dcem._checks import check_real
-from dcem.control.dynamics import Dynamics, check_state
+from dcem.planning.dynamics import Dynamics, check_state
 from dcem.sync import host_reads_free
 
 __all__ = ["Objective", "StepCost", "rollout", "rollout_objective", "check_initial_state"]

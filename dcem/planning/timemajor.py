@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from dcem._checks import check_choice
-from dcem.control.dynamics import Dynamics
 from dcem.optim import invalid_mask
+from dcem.planning.dynamics import Dynamics
 from dcem.planning.rollout import StepCost, rollout
 
 __all__ = [

@@ -5,7 +5,8 @@
 - :mod:`dcem.rl.world_model`: deterministic-GRU state-space model, Gaussian observations, reward head.
 - :mod:`dcem.rl.planners`: full-space CEM and latent DCEM (with the phase-2 decoder loss).
 - :mod:`dcem.rl.ppo`: PPO fine-tuning through the DCEM controller with TorchRL (needs ``torchrl``).
-- :mod:`dcem.rl.trainer`: the resumable pipeline (needs ``dm_control``).
+
+The resumable training pipeline is application code: :mod:`dcem.experiments.mbrl.trainer`.
 """
 
 from dcem.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

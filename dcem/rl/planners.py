@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from dcem._checks import check_int, check_real
 from dcem.control import ActionDecoder
 from dcem.planning import Planner, PlannerConfig
+from dcem.planning.config import ConfigView, resolve_config
 from dcem.rl.world_model import WorldModel
 
 __all__ = ["FullCEMPlanner", "LatentDCEMPlanner", "NegativeReturn", "check_planner_sizes", "negative_return"]
@@ -65,30 +66,36 @@ def negative_return(model: WorldModel, h: Tensor, x: Tensor) -> Callable[[Tensor
     return lambda U: cost(U, h, xn)
 
 
-class FullCEMPlanner:
+_ACT = {"select": "mean", "capture": "auto"}
+FULL_DEFAULTS = {"rule": "cem", "n_sample": 1000, "n_elite": 100, "n_iter": 10, **_ACT}
+LATENT_DEFAULTS = {"rule": "dcem", "n_sample": 100, "n_elite": 10, "n_iter": 10, "temp": 1.0, **_ACT}
+
+
+class FullCEMPlanner(ConfigView):
     """CEM over action sequences ``(H, A)`` on the model's predicted returns.
 
     Args:
         model: the world model (its predicted returns are maximised).
-        horizon, n_sample, n_elite, n_iter: planner sizes.
-        u_lower, u_upper: action bounds, floats or tensors ``(A,)``.
-        rule: planner rule (default ``"cem"``); ``options``: further
-            :class:`dcem.planning.PlannerConfig` fields (``capture`` defaults to ``"auto"``:
+        horizon: planning horizon ``H``.
+        config: the planner's rule, sizes and options; default the paper's CEM,
+            ``PlannerConfig("cem", 1000, 100, 10, select="mean", capture="auto")`` (``"auto"``:
             the planning loop as a CUDA graph on CUDA, recorded once per batch shape).
+        u_lower, u_upper: action bounds, floats or tensors ``(A,)``.
         capture_options: keyword arguments of :class:`dcem.optim.Captured`.
+        legacy: the older positional ``n_sample, n_elite, n_iter, u_lower, u_upper`` and
+            keywords (``rule``, any config field), translated by
+            :func:`dcem.planning.config.resolve_config` with a ``DeprecationWarning``.
     """
 
     def __init__(
-        self, model: WorldModel, horizon: int = 12, n_sample: int = 1000, n_elite: int = 100,
-        n_iter: int = 10, u_lower: Tensor | float = -1.0, u_upper: Tensor | float = 1.0,
-        rule: str = "cem", capture_options: dict[str, Any] | None = None, **options: Any,
+        self, model: WorldModel, horizon: int = 12, config: PlannerConfig | None = None, *args: Any,
+        u_lower: Tensor | float = -1.0, u_upper: Tensor | float = 1.0,
+        capture_options: dict[str, Any] | None = None, **legacy: Any,
     ) -> None:  # fmt: skip
-        check_planner_sizes(horizon, n_sample, n_elite, n_iter)
-        self.model, self.horizon, self.n_sample, self.n_elite, self.n_iter = (
-            model, horizon, n_sample, n_elite, n_iter)  # fmt: skip
-        options.setdefault("select", "mean")
-        options.setdefault("capture", "auto")  # a CUDA graph on CUDA, eager on CPU
-        self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, **options)
+        self.config, old = resolve_config("FullCEMPlanner", (config, *args), legacy, defaults=FULL_DEFAULTS,
+                                          positional=("n_sample", "n_elite", "n_iter", "u_lower", "u_upper"))
+        u_lower, u_upper = old.get("u_lower", u_lower), old.get("u_upper", u_upper)
+        self.model, self.horizon = model, check_int("horizon", horizon, 1)
         A = model.act_dim
         self.u_lower = torch.as_tensor(u_lower, dtype=torch.float32).expand(A).clone()
         self.u_upper = torch.as_tensor(u_upper, dtype=torch.float32).expand(A).clone()
@@ -104,40 +111,41 @@ class FullCEMPlanner:
         return res.plan
 
 
-class LatentDCEMPlanner(nn.Module):
+class LatentDCEMPlanner(ConfigView, nn.Module):
     """DCEM over the latent space ``Z`` of an action decoder (eq. 8 of the paper).
 
     Args:
         model: the world model.
         decoder: :class:`dcem.control.ActionDecoder` with ``n_ctrl = model.act_dim``.
-        n_sample, n_elite, n_iter, temp: DCEM sizes and temperature ``tau``.
+        config: the planner's rule, sizes and options; default the paper's DCEM,
+            ``PlannerConfig("dcem", 100, 10, 10, temp=1.0, select="mean", capture="auto")``
+            (``capture`` applies to :meth:`plan` only; ``"mppi"`` is differentiable too).
         latent_bound: ``z`` samples are clamped into ``[-latent_bound, latent_bound]`` (None: no bound).
-        rule: ``"dcem"`` (default) or ``"mppi"`` (differentiable too); ``options``: further
-            :class:`dcem.planning.PlannerConfig` fields (e.g. ``checkpoint=True``; ``capture``,
-            default ``"auto"``, applies to :meth:`plan` only).
         capture_options: keyword arguments of :class:`dcem.optim.Captured`.
+        legacy: the older positional ``n_sample, n_elite, n_iter, temp, latent_bound`` and
+            keywords (``rule``, any config field), translated by
+            :func:`dcem.planning.config.resolve_config` with a ``DeprecationWarning``.
     """
 
     def __init__(
-        self, model: WorldModel, decoder: ActionDecoder, n_sample: int = 100, n_elite: int = 10,
-        n_iter: int = 10, temp: float = 1.0, latent_bound: float | None = None, rule: str = "dcem",
-        capture_options: dict[str, Any] | None = None, **options: Any,
+        self, model: WorldModel, decoder: ActionDecoder, config: PlannerConfig | None = None, *args: Any,
+        latent_bound: float | None = None, capture_options: dict[str, Any] | None = None, **legacy: Any,
     ) -> None:  # fmt: skip
         super().__init__()
-        check_planner_sizes(decoder.horizon, n_sample, n_elite, n_iter)
+        self.config, old = resolve_config(
+            "LatentDCEMPlanner", (config, *args), legacy, defaults=LATENT_DEFAULTS,
+            positional=("n_sample", "n_elite", "n_iter", "temp", "latent_bound"),
+        )  # fmt: skip
+        latent_bound = old.get("latent_bound", latent_bound)
+        check_int("horizon", decoder.horizon, 1)
         if decoder.n_ctrl != model.act_dim:
             raise ValueError(
                 f"decoder.n_ctrl = {decoder.n_ctrl} must equal the model's act_dim = {model.act_dim}"
             )
-        temp = check_real("temp", temp, 0.0, strict=True)
-        options.setdefault("select", "mean")
-        options.setdefault("capture", "auto")  # for acting (plan); solve is always eager
-        self.config = PlannerConfig(rule, n_sample, n_elite, n_iter, temp=temp, **options)
         self.model, self.decoder = model, decoder
         self._cost = NegativeReturn(model)
         self._act_planner: Planner | None = None
         self.capture_options = capture_options
-        self.n_sample, self.n_elite, self.n_iter, self.temp = n_sample, n_elite, n_iter, float(temp)
         self.latent_bound = (
             None if latent_bound is None else check_real("latent_bound", latent_bound, 0.0, strict=True)
         )

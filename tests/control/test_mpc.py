@@ -391,7 +391,7 @@ def test_mpc_with_other_planner_rules(rule):
     ctrl = MPC(
         8, dx, rule=rule, n_sample=100, n_elite=10, n_iter=4, generator=torch.Generator().manual_seed(0)
     )
-    scale = 1.0 if rule == "mppi" else 0.5  # the rule's std_scale
+    scale = 1.0 if rule in ("mppi", "icem") else 0.5  # the rule's std_scale (RULE_DEFAULTS)
     torch.testing.assert_close(ctrl.init_sigma, scale * (dx.u_upper - dx.u_lower))
     plan = ctrl.plan(x)
     zero = rollout_cost(dx, dx.quadratic_cost, x, torch.zeros(8, 3, 1))

@@ -5,7 +5,14 @@ import importlib
 
 import pytest
 
-MODULES = ["dcem.planning.planner", "dcem.planning.shift", "dcem.control.latent", "dcem.control.decoder"]
+MODULES = [
+    "dcem.planning.planner",
+    "dcem.planning.shift",
+    "dcem.planning.config",
+    "dcem.control.latent",
+    "dcem.control.decoder",
+    "dcem.control.mpc",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
