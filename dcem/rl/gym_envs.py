@@ -119,8 +119,8 @@ class GymEnv:
         self._obs_space = self._env.observation_space
         self.obs_dim = int(gym.spaces.flatdim(self._obs_space))
         self.episode_len = episode_steps // action_repeat
-        self._t, self._ended, self._last = 0, False, np.zeros(self.obs_dim, np.float32)
-        self.reset(_check_seed(seed))
+        self._t, self._ended = 0, False
+        self._last = self._flat(self._env.reset(seed=_check_seed(seed))[0])  # seeds the task's stream
 
     def _flat(self, obs) -> np.ndarray:
         flat = _gym().spaces.flatten(self._obs_space, obs)
