@@ -13,8 +13,8 @@ the rule's settings of ``benchmarks/bench_planners.py`` (warm start on).
 
 Printed per row: mean episode return over states and seeds (higher is better), its ratio and
 difference to each TorchRL planner, the paired wins (same initial state and seed), wall time
-per planner call and its ratio to each TorchRL planner. Rows run interleaved, seed by seed, so
-that a change of load affects all alike.
+per planner call (median over calls) and its ratio to each TorchRL planner. The rows' episodes
+run in lockstep, planner call by planner call, so that a change of load affects all alike.
 
 Run: ``PYTHONPATH=. python benchmarks/bench_torchrl.py [--states 8] [--steps 30] [--seeds 2] [--threads 1]``
 """
@@ -22,10 +22,12 @@ Run: ``PYTHONPATH=. python benchmarks/bench_torchrl.py [--states 8] [--steps 30]
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 from tensordict.nn import TensorDictModule
+from torchrl.envs.utils import step_mdp
 from torchrl.modules.planners import CEMPlanner, MPPIPlanner
 from torchrl.objectives.value import TDLambdaEstimator
 
@@ -64,18 +66,31 @@ def make_rows(plan_env: DynamicsEnv) -> dict[str, torch.nn.Module]:
     return rows
 
 
-def episode(world: DynamicsEnv, policy: torch.nn.Module, steps: int, seed: int) -> tuple[torch.Tensor, float]:
-    """Returns ``(states,)`` and seconds per planner call of one closed-loop episode per state."""
-    if isinstance(policy, PlannerModule):
-        policy.reset()
-        policy.generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # TorchRL's planners draw from the global generator
+def episodes(world: DynamicsEnv, rows: dict[str, torch.nn.Module], steps: int, seed: int,
+             sec: dict[str, list[float]]) -> dict[str, torch.Tensor]:
+    """One closed-loop episode per state for every row, in lockstep (call by call, rows interleaved).
+
+    Returns each row's episode returns ``(states,)``; appends each planner call's seconds to ``sec``.
+    """
     world.set_seed(seed)
-    t0 = time.perf_counter()
+    start = world.reset()
+    tds = {name: start.clone() for name in rows}
+    ret = {name: torch.zeros(start.batch_size) for name in rows}
+    for policy in rows.values():
+        if isinstance(policy, PlannerModule):
+            policy.reset()
+            policy.generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # TorchRL's planners draw from the global generator
     with torch.no_grad():
-        traj = world.rollout(steps, policy)
-    dt = (time.perf_counter() - t0) / steps
-    return traj["next", "reward"].sum(-2).squeeze(-1), dt
+        for _ in range(steps):
+            for name, policy in rows.items():
+                t0 = time.perf_counter()
+                td = policy(tds[name])
+                sec[name].append(time.perf_counter() - t0)
+                td = world.step(td)
+                ret[name] += td["next", "reward"].squeeze(-1)
+                tds[name] = step_mdp(td)
+    return ret
 
 
 def main() -> None:
@@ -91,10 +106,8 @@ def main() -> None:
     ret: dict[str, list[torch.Tensor]] = {k: [] for k in rows}
     sec: dict[str, list[float]] = {k: [] for k in rows}
     for seed in range(args.seeds):
-        for name, policy in rows.items():
-            r, dt = episode(world, policy, args.steps, seed)
+        for name, r in episodes(world, rows, args.steps, seed, sec).items():
             ret[name].append(r)
-            sec[name].append(dt)
     print(f"cartpole swing-up, H {H}, {N} candidates x {ITERS} iterations, {args.states} states x "
           f"{args.seeds} seeds, {args.steps}-step episodes, {args.threads} thread(s)")  # fmt: skip
     base = ("torchrl cem", "torchrl mppi")
@@ -102,12 +115,12 @@ def main() -> None:
           + f"{'ms/call':>9}" + "".join(f"{'time/' + b[8:]:>11}" for b in base))  # fmt: skip
     for name in rows:
         r = torch.cat(ret[name])
-        ms = 1e3 * sorted(sec[name])[len(sec[name]) // 2]
+        ms = 1e3 * statistics.median(sec[name])
         cells = ""
         for b in base:
             rb = torch.cat(ret[b])
             cells += f"{r.mean().item() / rb.mean().item():>12.3f}{f'{int((r > rb).sum())}/{r.numel()}':>11}"
-        times = "".join(f"{ms / (1e3 * sorted(sec[b])[len(sec[b]) // 2]):>11.3f}" for b in base)
+        times = "".join(f"{ms / (1e3 * statistics.median(sec[b])):>11.3f}" for b in base)
         print(f"{name:<14}{r.mean().item():>9.3f}{cells}{ms:>9.1f}{times}")
 
 
