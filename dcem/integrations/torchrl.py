@@ -41,7 +41,7 @@ try:
     from torchrl.data import Bounded, Composite, Unbounded
     from torchrl.envs import EnvBase
     from torchrl.modules.planners import MPCPlannerBase
-except ImportError as err:  # pragma: no cover - exercised only without the extra
+except ImportError as err:
     raise ImportError("dcem.integrations.torchrl needs torchrl and tensordict: "
                       "pip install 'dcem[torchrl]'") from err
 

@@ -122,6 +122,42 @@ def test_every_rule_plans_inside_the_bounds(rule):
     assert torch.isfinite(a).all() and bool(a.abs().max() <= 100) and bool(a.abs().max() > 1)
 
 
+class Toward(torch.nn.Module):
+    def forward(self, h, a):
+        return h + 0.5 * a
+
+
+class Penalty(torch.nn.Module):
+    def forward(self, h):
+        return -h.pow(2).sum(-1, keepdim=True)
+
+
+def test_plans_through_a_torchrl_world_model_env():
+    from torchrl.envs.model_based import ModelBasedEnvBase
+    from torchrl.modules import WorldModelWrapper
+
+    class ModelEnv(ModelBasedEnvBase):
+        def __init__(self, world_model):
+            super().__init__(world_model)
+            self.state_spec = Composite(hidden=Unbounded((2,)))
+            self.observation_spec = Composite(hidden=Unbounded((2,)))
+            self.action_spec = Bounded(-1.0, 1.0, (2,))
+            self.reward_spec = Unbounded((1,))
+
+        def _reset(self, td):
+            shape = self.batch_size if td is None else td.batch_size
+            return TensorDict({"hidden": torch.tensor([2.0, -2.0]).expand(*shape, 2).clone()}, shape)
+
+    wm = WorldModelWrapper(TensorDictModule(Toward(), in_keys=["hidden", "action"], out_keys=["hidden"]),
+                           TensorDictModule(Penalty(), in_keys=["hidden"], out_keys=["reward"]))
+    env = ModelEnv(wm)
+    p = PlannerModule(env, 3, n_sample=64, n_elite=8, n_iter=4, generator=torch.Generator().manual_seed(0))
+    td = TensorDict({"hidden": torch.tensor([[2.0, -2.0], [-1.0, 0.0]])}, [2])
+    a = p(td)["action"]
+    assert a.shape == (2, 2)
+    assert a[0, 0] < -0.5 and a[0, 1] > 0.5 and a[1, 0] > 0.5  # towards the origin, where the reward is
+
+
 def test_objective_is_the_rollout_return_masked_after_done():
     env = LineEnv(done_at=1.0)
     p = PlannerModule(env, 3, n_sample=4, n_elite=2, n_iter=1)
@@ -222,6 +258,17 @@ def test_error_messages():
         p(TensorDict({"obs": torch.zeros(5)}, []))
     with pytest.raises(TypeError, match="dcem.control.Dynamics"):
         DynamicsEnv(object(), cartpole_swingup_cost)
+
+
+def test_missing_torchrl_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m == "torchrl" or m.startswith("torchrl.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if torchrl were not installed
+    monkeypatch.delitem(sys.modules, "dcem.integrations.torchrl")
+    with pytest.raises(ImportError, match=re.escape("pip install 'dcem[torchrl]'")):
+        importlib.import_module("dcem.integrations.torchrl")
 
 
 def test_module_docstring_example():
