@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -51,11 +53,16 @@ def test_gym_task_runs_every_phase_with_paired_episodes(tmp_path, monkeypatch):
         np.testing.assert_allclose(o, gym.make("HalfCheetah-v5").reset(seed=s)[0].astype(np.float32))
 
 
-def test_gym_names_are_checked_before_any_work(tmp_path):
+def test_gym_names_are_checked_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="env.name='gym:HalfCheetah-v9'.*registered versions"):
         compose(["env=gym:HalfCheetah-v9", f"out_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="env.name='gym:CartPole'"):
         compose(["env=gym", "env.name=gym:CartPole"])
     with pytest.raises(ConfigError, match="model.seq_len=5.*episode length 2"):  # repeat 1 by default
         compose(["env=gym:Hopper-v5", "scale=test", "env.episode_steps=2"])
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # as if the extra were missing
+    msg = ("env.name='gym:Hopper-v5': Gymnasium tasks (env names gym:...) need gymnasium: "
+           "pip install 'dcem[gym]'")
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        compose(["env=gym:Hopper-v5", f"out_dir={tmp_path}"])
     assert not any(tmp_path.iterdir())
