@@ -85,14 +85,14 @@ class PlannerModule(MPCPlannerBase):
         config: a :class:`dcem.planning.PlannerConfig`; or give its fields as keyword
             ``options`` (``rule``, ``n_sample``, ``n_elite``, ``n_iter``, ...).
         reward_key: the reward in the stepped TensorDict (TorchRL's default ``("next", "reward")``);
-            plans maximise the sum of rewards over the horizon.
+            plans maximise the sum of rewards over the horizon, rewards after the first ``done``,
+            ``terminated`` or ``truncated`` flag of a rollout not counted.
         action_key: the action written (and searched): a continuous ``Bounded`` spec of the env.
         warm_start: start each call from the previous call's plan shifted by one step.
         generator: ``torch.Generator`` for the sampling noise (on the env's device).
         checked_step: step the env with ``env.step`` (spec checks and key bookkeeping on every
-            step) instead of its transition ``env._step`` (about twice as fast on small models;
-            transforms of a ``TransformedEnv`` apply either way). Rewards after the first
-            ``done``, ``terminated`` or ``truncated`` flag are not counted.
+            step) instead of its transition ``env._step`` alone, which has less overhead per
+            step (transforms of a ``TransformedEnv`` apply either way).
 
     Input: a TensorDict of batch size ``*B`` holding the env's observation keys (and its state
     keys, for a stateful world model). Output: the same TensorDict with ``action_key`` set to
@@ -163,7 +163,7 @@ class PlannerModule(MPCPlannerBase):
 
     def _objective(self, td: TensorDictBase) -> Callable[[Tensor], Tensor]:
         """Cost of plans ``(*B, M, H, A) -> (*B, M)``: minus the rewards of the env rollouts."""
-        start = td.select(*self.state_keys)
+        start = td.select(*self.state_keys, strict=False)
 
         def cost(plans: Tensor) -> Tensor:
             M = plans.shape[-3]
@@ -211,7 +211,8 @@ class DynamicsEnv(EnvBase):
             ``(*batch, n_state)``.
         cost: per-step cost ``(x (..., n_state), u (..., n_ctrl)) -> (...)`` of the state before
             the action; the reward is its negative.
-        batch_size: the env's default batch size (any other is accepted: ``batch_locked=False``).
+        batch_size: the env's batch size; ``[]`` (the default) accepts TensorDicts of any batch
+            size (``batch_locked=False``), as a planner's env must.
         unit_actions: actions live in ``[-1, 1]^A`` and are mapped affinely onto the model's
             ``[u_lower, u_upper]`` (the usual RL convention); ``False``: the model's bounds.
 
