@@ -47,9 +47,9 @@ def _random_episode(env: Any, seed: int) -> Episode:
 
 
 def _worker(conn: Any, name: str, action_repeat: int | None, episode_steps: int) -> None:
-    from dcem.rl.envs import DMCEnv
+    from dcem.rl.envs import make_env
 
-    env = DMCEnv(name, action_repeat, seed=0, episode_steps=episode_steps)
+    env = make_env(name, action_repeat, seed=0, episode_steps=episode_steps)
     conn.send((env.obs_dim, env.act_dim, env.episode_len, env.u_lower, env.u_upper))
     while True:
         try:

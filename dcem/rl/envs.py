@@ -1,5 +1,6 @@
 """DeepMind Control Suite tasks with flattened proprioceptive observations and action repeat.
 
+:func:`make_env` also builds Gymnasium tasks, named ``"gym:<id>"`` (:mod:`dcem.rl.gym_envs`).
 ``dm_control`` is imported lazily so that the rest of :mod:`dcem.rl` works without it. For
 headless rendering set ``MUJOCO_GL=egl`` *before* the first import of ``dm_control``.
 """
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ENVS", "DMCEnv", "check_env_name", "make_env"]
+__all__ = ["ENVS", "DMCEnv", "check_env_name", "default_action_repeat", "make_env"]
 
 #: supported ``domain-task`` names and PlaNet's action repeat for each.
 ENVS: dict[str, int] = {
@@ -25,9 +26,17 @@ ENVS: dict[str, int] = {
 
 
 def check_env_name(name: str) -> tuple[str, str]:
-    """Split ``"domain-task"`` after checking it is a supported name; ``ValueError`` otherwise."""
+    """Split ``"domain-task"`` after checking it is a supported name; ``ValueError`` otherwise.
+
+    A Gymnasium name ``"gym:<id>"`` gives ``("gym", id)`` once the id is registered
+    (``ImportError`` naming the extra without gymnasium).
+    """
+    from dcem.rl.gym_envs import check_gym_name, is_gym_name
+
+    if is_gym_name(name):
+        return "gym", check_gym_name(name)
     if not isinstance(name, str) or name not in ENVS:
-        raise ValueError(f"env must be one of {sorted(ENVS)}, got {name!r}")
+        raise ValueError(f"env must be one of {sorted(ENVS)} or 'gym:<Gymnasium id>', got {name!r}")
     domain, task = name.split("-", 1)
     return domain, task
 
@@ -51,6 +60,9 @@ class DMCEnv:
         self, name: str, action_repeat: int | None = None, seed: int = 0, episode_steps: int = 1000
     ) -> None:
         domain, task = check_env_name(name)
+        if domain == "gym":
+            raise ValueError(f"{name!r} is a Gymnasium task: build it with make_env or "
+                             f"dcem.rl.gym_envs.GymEnv")
         if action_repeat is None:
             action_repeat = ENVS[name]
         if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
@@ -116,6 +128,19 @@ class DMCEnv:
         self._env.task.random.set_state(state)
 
 
-def make_env(name: str, action_repeat: int | None = None, seed: int = 0, episode_steps: int = 1000) -> DMCEnv:
-    """Build a :class:`DMCEnv` (see there)."""
-    return DMCEnv(name, action_repeat=action_repeat, seed=seed, episode_steps=episode_steps)
+def default_action_repeat(name: str) -> int:
+    """Action repeat used when none is given: PlaNet's for dm_control (:data:`ENVS`), 1 for Gymnasium."""
+    from dcem.rl.gym_envs import is_gym_name
+
+    if is_gym_name(name):
+        return 1
+    check_env_name(name)
+    return ENVS[name]
+
+
+def make_env(name: str, action_repeat: int | None = None, seed: int = 0, episode_steps: int = 1000) -> Any:
+    """A :class:`DMCEnv`, or a :class:`dcem.rl.gym_envs.GymEnv` for ``"gym:<id>"`` (same interface)."""
+    from dcem.rl.gym_envs import GymEnv, is_gym_name
+
+    env_type = GymEnv if is_gym_name(name) else DMCEnv
+    return env_type(name, action_repeat=action_repeat, seed=seed, episode_steps=episode_steps)

@@ -10,6 +10,7 @@ Examples::
     dcem-exp mbrl env=cheetah-run scale=cpu phase=ppo out_dir=runs/cheetah
     dcem-exp mbrl env=cheetah-run scale=cpu phase=eval out_dir=runs/cheetah eval.video=true
     dcem-exp mbrl env=cheetah-run scale=paper device=cuda           # the paper's sizes (needs a GPU)
+    dcem-exp mbrl env=gym:HalfCheetah-v5 scale=test                 # a Gymnasium MuJoCo task (extra gym)
     dcem-exp mbrl env=cartpole-swingup scale=pair seed=1 out_dir=runs/mbrl_pair/cartpole-swingup/seed1
     dcem-exp mbrl phase=report report.root=runs/mbrl_pair report.page=docs/results/mbrl.md
 
@@ -25,7 +26,7 @@ import os
 from pathlib import Path
 
 from dcem.experiments.common.config import Experiment, load
-from dcem.experiments.mbrl.schema import MBRLConfig
+from dcem.experiments.mbrl.schema import MBRLConfig, expand_env
 
 __all__ = ["EXPERIMENT", "compose", "main", "run"]
 
@@ -44,7 +45,7 @@ def compose(argv: list[str]) -> dict:
     """The typed, validated config for ``argv`` as a plain dict (:class:`ConfigError` for bad keys)."""
     from omegaconf import OmegaConf
 
-    cfg = load(EXPERIMENT, argv)
+    cfg = load(EXPERIMENT, expand_env(argv))
     if cfg is None:
         raise ValueError("compose does not take --help")
     return OmegaConf.to_container(cfg, resolve=True)
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> None:
     """Entry point of ``dcem-exp mbrl`` (``--help`` lists every key)."""
     from dcem.experiments.common.runs import setup_logging
 
-    cfg = load(EXPERIMENT, argv)
+    cfg = load(EXPERIMENT, expand_env(argv))
     if cfg is None:
         return
     # rendering is needed only for eval.video; otherwise keep dm_control from probing GLFW/EGL

@@ -12,7 +12,7 @@ import torch
 
 from dcem.experiments.common import plots
 from dcem.experiments.common.runs import CsvLog, mean_ci95
-from dcem.rl.envs import DMCEnv
+from dcem.rl.envs import make_env
 
 __all__ = ["EvalMixin"]
 
@@ -34,7 +34,7 @@ class EvalMixin:
         They use their own env seed and generators, so the training RNG streams are untouched.
         """
         e = self.cfg["env"]
-        env = DMCEnv(
+        env = make_env(
             e["name"],
             e.get("action_repeat"),
             seed=int(self.cfg["seed"]) + seed_offset,

@@ -90,12 +90,11 @@ class PairedEvalMixin:
         the random policy draws episode ``k``'s actions from a generator seeded ``seeds[k]``.
         """
         from dcem.experiments.common import plots
-        from dcem.rl.envs import DMCEnv
+        from dcem.rl.envs import make_env
 
         e, dev, n = self.cfg["env"], self.device, len(seeds)
-        envs = [
-            DMCEnv(e["name"], e.get("action_repeat"), seed=s, episode_steps=e["episode_steps"]) for s in seeds
-        ]
+        envs = [make_env(e["name"], e.get("action_repeat"), seed=s, episode_steps=e["episode_steps"])
+                for s in seeds]  # fmt: skip
         obs = np.stack([env.reset(s) for env, s in zip(envs, seeds)])
         lo, hi = envs[0].u_lower, envs[0].u_upper
         rngs = [np.random.default_rng(s) for s in seeds]

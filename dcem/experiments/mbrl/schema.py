@@ -6,16 +6,27 @@ from dataclasses import dataclass, field
 
 from dcem.experiments.common.config import ConfigError, opt
 from dcem.experiments.mbrl.paired import CONTROLLERS
-from dcem.rl.envs import ENVS
+from dcem.rl.envs import ENVS, check_env_name, default_action_repeat
 from dcem.rl.ppo import PPO_PARTS
 
 PHASES = ("model", "decoder", "ppo", "eval")
 
 
+def expand_env(argv: list[str]) -> list[str]:
+    """``env=gym:<id>`` (a Gymnasium task) -> ``env=gym env.name=gym:<id>``; other overrides unchanged."""
+    out = []
+    for arg in argv:
+        if arg.startswith("env=gym:"):
+            out += ["env=gym", f"env.name={arg[len('env='):]}"]
+        else:
+            out.append(arg)
+    return out
+
+
 @dataclass
 class Env:
-    name: str = opt(choices=tuple(sorted(ENVS)))
-    action_repeat: int | None = opt(ge=1, doc="null: PlaNet's repeat of the task")
+    name: str = opt(doc="|".join(sorted(ENVS)) + " or gym:<Gymnasium id> (e.g. gym:HalfCheetah-v5)")
+    action_repeat: int | None = opt(ge=1, doc="null: PlaNet's repeat of the task (1 for gym:)")
     episode_steps: int = opt(ge=1)
 
 
@@ -141,12 +152,16 @@ class MBRLConfig:
     report: Report = field(default_factory=Report)
 
     def validate(self) -> None:
+        try:
+            check_env_name(self.env.name)
+        except (ValueError, ImportError) as err:
+            raise ConfigError(f"env.name={self.env.name!r}: {err}") from None
         for name in ("cem", "dcem"):
             c = getattr(self.planner, name)
             if c.n_elite > c.n_sample:
                 raise ConfigError(f"planner.{name}.n_elite={c.n_elite}: must be <= planner.{name}.n_sample "
                                   f"({c.n_sample})")  # fmt: skip
-        ar = self.env.action_repeat or ENVS[self.env.name]
+        ar = self.env.action_repeat or default_action_repeat(self.env.name)
         ep_len = self.env.episode_steps // ar
         if self.model.seq_len > ep_len:
             raise ConfigError(f"model.seq_len={self.model.seq_len}: must be <= the episode length {ep_len} "

@@ -39,7 +39,7 @@ from dcem.experiments.mbrl.evaluation import EvalMixin
 from dcem.experiments.mbrl.paired import PairedEvalMixin
 from dcem.experiments.mbrl.phases import PhasesMixin
 from dcem.experiments.mbrl.schema import PHASES
-from dcem.rl.envs import DMCEnv
+from dcem.rl.envs import DMCEnv, make_env
 from dcem.rl.planners import FullCEMPlanner, LatentDCEMPlanner
 from dcem.rl.replay import SequenceReplay
 from dcem.rl.world_model import WorldModel
@@ -113,7 +113,7 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
         )
         seed = int(cfg["seed"])
         e = cfg["env"]
-        self.env = DMCEnv(e["name"], e.get("action_repeat"), seed=seed, episode_steps=e["episode_steps"])
+        self.env = make_env(e["name"], e.get("action_repeat"), seed=seed, episode_steps=e["episode_steps"])
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         m = cfg["model"]
