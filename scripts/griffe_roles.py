@@ -3,6 +3,8 @@
 - Sphinx cross-reference roles (``:func:`dcem.lml```, ``:class:`~dcem.rl.envs.DMCEnv```), which
   mkdocstrings would print literally, become inline code (``~`` keeps the last component, as in
   Sphinx).
+- An ``Example:`` section holding ``>>>`` lines is read as griffe's ``Examples:`` section, so the
+  doctest renders as highlighted code rather than nested quotes.
 - Grouped arguments of a Google-style ``Args:`` section (``lb, ub: bounds ...``), which griffe's
   parser reads as one parameter named ``lb, ub``, become one entry per name with the shared text.
 """
@@ -52,12 +54,14 @@ def _split_groups(text: str) -> str:
     return "\n".join(out)
 
 
+EXAMPLE = re.compile(r"^(\s*)Example:\s*$", re.MULTILINE)
 ANY_SECTION = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
 
 
-class SphinxRolesAsCode(griffe.Extension):
+class DocstringConventions(griffe.Extension):
     """Rewrite every docstring's roles and grouped arguments when griffe loads an object."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: object) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _split_groups(ROLE.sub(_code, obj.docstring.value))
+            text = _split_groups(ROLE.sub(_code, obj.docstring.value))
+            obj.docstring.value = EXAMPLE.sub(r"\1Examples:", text) if ">>>" in text else text
