@@ -5,6 +5,8 @@
   Sphinx).
 - An ``Example:`` section holding ``>>>`` lines is read as griffe's ``Examples:`` section, so the
   doctest renders as highlighted code rather than nested quotes.
+- ``#:`` comments right above a module or class attribute (Sphinx's convention for data, as in
+  ``dcem.planning.RULE_DEFAULTS``) become its docstring when it has none.
 - Grouped arguments of a Google-style ``Args:`` section (``lb, ub: bounds ...``), which griffe's
   parser reads as one parameter named ``lb, ub``, become one entry per name with the shared text.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import griffe
 
@@ -60,6 +63,18 @@ ANY_SECTION = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
 
 class DocstringConventions(griffe.Extension):
     """Rewrite every docstring's roles and grouped arguments when griffe loads an object."""
+
+    def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: object) -> None:
+        if attr.docstring is not None or attr.lineno is None or attr.filepath is None:
+            return
+        lines = Path(str(attr.filepath)).read_text(encoding="utf-8").splitlines()
+        comment: list[str] = []
+        i = attr.lineno - 2
+        while i >= 0 and lines[i].lstrip().startswith("#:"):
+            comment.insert(0, lines[i].lstrip()[2:].strip())
+            i -= 1
+        if comment:
+            attr.docstring = griffe.Docstring(" ".join(comment), parent=attr)
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: object) -> None:
         if obj.docstring is not None:
