@@ -12,7 +12,6 @@ Usage: python scripts/check_docstrings.py [MODULE ...]   (exit status 1 on any m
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -30,7 +29,15 @@ MODULES = [
     "dcem.rl.env_pool",
     "dcem.rl.ppo",
 ]
-OPTIONAL = ["dcem.integrations"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _optional_modules() -> list[str]:
+    """``dcem.integrations`` and its public submodules when the package exists (as on the site)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from mkdocs_hooks import _optional_modules as found
+
+    return found(REPO)
 
 
 def _own_doc(obj: griffe.Object | griffe.Alias) -> bool:
@@ -87,7 +94,7 @@ def missing(modules: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    modules = argv or MODULES + [m for m in OPTIONAL if importlib.util.find_spec(m) is not None]
+    modules = argv or MODULES + _optional_modules()
     bad = missing(modules)
     for path in bad:
         print(f"missing docstring: {path}")
