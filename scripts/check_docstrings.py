@@ -65,16 +65,20 @@ def _members(cls: griffe.Class) -> list[griffe.Object | griffe.Alias]:
     return out
 
 
-def missing(modules: list[str]) -> list[str]:
-    """Paths of the public objects of ``modules`` that have no docstring."""
+def missing(modules: list[str], search_paths: list[str] | None = None) -> list[str]:
+    """Paths of the public objects of ``modules`` (of one top-level package, looked up in
+    ``search_paths`` and on ``sys.path``) that have no docstring."""
     # the site's griffe extension: its #: comments count as docstrings, as on the site
     extensions = griffe.load_extensions(str(Path(__file__).with_name("griffe_roles.py")))
-    loader = griffe.GriffeLoader(docstring_parser=griffe.Parser.google, extensions=extensions)
-    root = loader.load("dcem")
+    loader = griffe.GriffeLoader(
+        docstring_parser=griffe.Parser.google, extensions=extensions, search_paths=search_paths
+    )
+    package = modules[0].split(".")[0]
+    root = loader.load(package)
     loader.resolve_aliases(implicit=False, external=False)
     bad: list[str] = []
     for name in modules:
-        module = root if name == "dcem" else root[name.removeprefix("dcem.")]
+        module = root if name == package else root[name.removeprefix(f"{package}.")]
         if not _own_doc(module):
             bad.append(f"{name} (module)")
         exported = module.exports
