@@ -129,7 +129,7 @@ def dcem_ctrl(
                         iter_eps=dcem_iter_eps, select=select)  # fmt: skip
     latent = decoder is not None
     lo, hi = (search_bound(n, v, T, n_ctrl, d, latent) for n, v in (("lb", lb), ("ub", ub)))
-    bounds = {"z_lower": lo, "z_upper": hi} if latent else {"lower": lo, "upper": hi}
+    bounds: dict[str, Any] = {"z_lower": lo, "z_upper": hi} if latent else {"lower": lo, "upper": hi}
     planner = Planner(T, n_ctrl, cfg, decoder=decoder, n_latent=d if latent else None, **bounds)
     shape = (n_batch, *planner.search_shape)
     mean0, std0 = (

@@ -19,7 +19,7 @@ exists (:func:`dcem.optim.best_sample`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +85,11 @@ class MPC(nn.Module):
             ``keep_frac``, ``pop_decay``, ``momentum``, ``checkpoint``, ``sync``, ...).
     """
 
+    # registered buffers
+    u_lower: Tensor
+    u_upper: Tensor
+    init_sigma: Tensor
+
     def __init__(
         self,
         horizon: int,
@@ -132,7 +137,7 @@ class MPC(nn.Module):
             if not isinstance(dx, Dynamics):
                 raise TypeError(f"dx must be a dcem.control.Dynamics, got {type(dx).__name__}")
             self.n_state, self.n_ctrl = dx.n_state, dx.n_ctrl
-            self.cost = cost if cost is not None else dx.quadratic_cost
+            self.cost: StepCost | None = cost if cost is not None else dx.quadratic_cost
             lo = dx.u_lower if u_lower is None else u_lower
             hi = dx.u_upper if u_upper is None else u_upper
         else:
@@ -185,7 +190,8 @@ class MPC(nn.Module):
     def _objective(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """The planner objective ``(B, N, H, n_ctrl) -> (B, N)`` from states ``x (B, n_state)``."""
         if self.rollout_fn is None:
-            return rollout_objective(self.dx, x, self.cost, terminal_cost=self.terminal_cost, name="x")
+            dx, step_cost = cast(Dynamics, self.dx), cast(StepCost, self.cost)  # set when rollout_fn is not
+            return rollout_objective(dx, x, step_cost, terminal_cost=self.terminal_cost, name="x")
         fn, B, n = self.rollout_fn, x.shape[0], self.n_state
 
         def cost(plans: Tensor) -> Tensor:
@@ -203,7 +209,8 @@ class MPC(nn.Module):
 
     def _rollout_cost(self, plans: Tensor, x: Tensor) -> Tensor:
         """The objective as a function of the states too: ``(B, N, H, m)``, ``x (B, n) -> (B, N)``."""
-        return rollout(self.dx, self.cost, x.unsqueeze(-2), plans, self.terminal_cost)
+        dx, step_cost = cast(Dynamics, self.dx), cast(StepCost, self.cost)  # only used without rollout_fn
+        return rollout(dx, step_cost, x.unsqueeze(-2), plans, self.terminal_cost)
 
     def _stable_planner(self) -> Planner:
         """One planner kept across calls (its captured loops live in it), rebuilt if the bounds change."""
@@ -249,7 +256,7 @@ class MPC(nn.Module):
             mean0 = self._warm.to(x)
         else:
             mean0 = (0.5 * (self.u_lower + self.u_upper)).to(x).expand(B, H, m)
-        kw = dict(init_mean=mean0, init_std=self.init_sigma.to(x), generator=self.generator)
+        kw: dict[str, Any] = dict(init_mean=mean0, init_std=self.init_sigma.to(x), generator=self.generator)
         if self.rollout_fn is None and iter_cb is None:  # one objective for every state: capturable
             res = self._stable_planner().plan(self._rollout_cost, cost_args=(x,), **kw)
         else:

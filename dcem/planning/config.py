@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 from dcem._checks import check_bool, check_choice, check_int, check_real
 from dcem.optim.capture import CAPTURE_MODES
@@ -116,7 +117,8 @@ class PlannerConfig:
         set_(self, "lam", check_real("lam", self.lam, 0.0, strict=True))
         check_bool("normalize", self.normalize)
         beta, keep, decay, mom, std = RULE_DEFAULTS[rule]
-        opts = (("noise_beta", beta, 0.0, None), ("keep_frac", keep, 0.0, 1.0),
+        Opt = tuple[str, float, float, float | None]  # name, default, low, high
+        opts: tuple[Opt, ...] = (("noise_beta", beta, 0.0, None), ("keep_frac", keep, 0.0, 1.0),
                 ("pop_decay", decay, 1.0, None), ("momentum", mom, 0.0, 1.0))  # fmt: skip
         for name, default, low, high in opts:
             v = getattr(self, name)
@@ -126,7 +128,7 @@ class PlannerConfig:
             set_(self, name, float(v))
         scale = std if self.std_scale is None else check_real("std_scale", self.std_scale, 0.0, strict=True)
         set_(self, "std_scale", float(scale))
-        if self.momentum >= 1.0:
+        if cast(float, self.momentum) >= 1.0:
             raise ValueError(f"momentum must be < 1 (1 never moves the mean), got {self.momentum!r}")
         eps = check_real("iter_eps", self.iter_eps, 0.0, none_ok=True)
         set_(self, "iter_eps", eps or None)
@@ -139,11 +141,11 @@ class PlannerConfig:
     @property
     def n_keep(self) -> int:
         """Elites carried into the next iteration."""
-        return int(round(self.keep_frac * self.n_elite))
+        return int(round(cast(float, self.keep_frac) * self.n_elite))  # a float after __post_init__
 
     def population(self, it: int) -> int:
         """Candidates drawn at iteration ``it`` (population decay, floored at ``2 * n_elite``)."""
         if self.pop_decay == 1.0:
             return self.n_sample
-        n = int(round(self.n_sample / self.pop_decay**it))
+        n = int(round(self.n_sample / cast(float, self.pop_decay) ** it))  # a float after __post_init__
         return max(min(self.n_sample, 2 * self.n_elite), n)

@@ -96,7 +96,7 @@ class DMCEnv:
         """
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(self.act_dim), self.u_lower, self.u_upper)
         reward = 0.0
-        ts = None
+        ts: Any = None
         for _ in range(self.action_repeat):
             ts = self._env.step(a)
             reward += float(ts.reward or 0.0)

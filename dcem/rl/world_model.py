@@ -70,6 +70,10 @@ class WorldModel(nn.Module):
     :meth:`set_obs_stats`); every method takes and returns *raw* observations except where noted.
     """
 
+    # registered buffers
+    obs_mean: Tensor
+    obs_std: Tensor
+
     def __init__(
         self, obs_dim: int, act_dim: int, deter_size: int = 200, hidden_size: int = 200, min_std: float = 0.05
     ) -> None:
