@@ -113,6 +113,7 @@ class DMCEnv:
         return self._env.task.random.get_state()
 
     def set_rng_state(self, state: tuple) -> None:
+        """Restore a state of :meth:`get_rng_state` (the next episodes start as they did then)."""
         self._env.task.random.set_state(state)
 
 

@@ -144,6 +144,7 @@ class LatentDCEMPlanner(nn.Module):
 
     @property
     def horizon(self) -> int:
+        """Planning horizon ``H``: the length of the decoded action sequences."""
         return self.decoder.horizon
 
     def _make_planner(self, capture: str) -> Planner:

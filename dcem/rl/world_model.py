@@ -106,6 +106,7 @@ class WorldModel(nn.Module):
         self.obs_std.copy_(std)
 
     def normalize(self, x: Tensor) -> Tensor:
+        """Observations ``(..., obs_dim)`` standardised with the statistics of :meth:`set_obs_stats`."""
         return (x - self.obs_mean) / self.obs_std
 
     # -- one step in normalised space ----------------------------------------------------------
