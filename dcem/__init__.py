@@ -15,4 +15,4 @@ from dcem.soft_topk import LML, hard_topk, lml
 from dcem.sync import sync_mode
 
 __all__ = ["LML", "dcem", "dcem_ctrl", "hard_topk", "lml", "sync_mode"]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import Literal, overload
 
 __all__ = ["check_int", "check_real", "check_bool", "check_choice"]
 
@@ -20,13 +21,22 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
         >>> check_int("n_sample", 100, 1)
         100
     """
-    ok = not isinstance(value, bool) and isinstance(value, Integral)
-    if ok and value >= low and (high is None or value <= high):
-        return int(value)
+    if not isinstance(value, bool) and isinstance(value, Integral):
+        number = int(value)
+        if number >= low and (high is None or number <= high):
+            return number
     rng = f">= {low}" if high is None else f"with {low} <= {name} <= {high}"
     raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
 
 
+@overload
+def check_real(
+    name: str, value: object, low: float | None = ..., *, strict: bool = ..., none_ok: Literal[False] = ...
+) -> float: ...
+@overload
+def check_real(
+    name: str, value: object, low: float | None = ..., *, strict: bool = ..., none_ok: bool
+) -> float | None: ...
 def check_real(
     name: str,
     value: object,

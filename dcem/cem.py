@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from numbers import Real
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -221,7 +222,7 @@ def _run(
 
     def on_iter(i: int, X: Tensor, fX: Tensor, upd: _Update) -> None:
         w = upd.weights().unsqueeze(-1)
-        iter_cb(i, X, fX, w, w * X, upd.state.mu, upd.state.sigma)
+        cast(IterCallback, iter_cb)(i, X, fX, w, w * X, upd.state.mu, upd.state.sigma)  # set when called
 
     return _loop(
         lambda X: _values(f(X), n_batch, n_sample, X.dtype), state, cfg, generator=generator,

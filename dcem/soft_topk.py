@@ -71,15 +71,15 @@ _MAX_ITER = 50
 def _validate_k(k: object, n: int) -> int:
     if isinstance(k, bool):
         raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
-    if not isinstance(k, Integral):
-        if isinstance(k, Real) and float(k).is_integer():
-            k = int(k)  # type: ignore[arg-type]
-        else:
-            raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
-    k = int(k)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k}")
-    return k
+    if isinstance(k, Integral):
+        value = int(k)
+    elif isinstance(k, Real) and float(k).is_integer():
+        value = int(float(k))
+    else:
+        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
+    if not 1 <= value <= n:
+        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {value}")
+    return value
 
 
 def _validate_tau(tau: float | Tensor, x: Tensor) -> float | Tensor:
@@ -122,7 +122,8 @@ class _LMLCore(torch.autograd.Function):
         # implementation directly; inside them the full path is kept.
         if torch._C._are_functorch_transforms_active():
             return super().apply(x, tau, u)
-        return super(torch.autograd.Function, cls).apply(x, tau, u)
+        # _C._FunctionBase.apply, which torch's stubs do not declare
+        return super(torch.autograd.Function, cls).apply(x, tau, u)  # type: ignore[misc]
 
     @staticmethod
     def forward(x: Tensor, tau: float | Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
@@ -334,6 +335,9 @@ class LML(nn.Module):
         >>> round(float(layer(torch.randn(5, 10)).sum(-1).mean()), 4)
         2.0
     """
+
+    k: int
+    tau: float
 
     def __init__(self, k: int, tau: float = 1.0) -> None:
         super().__init__()

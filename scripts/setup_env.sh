@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install dcem into it.
-# Usage: bash scripts/setup_env.sh [EXTRAS]   (default extras: demo,experiments,rl,dev)
+# Usage: bash scripts/setup_env.sh [EXTRAS]   (default extras: demo,experiments,rl,dev,docs: all CI needs)
 # torch is constrained to the CPU wheel of this machine kind through constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-demo,experiments,rl,dev}"
+extras="${1:-demo,experiments,rl,dev,docs}"
 py="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv

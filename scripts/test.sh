@@ -3,6 +3,6 @@
 # Extra arguments are passed to pytest, e.g. `bash scripts/test.sh -m slow`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh demo,experiments,rl,dev
-.venv/bin/ruff check dcem tests benchmarks
+bash scripts/setup_env.sh
+.venv/bin/ruff check dcem tests benchmarks scripts
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

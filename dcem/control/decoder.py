@@ -44,6 +44,10 @@ class ActionDecoder(nn.Module):
         torch.Size([5, 20, 1])
     """
 
+    # registered buffers
+    u_lower: Tensor
+    u_upper: Tensor
+
     def __init__(
         self,
         n_latent: int,

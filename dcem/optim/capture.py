@@ -30,6 +30,7 @@ from dcem._checks import check_choice
 __all__ = ["Captured", "CAPTURE_MODES", "resolve_capture"]
 
 CAPTURE_MODES = ("auto", "none", "compile", "graph")
+"""The ``capture`` options of :class:`Captured` and :class:`dcem.optim.Solver` (:func:`resolve_capture`)."""
 
 
 def resolve_capture(capture: str, t: Tensor, *, compile_with_grad: bool = True) -> str:

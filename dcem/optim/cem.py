@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Real
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -112,9 +112,9 @@ def _check_temp(temp: object) -> float | Tensor | None:
             if host_reads_free(temp) and not bool((temp > 0).all()):
                 raise ValueError("temp tensor must be > 0 (use temp=None for hard CEM)")
         return temp
-    if isinstance(temp, bool) or not isinstance(temp, Real) or not (temp >= 0 and math.isfinite(temp)):
+    if isinstance(temp, bool) or not isinstance(temp, Real) or not (float(temp) >= 0 and math.isfinite(temp)):
         raise ValueError(f"temp must be None, 0 or a finite float > 0, got {temp!r}")
-    return float(temp) if temp > 0 else None
+    return float(temp) if float(temp) > 0 else None
 
 
 def check_bound(name: str, value: object) -> None:
@@ -222,7 +222,7 @@ class _Update(NamedTuple):
         """Weights ``(B, N)`` of every sample (hard CEM: 1 for valid elites, else 0)."""
         if self.soft is not None:
             return self.soft
-        idx, w = self.elites
+        idx, w = cast("tuple[Tensor, Tensor]", self.elites)  # hard CEM: soft is None, elites are set
         return torch.zeros(idx.shape[0], self.n_sample, dtype=w.dtype, device=w.device).scatter_(1, idx, w)
 
 
@@ -271,7 +271,10 @@ def _tell2d(
         new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
     else:
         all_valid = host and bool(torch.isfinite(fX).all())
-        weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
+        soft_temp = cast("float | Tensor", temp)  # not None: cfg.hard is False
+        weights = soft_elite_weights(
+            fX, cfg.n_elite, soft_temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync
+        )
         wsum = weights.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(weights, X, wsum)
     new_mu, new_sigma, done, failed = settle_refit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor
 
@@ -21,6 +23,12 @@ def _check_bound_pair(lo: Bound, hi: Bound, what: str) -> None:
         raise ValueError(f"{what}lower must be < {what}upper in every dimension")
 
 
+@overload
+def _search_tensor(v: None, name: str, shape: tuple[int, ...], like: Tensor) -> None: ...
+@overload
+def _search_tensor(v: float | Tensor, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor: ...
+@overload
+def _search_tensor(v: Bound, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None: ...
 def _search_tensor(v: Bound, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
     """``v`` broadcast to ``shape`` in ``like``'s dtype/device (None stays None)."""
     if v is None:

@@ -94,7 +94,7 @@ class EnvPool:
             raise ValueError(
                 f"start_method must be one of {mp.get_all_start_methods()}, got {start_method!r}"
             )
-        ctx = mp.get_context(start_method)
+        ctx: Any = mp.get_context(start_method)  # a concrete context (typeshed's BaseContext has no Process)
         self._conns, self._procs = [], []
         for _ in range(n_workers):
             parent, child = ctx.Pipe()

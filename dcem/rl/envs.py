@@ -108,7 +108,7 @@ class DMCEnv:
         """
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(self.act_dim), self.u_lower, self.u_upper)
         reward = 0.0
-        ts = None
+        ts: Any = None
         for _ in range(self.action_repeat):
             ts = self._env.step(a)
             reward += float(ts.reward or 0.0)
@@ -125,6 +125,7 @@ class DMCEnv:
         return self._env.task.random.get_state()
 
     def set_rng_state(self, state: tuple) -> None:
+        """Restore a state of :meth:`get_rng_state` (the next episodes start as they did then)."""
         self._env.task.random.set_state(state)
 
 

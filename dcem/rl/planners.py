@@ -152,6 +152,7 @@ class LatentDCEMPlanner(ConfigView, nn.Module):
 
     @property
     def horizon(self) -> int:
+        """Planning horizon ``H``: the length of the decoded action sequences."""
         return self.decoder.horizon
 
     def _make_planner(self, capture: str) -> Planner:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,9 @@ class DCEMPolicyNet(nn.Module):
 
     Shapes: ``h (B, D)``, ``x (B, O)`` -> ``loc (B, A)``, ``scale (B, A)``.
     """
+
+    # a parameter or a buffer
+    log_std: Tensor
 
     def __init__(self, planner: LatentDCEMPlanner, sigma: float = 0.1, learn_sigma: bool = False) -> None:
         super().__init__()
@@ -74,6 +78,10 @@ class DCEMPolicyNet(nn.Module):
 
 class ValueNet(nn.Module):
     """Critic ``V(h, x)``: an MLP on the deterministic state and the normalised observation -> ``(B, 1)``."""
+
+    # registered buffers
+    obs_mean: Tensor
+    obs_std: Tensor
 
     def __init__(self, deter_size: int, obs_dim: int, obs_mean: Tensor, obs_std: Tensor, hidden: int = 200):
         super().__init__()
@@ -170,9 +178,11 @@ class PPOFineTuner:
         self.log_prob_key = self.loss.tensor_keys.sample_log_prob
         self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic)
         extra = [self.policy_net.log_std] if learn_sigma else []
-        self.optim = torch.optim.Adam(
-            [{"params": self.policy_params + extra}, {"params": self.value_net.parameters()}], lr=lr
-        )
+        groups: list[dict[str, Any]] = [
+            {"params": self.policy_params + extra},
+            {"params": self.value_net.parameters()},
+        ]
+        self.optim = torch.optim.Adam(groups, lr=lr)
         self.epochs, self.minibatch, self.max_grad_norm = epochs, minibatch, max_grad_norm
         self._make_actor = make_actor
 

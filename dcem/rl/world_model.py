@@ -70,6 +70,10 @@ class WorldModel(nn.Module):
     :meth:`set_obs_stats`); every method takes and returns *raw* observations except where noted.
     """
 
+    # registered buffers
+    obs_mean: Tensor
+    obs_std: Tensor
+
     def __init__(
         self, obs_dim: int, act_dim: int, deter_size: int = 200, hidden_size: int = 200, min_std: float = 0.05
     ) -> None:
@@ -102,6 +106,7 @@ class WorldModel(nn.Module):
         self.obs_std.copy_(std)
 
     def normalize(self, x: Tensor) -> Tensor:
+        """Observations ``(..., obs_dim)`` standardised with the statistics of :meth:`set_obs_stats`."""
         return (x - self.obs_mean) / self.obs_std
 
     # -- one step in normalised space ----------------------------------------------------------
