@@ -110,10 +110,12 @@ class LatentDCEMController(ConfigView, nn.Module):
 
     @property
     def n_latent(self) -> int:
+        """Size of the decoder's latent space (the dimension DCEM searches)."""
         return int(self.decoder.n_latent)
 
     @property
     def horizon(self) -> int:
+        """Planning horizon ``H``: the length of the decoded action sequences."""
         return int(self.decoder.horizon)
 
     def decode(self, z: Tensor) -> Tensor:

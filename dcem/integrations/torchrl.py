@@ -143,6 +143,7 @@ class PlannerModule(MPCPlannerBase):
 
     @property
     def horizon(self) -> int:
+        """Planning horizon ``H``: the length of the plans searched."""
         return self.planner.horizon
 
     def reset(self) -> None:
