@@ -137,7 +137,7 @@ def plan_reference(
     obs, squeeze, T, n_ctrl, cost, decoder, d = _objective(p)
     n_batch, latent = obs.shape[0], decoder is not None
     lo, hi = (search_bound(n, v, T, n_ctrl, d, latent) for n, v in zip(("lb", "ub"), bounds))
-    box = {"z_lower": lo, "z_upper": hi} if latent else {"lower": lo, "upper": hi}
+    box: dict[str, Any] = {"z_lower": lo, "z_upper": hi} if latent else {"lower": lo, "upper": hi}
     planner = Planner(T, n_ctrl, cfg, decoder=decoder, n_latent=d if latent else None, **box)
     shape = (n_batch, *planner.search_shape)
     mean0, std0 = (

@@ -16,7 +16,7 @@ decoder only ("min-differentiation"), the ``tau = 0`` ablation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -110,10 +110,12 @@ class LatentDCEMController(ConfigView, nn.Module):
 
     @property
     def n_latent(self) -> int:
+        """Size of the decoder's latent space (the dimension DCEM searches)."""
         return int(self.decoder.n_latent)
 
     @property
     def horizon(self) -> int:
+        """Planning horizon ``H``: the length of the decoded action sequences."""
         return int(self.decoder.horizon)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -171,9 +173,10 @@ class LatentDCEMController(ConfigView, nn.Module):
                                   generator=generator, iter_cb=iter_cb, dtype=x_init.dtype,
                                   device=x_init.device)  # fmt: skip
         u = res.plan.movedim(-2, 0)
+        z = cast(Tensor, res.z)  # a latent planner's result has its latents
         if squeeze:
-            return LatentSolution(res.z.squeeze(0), u.squeeze(1), res.cost.squeeze(0))
-        return LatentSolution(res.z, u, res.cost)
+            return LatentSolution(z.squeeze(0), u.squeeze(1), res.cost.squeeze(0))
+        return LatentSolution(z, u, res.cost)
 
     def forward(self, x_init: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The policy ``pi(x_init)``: first action ``(n_batch, n_ctrl)`` of the latent plan."""

@@ -19,7 +19,7 @@ exists (:func:`dcem.optim.best_sample`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +113,11 @@ class MPC(ConfigView, nn.Module):
         torch.Size([2, 1])
     """
 
+    # registered buffers
+    u_lower: Tensor
+    u_upper: Tensor
+    init_sigma: Tensor
+
     def __init__(
         self,
         horizon: int,
@@ -148,7 +153,7 @@ class MPC(ConfigView, nn.Module):
         self.register_buffer("u_lower", lo_t)
         self.register_buffer("u_upper", hi_t)
         if init_sigma is None:
-            sig = self.config.std_scale * (hi_t - lo_t)
+            sig = cast(float, self.config.std_scale) * (hi_t - lo_t)  # a float after __post_init__
         else:
             sig = self._bound("init_sigma", init_sigma)
             if not bool((sig > 0).all()):
@@ -180,7 +185,8 @@ class MPC(ConfigView, nn.Module):
     def _objective(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """The planner objective ``(B, N, H, n_ctrl) -> (B, N)`` from states ``x (B, n_state)``."""
         if self.rollout_fn is None:
-            return rollout_objective(self.dx, x, self.cost, terminal_cost=self.terminal_cost, name="x")
+            dx, step_cost = cast(Dynamics, self.dx), cast(StepCost, self.cost)  # set when rollout_fn is not
+            return rollout_objective(dx, x, step_cost, terminal_cost=self.terminal_cost, name="x")
         fn, B, n = self.rollout_fn, x.shape[0], self.n_state
 
         def cost(plans: Tensor) -> Tensor:
@@ -198,7 +204,8 @@ class MPC(ConfigView, nn.Module):
 
     def _rollout_cost(self, plans: Tensor, x: Tensor) -> Tensor:
         """The objective as a function of the states too: ``(B, N, H, m)``, ``x (B, n) -> (B, N)``."""
-        return rollout(self.dx, self.cost, x.unsqueeze(-2), plans, self.terminal_cost)
+        dx, step_cost = cast(Dynamics, self.dx), cast(StepCost, self.cost)  # only used without rollout_fn
+        return rollout(dx, step_cost, x.unsqueeze(-2), plans, self.terminal_cost)
 
     def _stable_planner(self) -> Planner:
         """One planner kept across calls (its captured loops live in it), rebuilt if the bounds change."""
@@ -244,7 +251,7 @@ class MPC(ConfigView, nn.Module):
             mean0 = self._warm.to(x)
         else:
             mean0 = (0.5 * (self.u_lower + self.u_upper)).to(x).expand(B, H, m)
-        kw = dict(init_mean=mean0, init_std=self.init_sigma.to(x), generator=self.generator)
+        kw: dict[str, Any] = dict(init_mean=mean0, init_std=self.init_sigma.to(x), generator=self.generator)
         if self.rollout_fn is None and iter_cb is None:  # one objective for every state: capturable
             res = self._stable_planner().plan(self._rollout_cost, cost_args=(x,), **kw)
         else:

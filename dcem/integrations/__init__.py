@@ -6,3 +6,5 @@
 
 Gymnasium MuJoCo tasks for the model-based RL pipeline live in :mod:`dcem.rl.gym_envs`.
 """
+
+__all__: list[str] = []  # the adapters are imported from their submodules (optional dependencies)

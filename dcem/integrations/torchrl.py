@@ -31,7 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -143,6 +143,7 @@ class PlannerModule(MPCPlannerBase):
 
     @property
     def horizon(self) -> int:
+        """Planning horizon ``H``: the length of the plans searched."""
         return self.planner.horizon
 
     def reset(self) -> None:
@@ -184,7 +185,7 @@ class PlannerModule(MPCPlannerBase):
                         done = done | flag.reshape(*s.batch_size, -1).any(-1)
                 alive = ~done if alive is None else alive & ~done
                 s = nxt.select(*self.state_keys, strict=False)
-            return -total
+            return -cast(Tensor, total)  # set in the loop: the horizon is >= 1
 
         return cost
 

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from dcem._checks import check_bool, check_choice, check_int, check_real
 from dcem.optim.capture import CAPTURE_MODES
@@ -134,7 +134,7 @@ class PlannerConfig:
             set_(self, name, float(v))
         scale = std if self.std_scale is None else check_real("std_scale", self.std_scale, 0.0, strict=True)
         set_(self, "std_scale", float(scale))
-        if self.momentum >= 1.0:
+        if cast(float, self.momentum) >= 1.0:  # a float since the loop above
             raise ValueError(f"momentum must be < 1 (1 never moves the mean), got {self.momentum!r}")
         eps = check_real("iter_eps", self.iter_eps, 0.0, none_ok=True)
         set_(self, "iter_eps", eps or None)
@@ -147,13 +147,13 @@ class PlannerConfig:
     @property
     def n_keep(self) -> int:
         """Elites carried into the next iteration."""
-        return int(round(self.keep_frac * self.n_elite))
+        return int(round(cast(float, self.keep_frac) * self.n_elite))  # a float after __post_init__
 
     def population(self, it: int) -> int:
         """Candidates drawn at iteration ``it`` (population decay, floored at ``2 * n_elite``)."""
         if self.pop_decay == 1.0:
             return self.n_sample
-        n = int(round(self.n_sample / self.pop_decay**it))
+        n = int(round(self.n_sample / cast(float, self.pop_decay) ** it))  # a float after __post_init__
         return max(min(self.n_sample, 2 * self.n_elite), n)
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -123,7 +123,7 @@ class Planner:
 
     def plan(
         self,
-        cost: Callable[[Tensor], Tensor],
+        cost: Callable[..., Tensor],
         *,
         batch_shape: tuple[int, ...] | None = None,
         init_mean: Tensor | None = None,
@@ -212,7 +212,8 @@ class Planner:
                 mid = torch.clamp(mid, lo, hi)
             init_mean = mid
         if init_std is None:
-            init_std = self.config.std_scale * (hi - lo) if lo is not None and hi is not None else 1.0
+            std_scale = cast(float, self.config.std_scale)  # a float after PlannerConfig.__post_init__
+            init_std = std_scale * (hi - lo) if lo is not None and hi is not None else 1.0
         sigma = _search_tensor(init_std, "init_std", full, init_mean)
         if host_reads_free(sigma) and not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
             raise ValueError("init_std must be finite and >= 0")
@@ -232,7 +233,7 @@ class Planner:
         def evaluate(X: Tensor) -> Tensor:
             B, M, _ = X.shape
             if self.decoder is not None:
-                P = self.decoder(X.reshape(*batch, M, self.n_latent))
+                P = self.decoder(X.reshape(*batch, M, cast(int, self.n_latent)))  # set with the decoder
                 if not isinstance(P, Tensor) or tuple(P.shape) != (*batch, M, H, A):
                     got = tuple(P.shape) if isinstance(P, Tensor) else type(P).__name__
                     raise ValueError(
@@ -366,7 +367,7 @@ class Planner:
         r = refit(self.config, g, X, fX, host, i, want_weights=want_weights)
         Xf = torch.cat((X, fX.unsqueeze(-1)), -1)  # carries each candidate's cost (with its gradient)
         xf, fb = best_sample(Xf, fX)
-        s, w = r.state, r.weights if want_weights else fX[:, :0]
+        s, w = r.state, cast(Tensor, r.weights) if want_weights else fX[:, :0]
         return s.mu, s.sigma, s.done, s.failed, r.kept, xf, fb, Xf[:, -1], X, fX, w
 
     def _result(self, out: LoopOutput, batch: tuple[int, ...]) -> PlanResult:
@@ -375,7 +376,7 @@ class Planner:
 
     def _decode(self, z: Tensor) -> Tensor:
         """Plans ``(*B, H, A)`` of latents ``(*B, n_latent)`` (decoded and clamped like candidates)."""
-        return self._clamp_plans(self.decoder(z))
+        return self._clamp_plans(cast("Callable[[Tensor], Tensor]", self.decoder)(z))  # only with a decoder
 
     def _clamp_plans(self, P: Tensor) -> Tensor:
         """Decoded plans ``(..., H, A)`` clamped into the action bounds (if any)."""

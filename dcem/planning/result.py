@@ -79,4 +79,4 @@ def assemble(
 def plain(res: PlanResult) -> PlanResult:
     """``res`` with inference tensors (of a plan run under ``torch.inference_mode``) copied into
     normal ones, which callers may use in autograd and in-place like any other tensor."""
-    return PlanResult(*(t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res))
+    return PlanResult._make(t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res)
