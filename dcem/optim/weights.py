@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dcem.soft_topk import lml
+from dcem.sync import host_reads_free
 
 __all__ = [
     "gather_rows",
@@ -187,8 +188,11 @@ def settle_refit(
         wsum: total weight per row ``(B, 1)``; ``None`` when the caller has checked that
             every value was valid.
         done, failed: ``(B,)`` flags of the state.
-        host: host-checked path: a row of zero total weight raises ``ValueError``; on the
-            sync-free path it keeps its old distribution and becomes ``failed``.
+        host: host-checked path. A row of zero total weight raises ``ValueError`` on this
+            path and wherever values can be read for free (CPU tensors outside compilation,
+            so that both paths accept the same input there); elsewhere (the sync-free path
+            on accelerators or under ``torch.compile``) it keeps its old distribution and
+            becomes ``failed``.
         iter_eps: rows whose mean moves less than this become ``done``; ``done`` rows keep
             their mean and (like the reference, from the converging iteration on) their scale.
 
@@ -198,7 +202,7 @@ def settle_refit(
     (mu0, sigma0), (mu, sigma) = old, new
     if wsum is not None:
         none_valid = wsum.squeeze(-1) == 0
-        if host:
+        if host or host_reads_free(none_valid):
             if bool(none_valid.any()):
                 raise ValueError(
                     f"every {what} of some batch element has a NaN or +inf value (iteration {it})"
