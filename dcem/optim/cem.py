@@ -142,7 +142,11 @@ class CEMState(NamedTuple):
 def init_state(mu: Tensor, sigma: Tensor | float = 1.0) -> CEMState:
     """A fresh state from the initial Gaussian: ``mu (*B, D)`` finite, ``sigma`` (a float or a
     tensor broadcastable to ``mu``) finite and ``>= 0`` (:func:`dcem.optim.validate.check_mean_std`)."""
-    mu, sigma = check_mean_std(mu, sigma)
+    return _fresh_state(*check_mean_std(mu, sigma))
+
+
+def _fresh_state(mu: Tensor, sigma: Tensor) -> CEMState:
+    """:func:`init_state` for a checked ``mu`` and ``sigma`` of the same shape."""
     batch = mu.shape[:-1]
     flags = torch.zeros(batch, dtype=torch.bool, device=mu.device)
     best_f = torch.full(batch, math.inf, dtype=mu.dtype, device=mu.device)
@@ -162,18 +166,18 @@ def _check_state(state: object, cfg: object) -> CEMConfig:
                 f"state.{name} must be a tensor of shape {tuple(shape)} on {mu.device}, got {got}"
             )
     cfg = _check_cfg(cfg)
-    temp = cfg.temp
-    if isinstance(temp, Tensor):
-        batch = mu.shape[:-1]
-        try:
-            ok = torch.broadcast_shapes(temp.shape, batch) == batch
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"temp tensor of shape {tuple(temp.shape)} must broadcast to the batch shape {tuple(batch)}"
-            )
+    batch = mu.shape[:-1]
+    for name, t, shape in (("temp", cfg.temp, batch), ("lb", cfg.lb, mu.shape), ("ub", cfg.ub, mu.shape)):
+        if isinstance(t, Tensor) and not _broadcasts_to(t, shape):
+            raise ValueError(f"{name} tensor of shape {tuple(t.shape)} does not broadcast to {tuple(shape)}")
     return cfg
+
+
+def _broadcasts_to(t: Tensor, shape: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(t.shape, shape) == shape
+    except RuntimeError:
+        return False
 
 
 def _bound(b: Bound, mu: Tensor) -> Tensor | None:
@@ -294,7 +298,8 @@ def _tell2d(
         wsum = w_e.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
     else:
-        weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, sync=cfg.sync)
+        all_valid = host and bool(torch.isfinite(fX).all())  # the same bits either way (faster)
+        weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
         wsum = weights.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(weights, X, wsum)
     new_mu, new_sigma, new_done, failed = settle_refit(
@@ -309,7 +314,7 @@ def _tell2d(
 
 
 def _evaluate(f: Callable[[Tensor], Tensor], X: Tensor) -> Tensor:
-    return check_values(f(X), X, "f(X)")
+    return check_values(f(X), X, returned_by="f")
 
 
 def step(

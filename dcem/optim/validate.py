@@ -177,19 +177,21 @@ def check_mean_std(
     return mu, sigma
 
 
-def check_values(fX: object, X: Tensor, name: str = "fX") -> Tensor:
+def check_values(fX: object, X: Tensor, name: str = "fX", *, returned_by: str | None = None) -> Tensor:
     """Costs ``fX (*B, N)`` of samples ``X (*B, N, D)``: a real tensor on ``X``'s device, cast
-    to ``X``'s dtype (integer or other-precision costs are accepted)."""
+    to ``X``'s dtype (integer or other-precision costs are accepted). ``returned_by`` names the
+    objective that computed them (then the message says "f must return ...")."""
     want = tuple(X.shape[:-1])
+    what = f"{returned_by} must return" if returned_by else f"{name} must be"
     if not isinstance(fX, Tensor):
-        raise TypeError(f"{name} must be a tensor of shape (*B, n_sample) = {want}, got {type(fX).__name__}")
+        raise TypeError(f"{what} a tensor of shape (*B, n_sample) = {want}, got {type(fX).__name__}")
     if fX.is_complex() or fX.dtype == torch.bool:
-        raise TypeError(f"{name} must hold real values, got dtype {fX.dtype}")
+        raise TypeError(f"{what} real values, got dtype {fX.dtype}")
     if fX.device != X.device:
-        raise ValueError(f"{name} must be on the samples' device {X.device}, got {fX.device}")
+        raise ValueError(f"{what} values on the samples' device {X.device}, got {fX.device}")
     if tuple(fX.shape) != want:
         hint = " (transposed?)" if fX.dim() == 2 and tuple(fX.shape) == want[::-1] else ""
-        raise ValueError(f"{name} must have shape (*B, n_sample) = {want}, got {tuple(fX.shape)}{hint}")
+        raise ValueError(f"{what} values of shape (*B, n_sample) = {want}, got {tuple(fX.shape)}{hint}")
     return fX if fX.dtype == X.dtype else fX.to(X.dtype)
 
 

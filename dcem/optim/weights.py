@@ -55,9 +55,9 @@ def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
     up to the dtype's largest finite number normalise without overflow, and rows of equal
     values (zero spread) give zeros with finite gradients.
     """
-    if valid is None:
+    if valid is None:  # the same operations as with an all-True mask, so the same bits
         count = torch.full_like(v[..., :1], v.shape[-1])
-        dev = v - v.mean(-1, keepdim=True)
+        dev = v - v.sum(-1, keepdim=True) / count
     else:
         zero = torch.zeros_like(v)
         count = valid.sum(-1, keepdim=True).to(v.dtype)
@@ -71,18 +71,19 @@ def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
 def hard_elites(fX: Tensor, n_elite: int, host: bool) -> tuple[Tensor, Tensor]:
     """Indices ``(B, k)`` of the ``k`` smallest values and their weights (0 for invalid ones).
 
-    With ``host`` and CPU values NumPy's introselect is used (several times faster than
+    With ``host`` and CPU float32/float64 values NumPy's introselect is used (several times faster than
     ``torch.topk`` for short rows); otherwise ``torch.topk``, which is what accelerators and
     ``torch.compile`` run. Both order NaN last; ties may be broken differently.
     """
     v = fX.detach()
-    if host and v.device.type == "cpu":
+    if host and v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64):
         part = np.argpartition(v.numpy(), n_elite - 1, axis=-1)[:, :n_elite]
         idx = torch.from_numpy(np.ascontiguousarray(part))
+        vals = v.gather(1, idx)
     else:
-        idx = torch.topk(v.nan_to_num(nan=math.inf), n_elite, dim=-1, largest=False, sorted=False).indices
-    w = (~invalid_mask(v.gather(1, idx))).to(fX.dtype)
-    return idx, w
+        v = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # NaN last, infinities kept
+        vals, idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False)
+    return idx, (vals < math.inf).to(fX.dtype)  # NaN and +inf are invalid
 
 
 def soft_elite_weights(
@@ -99,17 +100,13 @@ def soft_elite_weights(
     ``temp`` is a float or a ``(B,)`` tensor dividing the (optionally standardised) values.
     Invalid values get weight 0; a row with at most ``n_elite`` valid values weights each of
     them by one. ``all_valid`` (a promise by a caller that has checked every value is finite
-    on the host) skips the masking.
+    on the host) skips the masking; it gives the same bits as the masked computation, so a
+    row's weights never depend on whether other rows of the batch hold invalid values.
     """
     tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
-    n = fX.shape[-1]
-    if all_valid:
-        if normalize and n > 1:
-            var, mean = torch.var_mean(fX, -1, keepdim=True)
-            if bool(torch.isfinite(var).all()):
-                return lml((mean - fX) / ((safe_sqrt(var) + 1e-6) * tscale), n_elite, 1.0, sync=sync)
-            fX = standardize(fX)  # squares overflowed: rescale before squaring
-        return lml(fX / -tscale, n_elite, 1.0, sync=sync)
+    if all_valid:  # every row as the masked path below computes an all-finite row, bit for bit
+        v = standardize(fX) if normalize else fX
+        return lml(v / -tscale, n_elite, 1.0, sync=sync)
     valid = ~invalid_mask(fX)
     finite = torch.isfinite(fX)  # valid and not -inf
     n_valid = valid.sum(-1, keepdim=True)
