@@ -48,23 +48,27 @@ def _newton(
 ) -> tuple[Tensor, Tensor]:
     """Safeguarded Newton iterations for ``sum(sigmoid(z + nu)) = k`` on the rows of ``z``.
 
-    ``lo``/``hi`` bracket the root (``g(lo) <= 0 <= g(hi)``) and ``lo <= nu <= hi``. A row that
-    meets the rounding-level tolerance takes one last Newton step (which refines every entry below
-    the tolerance on the sum) and is frozen from then on; ``frozen`` rows never move. With
-    ``host`` the loop stops once every row is frozen, else it runs ``n_iter`` iterations without
-    reading anything on the host. Returns ``nu`` and the frozen mask.
+    ``lo``/``hi`` bracket the root (``g(lo) <= 0 <= g(hi)``) and ``lo <= nu <= hi``; the
+    per-row state (``nu``, ``lo``, ``hi``, ``(B, 1)``) is float64 whatever the dtype of ``z``,
+    and ``nu`` is rounded to it for each pass over ``z``. A row that meets the rounding-level
+    tolerance takes one last Newton step (which refines every entry below the tolerance on the
+    sum) and is frozen from then on; ``frozen`` rows never move. With ``host`` the loop stops once
+    every row is frozen, else it runs ``n_iter`` iterations without reading anything on the host.
+    Returns ``nu`` and the frozen mask.
     """
     n = z.shape[-1]
     # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
     tol = torch.finfo(z.dtype).eps * k * (8 + math.log2(n))
-    lower_form = 2 * k <= n
     ybuf, col = rows_like(z, n), rows_like(nu, 1)
+    if host and ybuf is not None and z.shape[0] <= _SCALAR_ROWS:
+        return _newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
     for _ in range(n_iter):
         if host and bool(frozen.all()):
             break
-        y = torch.sigmoid(z + nu) if ybuf is None else torch.add(z, nu, out=ybuf).sigmoid_()
-        s = y.sum(-1, keepdim=True)
-        ds = s - (y * y).sum(-1, keepdim=True)  # sum of y (1 - y)
+        nz = nu.to(z.dtype)
+        y = torch.sigmoid(z + nz) if ybuf is None else torch.add(z, nz, out=ybuf).sigmoid_()
+        s = y.sum(-1, keepdim=True).double()
+        ds = s - (y * y).sum(-1, keepdim=True).double()  # sum of y (1 - y)
         r = k - s
         conv = r.abs() <= tol
         below = r > 0
@@ -73,7 +77,7 @@ def _newton(
         # Newton step on log(S / k) when k <= n / 2 and on log((n - S) / (n - k)) otherwise:
         # the logarithm of the smaller of S and n - S is nearly linear in nu around the root,
         # so the steps stay accurate from far away. log1p keeps them exact near the root.
-        if lower_form:
+        if 2 * k <= n:
             step = _log1p(r / s, col) * s
         else:
             step = _log1p(r / (n - k), col) * (n - s)
@@ -85,6 +89,52 @@ def _newton(
         nu = torch.where(frozen, nu, new)
         frozen = frozen | conv
     return nu, frozen
+
+
+# CPU inputs of at most this many rows run the per-row updates of _newton on Python floats (the
+# same IEEE float64 operations, so bit for bit the same result), saving the dispatch of ~20
+# tensor operations per iteration.
+_SCALAR_ROWS = 4
+
+
+def _newton_rows(
+    z: Tensor, nu: Tensor, lo: Tensor, hi: Tensor, frozen: Tensor, k: int, n_iter: int, tol: float,
+    ybuf: Tensor,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """:func:`_newton` on the host with the per-row state held in Python floats."""
+    n = z.shape[-1]
+    nus, los, his = nu.flatten().tolist(), lo.flatten().tolist(), hi.flatten().tolist()
+    done = frozen.flatten().tolist()
+    for _ in range(n_iter):
+        if all(done):
+            break
+        nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
+        y = torch.add(z, nz, out=ybuf).sigmoid_()
+        sums, squares = torch.stack((y.sum(-1), (y * y).sum(-1))).tolist()
+        lower = 2 * k <= n
+        # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
+        ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
+        t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
+        logs = torch.log1p(t64, out=rows_like(t64, 1)).flatten().tolist()
+        for i, (s, sq) in enumerate(zip(sums, squares)):
+            if done[i]:
+                continue
+            v, ds, r = nus[i], s - sq, k - s
+            if r > 0:
+                los[i] = v
+            else:
+                his[i] = v
+            # the tensor code's inf / NaN cases (s = 0, ds = 0, log1p(-1)) all leave the bracket
+            if ds == 0 or (lower and s == 0) or ts[i] <= -1:
+                cand = math.nan
+            else:
+                cand = v + logs[i] * (s if lower else n - s) / ds
+            conv = abs(r) <= tol
+            if not los[i] <= cand <= his[i]:
+                cand = v if conv else (los[i] + his[i]) * 0.5
+            nus[i], done[i] = cand, conv
+    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
+    return back, torch.tensor(done).unsqueeze(1)
 
 
 def _alloc(x: Tensor) -> Tensor:
@@ -127,11 +177,11 @@ def _from_max(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[Tens
     """
     n = x.shape[-1]
     z = _scaled(x, x.amax(-1, keepdim=True), tau)
-    lo = torch.full((x.shape[0], 1), math.log(k / (n - k)), dtype=x.dtype, device=x.device)
-    hi = (lo - z.amin(-1, keepdim=True)).clamp_max(torch.finfo(x.dtype).max)
+    lo = torch.full((x.shape[0], 1), math.log(k / (n - k)), dtype=torch.float64, device=x.device)
+    hi = (lo - z.amin(-1, keepdim=True).double()).clamp_max(torch.finfo(x.dtype).max)
     frozen = torch.zeros_like(lo, dtype=torch.bool)
     nu, frozen = _newton(z, _start(lo, hi, k, n), lo, hi, frozen, k, n_iter, True)
-    return z.add_(nu), frozen
+    return z.add_(nu.to(z.dtype)), frozen
 
 
 def _from_kth(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -> tuple[Tensor, Tensor]:
@@ -158,13 +208,13 @@ def _from_kth(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -
     zero = torch.zeros_like(xk)
     shift = torch.where(k_inf, torch.where(xk1 > -math.inf, xk1, zero), xk)
     z = _scaled(x, shift, tau)
-    gap = torch.where(regular, ((xk - xk1) / tau).clamp_max(big), zero)
+    gap = torch.where(regular, ((xk - xk1) / tau).clamp_max(big), zero).double()
     lo = torch.full_like(gap, -math.log(n - k))
     hi = gap + math.log(k)
-    settled = torch.where(k_live, big, torch.where(k_inf, -big, torch.full_like(xk, math.nan)))
+    settled = torch.where(k_live, big, torch.where(k_inf, -big, torch.full_like(gap, math.nan)))
     nu = torch.where(regular, _start(lo, hi, k, n, gap), settled)
     nu, frozen = _newton(z, nu, lo, hi, ~regular, k, n_iter, host)
-    return z.add_(nu), frozen
+    return z.add_(nu.to(z.dtype)), frozen
 
 
 def solve(
