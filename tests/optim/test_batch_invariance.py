@@ -66,10 +66,6 @@ def test_hard_cem_is_batch_invariant():
     _check(None)
 
 
-@pytest.mark.xfail(
-    strict=False,  # remove once branch topk (a batch-invariant dcem.lml) is merged
-    reason="the soft top-k's iterations depend on the other rows (dcem.lml; fixed on branch topk)",
-)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_dcem_is_batch_invariant_with_gradients(dtype):
     _check(1.0, dtype)
