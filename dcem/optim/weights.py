@@ -201,8 +201,10 @@ def settle_refit(
         none_valid = wsum.squeeze(-1) == 0
         if host or host_reads_free(none_valid):
             if bool(none_valid.any()):
+                bad = torch.nonzero(none_valid).flatten()[:5].tolist()
                 raise ValueError(
-                    f"every {what} of some batch element has a NaN or +inf value (iteration {it})"
+                    f"every {what} of some batch element has a NaN or +inf value (iteration {it}, "
+                    f"flattened batch rows {bad}): the objective must give each problem a valid value"
                 )
         else:
             mu = torch.where(none_valid.unsqueeze(-1), mu0, mu)
