@@ -213,3 +213,25 @@ def check_generator(generator: object, like: Tensor) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if generator.device.type != like.device.type:
         raise ValueError(f"generator must be on the iterates' device {like.device}, got {generator.device}")
+
+
+def check_box_defaults(
+    lower: object, upper: object, init_mean: object, init_std: object, prefix: str = ""
+) -> None:
+    """Refuse to derive an initial mean/std from a box with an infinite side.
+
+    The planner's defaults are the middle (``init_mean``) and a fraction of the width
+    (``init_std``) of the box ``[lower, upper]``; with an infinite bound both are infinite, so a
+    plan would be refused for an argument the user never gave. Name what to pass instead.
+    """
+    if lower is None or upper is None or (init_mean is not None and init_std is not None):
+        return
+    lo, hi = _readable(lower), _readable(upper)
+    if (lo is not None and not bool(torch.isfinite(lo).all())) or (
+        hi is not None and not bool(torch.isfinite(hi).all())
+    ):
+        missing = " and ".join(n for n, v in (("init_mean", init_mean), ("init_std", init_std)) if v is None)
+        raise ValueError(
+            f"{prefix}lower/{prefix}upper have an infinite entry, so the default {missing} (middle and width "
+            f"of the box) would be infinite: pass {missing}, or finite bounds"
+        )
