@@ -92,11 +92,15 @@ def dcem(
             default dtype).
         sync: ``"auto"`` (default), ``"host"`` or ``"free"`` (:mod:`dcem.sync`). On the
             host-checked path (default on CPU) the loop stops once every problem has
-            converged and a problem whose samples all have NaN/``+inf`` values raises
-            ``ValueError``; on the sync-free path (default on accelerators and under
-            ``torch.compile``) all ``n_iter`` iterations run with no host read and such a
-            problem keeps its distribution for that iteration (use
-            :func:`dcem.optim.solve` to see its ``failed`` flag).
+            converged (a converged problem is frozen, so this changes no result); on the
+            sync-free path (default on accelerators and under ``torch.compile``) all
+            ``n_iter`` iterations run with no host read. Both paths accept the same input:
+            a problem whose samples all have NaN/``+inf`` values raises ``ValueError``
+            wherever values can be read for free (CPU); elsewhere it keeps its distribution
+            for that iteration (:func:`dcem.optim.solve` shows its ``failed`` flag).
+
+    A problem's result depends only on its own arguments and draws, bit for bit: the other
+    problems of the batch never change it (given the same samples).
 
     Returns:
         the final mean (or best sample), shape ``(n_batch, nx)``.

@@ -125,8 +125,10 @@ class CEMState(NamedTuple):
         mu: mean of the sampling Gaussian, ``(*B, D)``.
         sigma: its per-coordinate standard deviation, ``(*B, D)``.
         done: ``(*B,)`` bool, the problem has converged (``iter_eps``) and no longer moves.
-        failed: ``(*B,)`` bool, some iteration had no sample with a valid value (on the
-            sync-free path the problem then kept its distribution for that iteration).
+        failed: ``(*B,)`` bool, some iteration had no sample with a valid value and the
+            problem kept its distribution for that iteration. Only where values cannot be
+            read for free (the sync-free path on accelerators or under ``torch.compile``); on
+            CPU both paths raise ``ValueError`` instead (:mod:`dcem.optim.validate`).
         best_x: best sample seen, ``(*B, D)`` (``mu`` at the start).
         best_f: its value, ``(*B,)`` (``+inf`` at the start; never NaN).
     """
