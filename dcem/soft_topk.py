@@ -230,7 +230,7 @@ def lml(
         tau2 = tau.expand(x.shape[:-1]).reshape(-1, 1)  # (B, 1): one temperature per row
     checked = host or host_reads_free(x2)
     all_finite = True
-    if checked and not bool(torch.isfinite(x2).all()):
+    if checked and not _all_finite(x2):
         check_nonfinite(x2, k)
         all_finite = False
     xd = x2.detach()
@@ -262,6 +262,13 @@ def lml(
     return y if y.dtype == in_dtype else y.to(in_dtype)
 
 
+def _all_finite(x: Tensor) -> bool:
+    # one reduction instead of isfinite().all() (several passes); an overflowing sum of finite
+    # values only sends the call through the per-row test
+    x = x.detach()
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def hard_topk(x: Tensor, k: int) -> Tensor:
     """Hard top-k indicator along the last dimension, the ``tau -> 0`` limit of :func:`lml`.
 
@@ -282,7 +289,7 @@ def hard_topk(x: Tensor, k: int) -> Tensor:
     checked = True
     if x.is_floating_point():
         checked = resolve_sync("auto", x) or host_reads_free(x)
-        if checked and not bool(torch.isfinite(x).all()):
+        if checked and not _all_finite(x):
             check_nonfinite(x.reshape(-1, n), k)
     idx = torch.argsort(x, dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros_like(x).scatter_(-1, idx, 1)
