@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,10 +52,9 @@ def _newton(
     ``lo``/``hi`` bracket the root (``g(lo) <= 0 <= g(hi)``) and ``lo <= nu <= hi``; the
     per-row state (``nu``, ``lo``, ``hi``, ``(B, 1)``) is float64 whatever the dtype of ``z``,
     and ``nu`` is rounded to it for each pass over ``z``. A row that meets the rounding-level
-    tolerance takes one last Newton step (which refines every entry below the tolerance on the
-    sum) and is frozen from then on; ``frozen`` rows never move. With ``host`` the loop stops once
-    every row is frozen, else it runs ``n_iter`` iterations without reading anything on the host.
-    Returns ``nu`` and the frozen mask.
+    tolerance is frozen from then on (``frozen`` rows never move). With ``host`` the loop stops
+    once every row is frozen, else it runs ``n_iter`` iterations without reading anything on the
+    host. Returns ``nu`` and the frozen mask.
     """
     n = z.shape[-1]
     # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
@@ -63,14 +63,14 @@ def _newton(
     if host and ybuf is not None and z.shape[0] <= _SCALAR_ROWS:
         return _newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
     for _ in range(n_iter):
-        if host and bool(frozen.all()):
-            break
         nz = nu.to(z.dtype)
         y = torch.sigmoid(z + nz) if ybuf is None else torch.add(z, nz, out=ybuf).sigmoid_()
         s = y.sum(-1, keepdim=True).double()
-        ds = s - (y * y).sum(-1, keepdim=True).double()  # sum of y (1 - y)
         r = k - s
-        conv = r.abs() <= tol
+        done = frozen | (r.abs() <= tol)  # a row that meets the tolerance stays where it is
+        if host and bool(done.all()):
+            return nu, done
+        ds = s - (y * y).sum(-1, keepdim=True).double()  # sum of y (1 - y)
         below = r > 0
         lo = torch.where(below, nu, lo)
         hi = torch.where(below, hi, nu)
@@ -81,13 +81,11 @@ def _newton(
             step = _log1p(r / s, col) * s
         else:
             step = _log1p(r / (n - k), col) * (n - s)
-        # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection;
-        # a converged row keeps its point instead of bisecting away from it
+        # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection
         cand = nu + step / ds
-        fallback = torch.where(conv, nu, (lo + hi) * 0.5)
-        new = torch.where((cand >= lo) & (cand <= hi), cand, fallback)
-        nu = torch.where(frozen, nu, new)
-        frozen = frozen | conv
+        new = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
+        nu = torch.where(done, nu, new)
+        frozen = done
     return nu, frozen
 
 
@@ -105,17 +103,23 @@ def _newton_rows(
     n = z.shape[-1]
     nus, los, his = nu.flatten().tolist(), lo.flatten().tolist(), hi.flatten().tolist()
     done = frozen.flatten().tolist()
+    logbuf = rows_like(nu, 1)
     for _ in range(n_iter):
-        if all(done):
-            break
-        nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
+        if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
+            with np.errstate(over="ignore"):
+                nz = float(np.float32(nus[0])) if z.dtype == torch.float32 else nus[0]
+        else:
+            nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
         y = torch.add(z, nz, out=ybuf).sigmoid_()
         sums, squares = torch.stack((y.sum(-1), (y * y).sum(-1))).tolist()
+        done = [d or abs(k - s) <= tol for d, s in zip(done, sums)]  # meets the tolerance: stays
+        if all(done):
+            break
         lower = 2 * k <= n
         # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
         ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
         t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
-        logs = torch.log1p(t64, out=rows_like(t64, 1)).flatten().tolist()
+        logs = torch.log1p(t64, out=logbuf).flatten().tolist()
         for i, (s, sq) in enumerate(zip(sums, squares)):
             if done[i]:
                 continue
@@ -129,10 +133,8 @@ def _newton_rows(
                 cand = math.nan
             else:
                 cand = v + logs[i] * (s if lower else n - s) / ds
-            conv = abs(r) <= tol
-            if not los[i] <= cand <= his[i]:
-                cand = v if conv else (los[i] + his[i]) * 0.5
-            nus[i], done[i] = cand, conv
+            # torch.lerp(lo, hi, 0.5) is hi - (hi - lo) * 0.5
+            nus[i] = cand if los[i] <= cand <= his[i] else his[i] - (his[i] - los[i]) * 0.5
     back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
     return back, torch.tensor(done).unsqueeze(1)
 

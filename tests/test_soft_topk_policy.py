@@ -76,7 +76,7 @@ def test_infinite_entries_leave_the_finite_problem_exact(dtype):
     for k in (3, 5, 8):
         y = lml(x, k, 0.4)
         ref = lml(fin, k - 2, 0.4)
-        tol = 1e-6 if dtype == torch.float32 else 1e-13
+        tol = 4e-6 if dtype == torch.float32 else 1e-13  # two solves, each within 2e-6 (test_lml)
         torch.testing.assert_close(y[:, :7], ref, rtol=0, atol=tol)
     # exactly k entries +inf: they take all the mass; exactly k above -inf: all of them get 1
     zeros, ones = torch.zeros(5, 7, dtype=dtype), torch.ones(5, 9, dtype=dtype)
