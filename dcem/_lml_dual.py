@@ -16,32 +16,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["solve", "rows_like"]
+from dcem._lml_rows import SCALAR_ROWS, alloc, log1p_rows, newton_rows, rows_like
+
+__all__ = ["solve"]
 
 # Iterations the cheap start (centred on the row maximum) may take before a row moves on to the
 # robust start (centred on its k-th largest value).
 _MAX_FIRST = 8
 # Gap (in units of tau) between the k-th and (k+1)-th values above which Newton starts mid-gap.
 _GAP_START = 2.0
-
-
-def rows_like(x: Tensor, width: int) -> Tensor | None:
-    """An uninitialised ``(B, width)`` tensor like ``x`` whose rows are ``width + 1`` apart, on CPU
-    outside ``torch.compile``/``torch.func`` (elsewhere ``None``: plain operations are used).
-
-    PyTorch's CPU kernels run a contiguous tensor as one flat loop whose vectorised body and
-    scalar tail round ``exp``/``log1p`` differently, so an entry's result would depend on where it
-    sits in the batch. On this layout each kernel runs row by row (the rows cannot be merged into
-    one loop), so every row sees the same split into vector and tail lanes whatever the other
-    rows are. A ``(B, 1)`` tensor of this layout runs every entry through the scalar code.
-    """
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return None
-    return torch.empty(x.shape[0], width + 1, dtype=x.dtype, device=x.device)[:, :width]
 
 
 def _newton(
@@ -60,8 +46,8 @@ def _newton(
     # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
     tol = torch.finfo(z.dtype).eps * k * (8 + math.log2(n))
     ybuf, col = rows_like(z, n), rows_like(nu, 1)
-    if host and ybuf is not None and z.shape[0] <= _SCALAR_ROWS:
-        return _newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
+    if host and ybuf is not None and z.shape[0] <= SCALAR_ROWS:
+        return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
     for _ in range(n_iter):
         nz = nu.to(z.dtype)
         y = torch.sigmoid(z + nz) if ybuf is None else torch.add(z, nz, out=ybuf).sigmoid_()
@@ -78,74 +64,15 @@ def _newton(
         # the logarithm of the smaller of S and n - S is nearly linear in nu around the root,
         # so the steps stay accurate from far away. log1p keeps them exact near the root.
         if 2 * k <= n:
-            step = _log1p(r / s, col) * s
+            step = log1p_rows(r / s, col) * s
         else:
-            step = _log1p(r / (n - k), col) * (n - s)
+            step = log1p_rows(r / (n - k), col) * (n - s)
         # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection
         cand = nu + step / ds
         new = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
         nu = torch.where(done, nu, new)
         frozen = done
     return nu, frozen
-
-
-# CPU inputs of at most this many rows run the per-row updates of _newton on Python floats (the
-# same IEEE float64 operations, so bit for bit the same result), saving the dispatch of ~20
-# tensor operations per iteration.
-_SCALAR_ROWS = 4
-
-
-def _newton_rows(
-    z: Tensor, nu: Tensor, lo: Tensor, hi: Tensor, frozen: Tensor, k: int, n_iter: int, tol: float,
-    ybuf: Tensor,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """:func:`_newton` on the host with the per-row state held in Python floats."""
-    n = z.shape[-1]
-    nus, los, his = nu.flatten().tolist(), lo.flatten().tolist(), hi.flatten().tolist()
-    done = frozen.flatten().tolist()
-    logbuf = rows_like(nu, 1)
-    for _ in range(n_iter):
-        if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
-            with np.errstate(over="ignore"):
-                nz = float(np.float32(nus[0])) if z.dtype == torch.float32 else nus[0]
-        else:
-            nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
-        y = torch.add(z, nz, out=ybuf).sigmoid_()
-        sums, squares = torch.stack((y.sum(-1), (y * y).sum(-1))).tolist()
-        done = [d or abs(k - s) <= tol for d, s in zip(done, sums)]  # meets the tolerance: stays
-        if all(done):
-            break
-        lower = 2 * k <= n
-        # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
-        ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
-        t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
-        logs = torch.log1p(t64, out=logbuf).flatten().tolist()
-        for i, (s, sq) in enumerate(zip(sums, squares)):
-            if done[i]:
-                continue
-            v, ds, r = nus[i], s - sq, k - s
-            if r > 0:
-                los[i] = v
-            else:
-                his[i] = v
-            # the tensor code's inf / NaN cases (s = 0, ds = 0, log1p(-1)) all leave the bracket
-            if ds == 0 or (lower and s == 0) or ts[i] <= -1:
-                cand = math.nan
-            else:
-                cand = v + logs[i] * (s if lower else n - s) / ds
-            # torch.lerp(lo, hi, 0.5) is hi - (hi - lo) * 0.5
-            nus[i] = cand if los[i] <= cand <= his[i] else his[i] - (his[i] - los[i]) * 0.5
-    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
-    return back, torch.tensor(done).unsqueeze(1)
-
-
-def _alloc(x: Tensor) -> Tensor:
-    out = rows_like(x, x.shape[-1])
-    return torch.empty_like(x) if out is None else out
-
-
-def _log1p(t: Tensor, out: Tensor | None) -> Tensor:
-    return torch.log1p(t) if out is None else torch.log1p(t, out=out)
 
 
 def _scaled(x: Tensor, shift: Tensor, tau: float | Tensor) -> Tensor:
@@ -246,12 +173,12 @@ def solve(
         if first is None:
             u, todo = uf, ~done.squeeze(1)
         else:
-            u = _alloc(x).index_copy_(0, first, uf)
+            u = alloc(x).index_copy_(0, first, uf)
             todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             todo[first] = ~done.squeeze(1)
         rest = todo.nonzero().squeeze(1)
     else:
-        u, rest = _alloc(x), None
+        u, rest = alloc(x), None
     xr = x if rest is None else x[rest]
     tr = tau[rest] if isinstance(tau, Tensor) and rest is not None else tau
     ur, done = _from_kth(xr, tr, k, n_iter, True)

@@ -27,10 +27,12 @@ which are nearly linear in ``nu`` far from it, and fall back to bisection whenev
 would leave the bracket; typical inputs converge in 3-6 iterations.
 
 Paths (chosen by the sync policy of :mod:`dcem.sync`): each row freezes as soon as it meets a
-rounding-level tolerance, so its result never depends on the other rows of the batch (bitwise, on
-CPU). The host-checked path (default for CPU tensors) stops once every row is frozen, first from
-a cheap start centred on the row maximum, then, for rows not converged in a few iterations, from
-the k-th value; the sync-free path (accelerators, ``torch.func``/``torch.compile``) runs a fixed
+rounding-level tolerance, so its result and gradient never depend on the other rows of the batch
+(bitwise on CPU with one intra-op thread; with several, PyTorch may split an elementwise kernel
+over more than 32,768 entries inside a row, which can then change in its last bit). The
+host-checked path (default for CPU tensors) stops once every row is frozen, first from a cheap
+start centred on the row maximum, then, for rows not converged in a few iterations, from the
+k-th value; the sync-free path (accelerators, ``torch.func``/``torch.compile``) runs a fixed
 iteration count from the k-th value with no host synchronisation.
 
 Non-finite input: ``+inf`` entries get ``y = 1`` and ``-inf`` entries ``y = 0`` (exactly, with a
