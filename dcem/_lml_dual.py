@@ -140,7 +140,7 @@ def _from_kth(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -
     gap = torch.where(regular, ((xk - xk1) / tau).clamp_max(big), zero).double()
     lo = torch.full_like(gap, -math.log(n - k))
     hi = gap + math.log(k)
-    settled = torch.where(k_live, big, torch.where(k_inf, -big, torch.full_like(gap, math.nan)))
+    settled = torch.where(k_live & ~bad, big, torch.where(k_inf & ~bad, -big, torch.full_like(gap, math.nan)))
     nu = torch.where(regular, _start(lo, hi, k, n, gap), settled)
     nu, frozen = _newton(z, nu, lo, hi, ~regular, k, n_iter, host)
     return z.add_(nu.to(z.dtype)), frozen
