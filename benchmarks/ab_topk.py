@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     old = _load_old(Path(args.old))
     gen = torch.Generator().manual_seed(0)
-    cases = [(1000, torch.float32, "host"), (1, torch.float32, "host"), (4, torch.float32, "host"),
-             (1000, torch.float64, "host"), (1000, torch.float32, "free"), (1, torch.float32, "free")]  # fmt: skip
+    f32, f64 = torch.float32, torch.float64
+    cases = [(1000, f32, "host"), (1, f32, "host"), (4, f32, "host"), (1000, f64, "host"),
+             (1000, f32, "free"),
+             (1, f32, "free")]  # fmt: skip
     for B, dt, sync in cases:
         x = torch.randn(B, 100, generator=gen, dtype=dt).requires_grad_()
         g = torch.randn(B, 100, generator=gen, dtype=dt)

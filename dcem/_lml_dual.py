@@ -19,28 +19,15 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["solve", "rows_like"]
+from dcem._lml_rows import SCALAR_ROWS, alloc, log1p_rows, newton_rows, rows_like
+
+__all__ = ["solve"]
 
 # Iterations the cheap start (centred on the row maximum) may take before a row moves on to the
 # robust start (centred on its k-th largest value).
 _MAX_FIRST = 8
 # Gap (in units of tau) between the k-th and (k+1)-th values above which Newton starts mid-gap.
 _GAP_START = 2.0
-
-
-def rows_like(x: Tensor, width: int) -> Tensor | None:
-    """An uninitialised ``(B, width)`` tensor like ``x`` whose rows are ``width + 1`` apart, on CPU
-    outside ``torch.compile``/``torch.func`` (elsewhere ``None``: plain operations are used).
-
-    PyTorch's CPU kernels run a contiguous tensor as one flat loop whose vectorised body and
-    scalar tail round ``exp``/``log1p`` differently, so an entry's result would depend on where it
-    sits in the batch. On this layout each kernel runs row by row (the rows cannot be merged into
-    one loop), so every row sees the same split into vector and tail lanes whatever the other
-    rows are. A ``(B, 1)`` tensor of this layout runs every entry through the scalar code.
-    """
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return None
-    return torch.empty(x.shape[0], width + 1, dtype=x.dtype, device=x.device)[:, :width]
 
 
 def _newton(
@@ -51,26 +38,25 @@ def _newton(
     ``lo``/``hi`` bracket the root (``g(lo) <= 0 <= g(hi)``) and ``lo <= nu <= hi``; the
     per-row state (``nu``, ``lo``, ``hi``, ``(B, 1)``) is float64 whatever the dtype of ``z``,
     and ``nu`` is rounded to it for each pass over ``z``. A row that meets the rounding-level
-    tolerance takes one last Newton step (which refines every entry below the tolerance on the
-    sum) and is frozen from then on; ``frozen`` rows never move. With ``host`` the loop stops once
-    every row is frozen, else it runs ``n_iter`` iterations without reading anything on the host.
-    Returns ``nu`` and the frozen mask.
+    tolerance is frozen from then on (``frozen`` rows never move). With ``host`` the loop stops
+    once every row is frozen, else it runs ``n_iter`` iterations without reading anything on the
+    host. Returns ``nu`` and the frozen mask.
     """
     n = z.shape[-1]
     # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
     tol = torch.finfo(z.dtype).eps * k * (8 + math.log2(n))
     ybuf, col = rows_like(z, n), rows_like(nu, 1)
-    if host and ybuf is not None and z.shape[0] <= _SCALAR_ROWS:
-        return _newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
+    if host and ybuf is not None and z.shape[0] <= SCALAR_ROWS:
+        return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
     for _ in range(n_iter):
-        if host and bool(frozen.all()):
-            break
         nz = nu.to(z.dtype)
         y = torch.sigmoid(z + nz) if ybuf is None else torch.add(z, nz, out=ybuf).sigmoid_()
         s = y.sum(-1, keepdim=True).double()
-        ds = s - (y * y).sum(-1, keepdim=True).double()  # sum of y (1 - y)
         r = k - s
-        conv = r.abs() <= tol
+        done = frozen | (r.abs() <= tol)  # a row that meets the tolerance stays where it is
+        if host and bool(done.all()):
+            return nu, done
+        ds = s - (y * y).sum(-1, keepdim=True).double()  # sum of y (1 - y)
         below = r > 0
         lo = torch.where(below, nu, lo)
         hi = torch.where(below, hi, nu)
@@ -78,72 +64,15 @@ def _newton(
         # the logarithm of the smaller of S and n - S is nearly linear in nu around the root,
         # so the steps stay accurate from far away. log1p keeps them exact near the root.
         if 2 * k <= n:
-            step = _log1p(r / s, col) * s
+            step = log1p_rows(r / s, col) * s
         else:
-            step = _log1p(r / (n - k), col) * (n - s)
-        # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection;
-        # a converged row keeps its point instead of bisecting away from it
+            step = log1p_rows(r / (n - k), col) * (n - s)
+        # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection
         cand = nu + step / ds
-        fallback = torch.where(conv, nu, (lo + hi) * 0.5)
-        new = torch.where((cand >= lo) & (cand <= hi), cand, fallback)
-        nu = torch.where(frozen, nu, new)
-        frozen = frozen | conv
+        new = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
+        nu = torch.where(done, nu, new)
+        frozen = done
     return nu, frozen
-
-
-# CPU inputs of at most this many rows run the per-row updates of _newton on Python floats (the
-# same IEEE float64 operations, so bit for bit the same result), saving the dispatch of ~20
-# tensor operations per iteration.
-_SCALAR_ROWS = 4
-
-
-def _newton_rows(
-    z: Tensor, nu: Tensor, lo: Tensor, hi: Tensor, frozen: Tensor, k: int, n_iter: int, tol: float,
-    ybuf: Tensor,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """:func:`_newton` on the host with the per-row state held in Python floats."""
-    n = z.shape[-1]
-    nus, los, his = nu.flatten().tolist(), lo.flatten().tolist(), hi.flatten().tolist()
-    done = frozen.flatten().tolist()
-    for _ in range(n_iter):
-        if all(done):
-            break
-        nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
-        y = torch.add(z, nz, out=ybuf).sigmoid_()
-        sums, squares = torch.stack((y.sum(-1), (y * y).sum(-1))).tolist()
-        lower = 2 * k <= n
-        # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
-        ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
-        t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
-        logs = torch.log1p(t64, out=rows_like(t64, 1)).flatten().tolist()
-        for i, (s, sq) in enumerate(zip(sums, squares)):
-            if done[i]:
-                continue
-            v, ds, r = nus[i], s - sq, k - s
-            if r > 0:
-                los[i] = v
-            else:
-                his[i] = v
-            # the tensor code's inf / NaN cases (s = 0, ds = 0, log1p(-1)) all leave the bracket
-            if ds == 0 or (lower and s == 0) or ts[i] <= -1:
-                cand = math.nan
-            else:
-                cand = v + logs[i] * (s if lower else n - s) / ds
-            conv = abs(r) <= tol
-            if not los[i] <= cand <= his[i]:
-                cand = v if conv else (los[i] + his[i]) * 0.5
-            nus[i], done[i] = cand, conv
-    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
-    return back, torch.tensor(done).unsqueeze(1)
-
-
-def _alloc(x: Tensor) -> Tensor:
-    out = rows_like(x, x.shape[-1])
-    return torch.empty_like(x) if out is None else out
-
-
-def _log1p(t: Tensor, out: Tensor | None) -> Tensor:
-    return torch.log1p(t) if out is None else torch.log1p(t, out=out)
 
 
 def _scaled(x: Tensor, shift: Tensor, tau: float | Tensor) -> Tensor:
@@ -211,7 +140,7 @@ def _from_kth(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -
     gap = torch.where(regular, ((xk - xk1) / tau).clamp_max(big), zero).double()
     lo = torch.full_like(gap, -math.log(n - k))
     hi = gap + math.log(k)
-    settled = torch.where(k_live, big, torch.where(k_inf, -big, torch.full_like(gap, math.nan)))
+    settled = torch.where(k_live & ~bad, big, torch.where(k_inf & ~bad, -big, torch.full_like(gap, math.nan)))
     nu = torch.where(regular, _start(lo, hi, k, n, gap), settled)
     nu, frozen = _newton(z, nu, lo, hi, ~regular, k, n_iter, host)
     return z.add_(nu.to(z.dtype)), frozen
@@ -244,12 +173,12 @@ def solve(
         if first is None:
             u, todo = uf, ~done.squeeze(1)
         else:
-            u = _alloc(x).index_copy_(0, first, uf)
+            u = alloc(x).index_copy_(0, first, uf)
             todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             todo[first] = ~done.squeeze(1)
         rest = todo.nonzero().squeeze(1)
     else:
-        u, rest = _alloc(x), None
+        u, rest = alloc(x), None
     xr = x if rest is None else x[rest]
     tr = tau[rest] if isinstance(tau, Tensor) and rest is not None else tau
     ur, done = _from_kth(xr, tr, k, n_iter, True)

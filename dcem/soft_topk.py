@@ -27,10 +27,12 @@ which are nearly linear in ``nu`` far from it, and fall back to bisection whenev
 would leave the bracket; typical inputs converge in 3-6 iterations.
 
 Paths (chosen by the sync policy of :mod:`dcem.sync`): each row freezes as soon as it meets a
-rounding-level tolerance, so its result never depends on the other rows of the batch (bitwise, on
-CPU). The host-checked path (default for CPU tensors) stops once every row is frozen, first from
-a cheap start centred on the row maximum, then, for rows not converged in a few iterations, from
-the k-th value; the sync-free path (accelerators, ``torch.func``/``torch.compile``) runs a fixed
+rounding-level tolerance, so its result and gradient never depend on the other rows of the batch
+(bitwise on CPU with one intra-op thread; with several, PyTorch may split an elementwise kernel
+over more than 32,768 entries inside a row, which can then change in its last bit). The
+host-checked path (default for CPU tensors) stops once every row is frozen, first from a cheap
+start centred on the row maximum, then, for rows not converged in a few iterations, from the
+k-th value; the sync-free path (accelerators, ``torch.func``/``torch.compile``) runs a fixed
 iteration count from the k-th value with no host synchronisation.
 
 Non-finite input: ``+inf`` entries get ``y = 1`` and ``-inf`` entries ``y = 0`` (exactly, with a
@@ -230,7 +232,7 @@ def lml(
         tau2 = tau.expand(x.shape[:-1]).reshape(-1, 1)  # (B, 1): one temperature per row
     checked = host or host_reads_free(x2)
     all_finite = True
-    if checked and not bool(torch.isfinite(x2).all()):
+    if checked and not _all_finite(x2):
         check_nonfinite(x2, k)
         all_finite = False
     xd = x2.detach()
@@ -262,6 +264,13 @@ def lml(
     return y if y.dtype == in_dtype else y.to(in_dtype)
 
 
+def _all_finite(x: Tensor) -> bool:
+    # one reduction instead of isfinite().all() (several passes); an overflowing sum of finite
+    # values only sends the call through the per-row test
+    x = x.detach()
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def hard_topk(x: Tensor, k: int) -> Tensor:
     """Hard top-k indicator along the last dimension, the ``tau -> 0`` limit of :func:`lml`.
 
@@ -282,7 +291,7 @@ def hard_topk(x: Tensor, k: int) -> Tensor:
     checked = True
     if x.is_floating_point():
         checked = resolve_sync("auto", x) or host_reads_free(x)
-        if checked and not bool(torch.isfinite(x).all()):
+        if checked and not _all_finite(x):
             check_nonfinite(x.reshape(-1, n), k)
     idx = torch.argsort(x, dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros_like(x).scatter_(-1, idx, 1)
