@@ -139,9 +139,11 @@ def _evaluator(f: Callable[[Tensor], Tensor], n_batch: int, n_sample: int) -> Ca
     """``f`` with its values checked; ``(n_batch * n_sample,)`` and ``(n_batch, n_sample, 1)``
     are accepted as the reference does."""
 
+    other = ((n_batch * n_sample,), (n_batch, n_sample, 1))
+
     def evaluate(X: Tensor) -> Tensor:
         fX = f(X)
-        if isinstance(fX, Tensor) and fX.shape in ((n_batch * n_sample,), (n_batch, n_sample, 1)):
+        if isinstance(fX, Tensor) and fX.dim() != 2 and fX.shape in other:
             fX = fX.reshape(n_batch, n_sample)
         return check_values(fX, X, returned_by="f")
 

@@ -77,12 +77,12 @@ def hard_elites(fX: Tensor, n_elite: int, host: bool) -> tuple[Tensor, Tensor]:
     """
     v = fX.detach()
     if host and v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64):
-        part = np.argpartition(v.numpy(), n_elite - 1, axis=-1)[:, :n_elite]
-        idx = torch.from_numpy(np.ascontiguousarray(part))
-        vals = v.gather(1, idx)
-    else:
-        v = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # NaN last, infinities kept
-        vals, idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False)
+        a = v.numpy()
+        part = np.ascontiguousarray(np.argpartition(a, n_elite - 1, axis=-1)[:, :n_elite])
+        valid = a[np.arange(a.shape[0])[:, None], part] < math.inf  # NaN and +inf are invalid
+        return torch.from_numpy(part), torch.from_numpy(valid).to(fX.dtype)
+    v = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # NaN last, infinities kept
+    vals, idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False)
     return idx, (vals < math.inf).to(fX.dtype)  # NaN and +inf are invalid
 
 
@@ -162,6 +162,8 @@ def gather_rows(X: Tensor, idx: Tensor) -> Tensor:
     ``gather`` with an expanded index on CPU.
     """
     B, M, D = X.shape
+    if B == 1:  # an exact copy either way: the same bits as the batched gather
+        return X[0].index_select(0, idx[0]).unsqueeze(0)
     offs = torch.arange(0, B * M, M, device=idx.device).unsqueeze(-1)
     return X.reshape(B * M, D).index_select(0, (idx + offs).reshape(-1)).view(B, idx.shape[-1], D)
 
