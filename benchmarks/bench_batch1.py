@@ -25,6 +25,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import random
 import statistics
 import sys
 import time
@@ -44,16 +45,17 @@ NX, N_SAMPLE, N_ELITE, N_ITER = 2, 100, 10, 10
 
 
 def round_robin(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 20) -> dict[str, float]:
-    """Median milliseconds of each callable, timed one call of each per round (in an order that
-    rotates every round), in CPU time of this thread: time spent descheduled on a loaded machine
-    is not counted."""
+    """Median milliseconds of each callable, timed one call of each per round (in a random order
+    every round, so that none always pays for the garbage of the same predecessor), in CPU time
+    of this thread: time spent descheduled on a loaded machine is not counted."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(rounds):
-        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotate the order every round
+    keys, rng = list(fns), random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(keys)  # a random order every round: no callable always follows the same one
+        for k in keys:
             t0 = time.thread_time()
             fns[k]()
             times[k].append(time.thread_time() - t0)
