@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from dcem._lml_rows import SCALAR_ROWS, alloc, log1p_rows, newton_rows, rows_like
+from dcem._lml_rows import SCALAR_ROWS, alloc, into, log1p_rows, newton_rows, rows_like
 
 __all__ = ["solve"]
 
@@ -50,7 +50,7 @@ def _newton(
         return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
     for _ in range(n_iter):
         nz = nu.to(z.dtype)
-        y = torch.sigmoid(z + nz) if ybuf is None else torch.add(z, nz, out=ybuf).sigmoid_()
+        y = torch.sigmoid(z + nz) if ybuf is None else into(ybuf, torch.add, z, nz).sigmoid_()
         s = y.sum(-1, keepdim=True).double()
         r = k - s
         done = frozen | (r.abs() <= tol)  # a row that meets the tolerance stays where it is
@@ -77,7 +77,7 @@ def _newton(
 
 def _scaled(x: Tensor, shift: Tensor, tau: float | Tensor) -> Tensor:
     out = rows_like(x, x.shape[-1])
-    z = x - shift if out is None else torch.sub(x, shift, out=out)
+    z = x - shift if out is None else into(out, torch.sub, x, shift)
     return z if isinstance(tau, float) and tau == 1.0 else z.div_(tau)
 
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SCALAR_ROWS", "alloc", "log1p_rows", "newton_rows", "rows_like"]
+__all__ = ["SCALAR_ROWS", "alloc", "into", "log1p_rows", "newton_rows", "rows_like"]
 
 
 def rows_like(x: Tensor, width: int) -> Tensor | None:
     """An uninitialised ``(B, width)`` tensor like ``x`` whose rows are ``width + 1`` apart, on CPU
-    outside ``torch.compile``/``torch.func`` (elsewhere ``None``: plain operations are used).
+    outside ``torch.func`` transforms (elsewhere ``None``: plain operations are used).
 
     PyTorch's CPU kernels run a contiguous tensor as one flat loop whose vectorised body and
     scalar tail round ``exp``/``log1p`` differently, so an entry's result would depend on where it
@@ -31,7 +31,7 @@ def rows_like(x: Tensor, width: int) -> Tensor | None:
     one loop), so every row sees the same split into vector and tail lanes whatever the other
     rows are. A ``(B, 1)`` tensor of this layout runs every entry through the scalar code.
     """
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if x.device.type != "cpu" or torch._C._are_functorch_transforms_active():
         return None
     return torch.empty(x.shape[0], width + 1, dtype=x.dtype, device=x.device)[:, :width]
 
@@ -41,8 +41,18 @@ def alloc(x: Tensor) -> Tensor:
     return torch.empty_like(x) if out is None else out
 
 
+def into(out: Tensor, op, a: Tensor, b: Tensor) -> Tensor:
+    """``op(a, b)`` written into ``out`` (``torch.compile`` takes no strided ``out=``: it gets a
+    copy and an in-place operation, with the same exact result)."""
+    if torch.compiler.is_compiling():
+        return getattr(out.copy_(a), op.__name__ + "_")(b)
+    return op(a, b, out=out)
+
+
 def log1p_rows(t: Tensor, out: Tensor | None) -> Tensor:
-    return torch.log1p(t) if out is None else torch.log1p(t, out=out)
+    if out is None:
+        return torch.log1p(t)
+    return out.copy_(t).log1p_() if torch.compiler.is_compiling() else torch.log1p(t, out=out)
 
 
 # CPU inputs of at most this many rows run the per-row updates of _lml_dual._newton on Python
