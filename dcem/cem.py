@@ -10,6 +10,7 @@ mean is differentiable with respect to everything ``f`` closes over.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from numbers import Real
 from typing import cast
@@ -18,76 +19,13 @@ import torch
 from torch import Tensor
 
 from dcem._checks import check_int
-from dcem.optim.cem import CEMConfig, CEMState, _loop, _Update, init_state
-from dcem.sync import host_reads_free
+from dcem.optim.cem import CEMConfig, _fresh_state, _loop, _Update
+from dcem.optim.validate import check_generator, check_mean_std, check_values
 
 __all__ = ["dcem", "IterCallback"]
 
 Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
-
-
-def _infer_dtype_device(
-    tensors: list[object], device: str | torch.device | None
-) -> tuple[torch.dtype, torch.device]:
-    dtype = None
-    dev = None
-    for t in tensors:
-        if isinstance(t, Tensor):
-            if dtype is None and t.is_floating_point():
-                dtype = t.dtype
-            if dev is None:
-                dev = t.device
-    if device is not None:
-        dev = torch.device(device)
-    return dtype or torch.get_default_dtype(), dev or torch.device("cpu")
-
-
-def _as_param(
-    name: str, value: Bound, default: float, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    if value is None:
-        value = default
-    if isinstance(value, Tensor):
-        if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-        try:
-            return value.to(device=device, dtype=dtype).expand(shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{name} of shape {tuple(value.shape)} does not broadcast to (n_batch, nx) = {shape}"
-            ) from err
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
-    return torch.full(shape, float(value), dtype=dtype, device=device)
-
-
-def _check_finite(name: str, t: Tensor, nonneg: bool = False) -> None:
-    """Raise if ``t`` (an initial mean or scale) is not finite (or negative): where reading is free."""
-    if not host_reads_free(t):
-        return
-    v = t.detach()
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
-    if nonneg and not bool((v >= 0).all()):
-        raise ValueError(f"{name} must be >= 0")
-
-
-def _values(fX: Tensor, n_batch: int, n_sample: int, dtype: torch.dtype) -> Tensor:
-    """Check the shape of ``f``'s output and bring it to ``(n_batch, n_sample)`` in ``dtype``."""
-    if not isinstance(fX, Tensor):
-        raise TypeError(f"f must return a tensor of shape (n_batch, n_sample), got {type(fX).__name__}")
-    if fX.is_complex() or fX.dtype == torch.bool:
-        raise TypeError(f"f must return real values, got dtype {fX.dtype}")
-    if fX.dtype != dtype:
-        fX = fX.to(dtype)  # integer costs, or another precision than the iterates
-    if fX.shape == (n_batch, n_sample):
-        return fX
-    if fX.shape in ((n_batch * n_sample,), (n_batch, n_sample, 1)):
-        return fX.reshape(n_batch, n_sample)
-    raise ValueError(
-        f"f must return values of shape (n_batch, n_sample) = ({n_batch}, {n_sample}), got {tuple(fX.shape)}"
-    )
 
 
 def dcem(
@@ -155,11 +93,15 @@ def dcem(
             default dtype).
         sync: ``"auto"`` (default), ``"host"`` or ``"free"`` (:mod:`dcem.sync`). On the
             host-checked path (default on CPU) the loop stops once every problem has
-            converged and a problem whose samples all have NaN/``+inf`` values raises
-            ``ValueError``; on the sync-free path (default on accelerators and under
-            ``torch.compile``) all ``n_iter`` iterations run with no host read and such a
-            problem keeps its distribution for that iteration (use
-            :func:`dcem.optim.solve` to see its ``failed`` flag).
+            converged (a converged problem is frozen, so this changes no result); on the
+            sync-free path (default on accelerators and under ``torch.compile``) all
+            ``n_iter`` iterations run with no host read. Both paths accept the same input:
+            a problem whose samples all have NaN/``+inf`` values raises ``ValueError``
+            wherever values can be read for free (CPU); elsewhere it keeps its distribution
+            for that iteration (:func:`dcem.optim.solve` shows its ``failed`` flag).
+
+    A problem's result depends only on its own arguments and draws, bit for bit: the other
+    problems of the batch never change it (given the same samples).
 
     Returns:
         the final mean (or best sample), shape ``(n_batch, nx)``.
@@ -177,54 +119,106 @@ def dcem(
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
     nx, n_batch = check_int("nx", nx, 1), check_int("n_batch", n_batch, 1)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    inferred_dtype, dev = _infer_dtype_device([init_mu, init_sigma, lb, ub, temp], device)
-    dtype = dtype or inferred_dtype
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    dtype, dev = _dtype_device([init_mu, init_sigma, lb, ub, temp], dtype, device)
     shape = (n_batch, nx)
     mu = _as_param("init_mu", init_mu, 0.0, shape, dtype, dev)
-    sigma = _as_param("init_sigma", init_sigma, 1.0, shape, dtype, dev)
-    _check_finite("init_mu", mu)
-    _check_finite("init_sigma", sigma, nonneg=True)
-    lo = None if lb is None else _as_param("lb", lb, 0.0, shape, dtype, dev)
-    hi = None if ub is None else _as_param("ub", ub, 0.0, shape, dtype, dev)
-    if lo is not None and hi is not None and host_reads_free(lo) and not bool((lo < hi).all()):
-        raise ValueError("lb must be < ub in every coordinate")
-    if isinstance(temp, Tensor):
-        temp = temp.to(device=dev, dtype=dtype)
-        temp = temp.expand(n_batch) if temp.dim() == 0 else temp
-        if temp.shape != (n_batch,):
-            raise ValueError(
-                f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}"
-            )
-    cfg = CEMConfig(
-        n_sample, n_elite, n_iter, temp, lo, hi, normalize, iter_eps, track_best=return_best, sync=sync
-    )
-    state = _run(f, init_state(mu, sigma), cfg, generator, iter_cb, proj_iterate_cb)
+    mu, sigma = check_mean_std(mu, _as_param("init_sigma", init_sigma, 1.0, shape, dtype, dev), _INIT)
+    check_generator(generator, mu)
+    temp = _batch_temp(temp, n_batch, dtype, dev)
+    cfg = _config(n_sample, n_elite, n_iter, temp, lb, ub, normalize, iter_eps, return_best, sync)
+    state = _loop(
+        _evaluator(f, n_batch, cfg.n_sample), _fresh_state(mu, sigma), cfg, generator=generator,
+        project=proj_iterate_cb, on_iter=None if iter_cb is None else _on_iter(iter_cb),
+    )  # fmt: skip
     out = state.best_x if return_best else state.mu
-    if lo is not None or hi is not None:
-        out = torch.clamp(out, lo, hi)
-    return out
+    if lb is None and ub is None:
+        return out
+    return torch.clamp(out, *(None if b is None else torch.as_tensor(b).to(out) for b in (lb, ub)))
 
 
-def _run(
-    f: Callable[[Tensor], Tensor],
-    state: CEMState,
-    cfg: CEMConfig,
-    generator: torch.Generator | None,
-    iter_cb: IterCallback | None,
-    proj_iterate_cb: Callable[[Tensor], Tensor] | None,
-) -> CEMState:
-    """The loop of :func:`dcem` on the functional core, with the reference's callbacks."""
-    n_batch, n_sample = state.mu.shape[0], cfg.n_sample
+def _evaluator(f: Callable[[Tensor], Tensor], n_batch: int, n_sample: int) -> Callable[[Tensor], Tensor]:
+    """``f`` with its values checked; ``(n_batch * n_sample,)`` and ``(n_batch, n_sample, 1)``
+    are accepted as the reference does."""
+
+    other = ((n_batch * n_sample,), (n_batch, n_sample, 1))
+
+    def evaluate(X: Tensor) -> Tensor:
+        fX = f(X)
+        if isinstance(fX, Tensor) and fX.dim() != 2 and fX.shape in other:
+            fX = fX.reshape(n_batch, n_sample)
+        return check_values(fX, X, returned_by="f")
+
+    return evaluate
+
+
+def _on_iter(iter_cb: IterCallback) -> Callable[[int, Tensor, Tensor, _Update], None]:
+    """The reference's ``iter_cb(i, X, fX, I, X_I, mu, sigma)`` as a hook of the loop."""
 
     def on_iter(i: int, X: Tensor, fX: Tensor, upd: _Update) -> None:
         w = upd.weights().unsqueeze(-1)
         cast(IterCallback, iter_cb)(i, X, fX, w, w * X, upd.state.mu, upd.state.sigma)  # set when called
 
-    return _loop(
-        lambda X: _values(f(X), n_batch, n_sample, X.dtype), state, cfg, generator=generator,
-        project=proj_iterate_cb, on_iter=None if iter_cb is None else on_iter,
-    )  # fmt: skip
+    return on_iter
+
+
+def _batch_temp(temp: object, n_batch: int, dtype: torch.dtype, dev: torch.device) -> object:
+    """A temperature tensor as ``(n_batch,)`` in the iterates' dtype and device (others unchanged)."""
+    if not isinstance(temp, Tensor):
+        return temp
+    temp = temp.to(device=dev, dtype=dtype) if temp.is_floating_point() else temp
+    temp = temp.expand(n_batch) if temp.dim() == 0 else temp
+    if temp.shape != (n_batch,):
+        raise ValueError(f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}")
+    return temp
+
+
+_INIT = ("init_mu", "init_sigma")
+
+
+def _dtype_device(
+    tensors: list[object], dtype: torch.dtype | None, device: str | torch.device | None
+) -> tuple[torch.dtype, torch.device]:
+    """The iterates' dtype (given, else that of the first floating tensor argument, else the
+    default dtype) and device (given, else that of the first tensor argument, else CPU)."""
+    found = [t for t in tensors if isinstance(t, Tensor)]
+    floating = [t.dtype for t in found if t.is_floating_point()]
+    dtype = dtype or (floating[0] if floating else torch.get_default_dtype())
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+    dev = torch.device(device) if device is not None else (found[0].device if found else torch.device("cpu"))
+    return dtype, dev
+
+
+def _as_param(
+    name: str, value: Bound, default: float, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    if value is None:
+        value = default
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        try:
+            return value.to(device=device, dtype=dtype).expand(shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{name} of shape {tuple(value.shape)} does not broadcast to (n_batch, nx) = {shape}"
+            ) from err
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    return torch.full(shape, float(value), dtype=dtype, device=device)
+
+
+def _config(*args: object) -> CEMConfig:
+    """``CEMConfig(*args)``, memoised for hashable (tensor-free) arguments: a config is immutable,
+    so repeated calls of :func:`dcem` with the same keywords validate them once."""
+    if torch.compiler.is_compiling() or any(isinstance(a, Tensor) for a in args):
+        return CEMConfig(*args[:8], track_best=args[8], sync=args[9])
+    try:
+        return _cached_config(*args)
+    except TypeError:  # unhashable argument: let CEMConfig name it
+        return CEMConfig(*args[:8], track_best=args[8], sync=args[9])
+
+
+@functools.lru_cache(maxsize=64, typed=True)  # typed: 1, 1.0 and True are different keys
+def _cached_config(*args: object) -> CEMConfig:
+    return CEMConfig(*args[:8], track_best=args[8], sync=args[9])

@@ -32,7 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from dcem._checks import check_int, check_real
-from dcem.optim import CEMConfig, init_state, solve
+from dcem.optim import CEMConfig, init_state
+from dcem.optim.cem import _loop
+from dcem.optim.validate import check_finite, check_tensor, check_values
 from dcem.sync import check_sync
 
 __all__ = ["DCEMArgmin"]
@@ -54,6 +56,11 @@ class DCEMArgmin(nn.Module):
         init_sigma: initial standard deviation (float > 0); must cover the range of ``y``.
         lb, ub: optional bounds of ``y`` (floats).
         sync: solver path (:mod:`dcem.sync`).
+
+    NaN/inf: ``x`` must be finite (checked where reading is free, on both solver paths); the
+    energy's NaN and ``+inf`` values are never elite, ``-inf`` is the best possible value, and a
+    problem whose candidates all have invalid energies raises ``ValueError`` on CPU (elsewhere it
+    keeps its initial distribution).
 
     Shape:
         - Input: ``x (*B, n_x)``.
@@ -93,21 +100,21 @@ class DCEMArgmin(nn.Module):
         self, x: Tensor, *, n_iter: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """``y*`` for inputs ``x (*B, n_x)``; ``n_iter`` overrides the iterations (test-time ablations)."""
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
-            raise TypeError("x must be a floating-point tensor of shape (*B, n_x)")
+        x = check_tensor("x", x, min_dim=1, what="(*B, n_x)")
+        check_finite("x", x)
         cfg = self.config
         if n_iter is not None:
             cfg = dataclasses.replace(cfg, n_iter=check_int("n_iter", n_iter, 1))
         xs = x.unsqueeze(-2)
 
-        def f(Y: Tensor) -> Tensor:
+        def evaluate(Y: Tensor) -> Tensor:
             v = self.energy(xs, Y)
-            if v.dim() == Y.dim() and v.shape[-1] == 1:
+            if isinstance(v, Tensor) and v.dim() == Y.dim() and v.shape[-1] == 1:
                 v = v.squeeze(-1)
-            return v
+            return check_values(v, Y, returned_by="energy")
 
         mu = torch.full((*x.shape[:-1], self.n_y), self.init_mu, dtype=x.dtype, device=x.device)
-        return solve(f, init_state(mu, self.init_sigma), cfg, generator=generator).mu
+        return _loop(evaluate, init_state(mu, self.init_sigma), cfg, generator=generator).mu
 
     def extra_repr(self) -> str:
         c = self.config

@@ -26,14 +26,21 @@ not saturated close to zero, so their differences are computed exactly even for
 which are nearly linear in ``nu`` far from it, and fall back to bisection whenever a step
 would leave the bracket; typical inputs converge in 3-6 iterations.
 
-Paths (chosen by the sync policy of :mod:`dcem.sync`): on the host-checked path (the default
-for CPU tensors) the loop stops as soon as every row meets a rounding-level tolerance, first
-from a cheap start centred on the row maximum, then, if that has not converged in a few
-iterations, from the k-th value; CPU inputs of a few rows are solved in float64 NumPy, where
-per-operation overhead is lower. On the sync-free path (the default on accelerators and inside
-``torch.func``/``torch.compile``) a fixed iteration count runs from the k-th value with no host
-synchronisation; rows that reach the tolerance are frozen, so the result meets the same
-accuracy contract.
+Paths (chosen by the sync policy of :mod:`dcem.sync`): each row freezes as soon as it meets a
+rounding-level tolerance, so its result and gradient never depend on the other rows of the batch
+(bitwise on CPU with one intra-op thread; with several, PyTorch may split an elementwise kernel
+over more than 32,768 entries inside a row, which can then change in its last bit). The
+host-checked path (default for CPU tensors) stops once every row is frozen, first from a cheap
+start centred on the row maximum, then, for rows not converged in a few iterations, from the
+k-th value; the sync-free path (accelerators, ``torch.func``/``torch.compile``) runs a fixed
+iteration count from the k-th value with no host synchronisation.
+
+Non-finite input: ``+inf`` entries get ``y = 1`` and ``-inf`` entries ``y = 0`` (exactly, with a
+zero gradient) when at most ``k`` entries are ``+inf`` and at least ``k`` are above ``-inf``; NaN
+or an infeasible count is a ``ValueError`` naming ``x``, on both paths, wherever ``x`` can be read
+(always on CPU outside ``torch.compile``/``torch.func``, and on the host-checked path anywhere).
+Elsewhere the check is skipped and such rows (and rows with an invalid tensor ``tau``) come out
+as NaN rows, the other rows unaffected.
 
 The backward pass is the closed form obtained by implicitly differentiating the KKT
 conditions: with ``d_i = y_i (1 - y_i)``,
@@ -50,12 +57,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from numbers import Integral, Real
+from numbers import Integral
 
 import torch
 from torch import Tensor, nn
 
 from dcem._lml_dual import solve as _solve
+from dcem._topk_checks import check_nonfinite, validate_k, validate_tau, validate_x
 from dcem.sync import check_sync, host_reads_free, resolve_sync
 
 __all__ = ["LML", "lml", "hard_topk"]
@@ -66,43 +74,6 @@ __all__ = ["LML", "lml", "hard_topk"]
 _N_ITER = {torch.float32: 10, torch.float64: 14}
 # Cap for the CPU path, which stops as soon as every row has converged.
 _MAX_ITER = 50
-
-
-def _validate_k(k: object, n: int) -> int:
-    if isinstance(k, bool):
-        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
-    if isinstance(k, Integral):
-        value = int(k)
-    elif isinstance(k, Real) and float(k).is_integer():
-        value = int(float(k))
-    else:
-        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
-    if not 1 <= value <= n:
-        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {value}")
-    return value
-
-
-def _validate_tau(tau: float | Tensor, x: Tensor) -> float | Tensor:
-    if isinstance(tau, Tensor):
-        if not tau.is_floating_point():
-            raise TypeError(f"tau must be a floating-point tensor, got dtype {tau.dtype}")
-        batch_shape = x.shape[:-1]
-        try:
-            torch.broadcast_shapes(tau.shape, batch_shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"tau of shape {tuple(tau.shape)} does not broadcast to the batch shape "
-                f"{tuple(batch_shape)} of x"
-            ) from err
-        if host_reads_free(tau) and not bool(torch.all(tau > 0)):
-            raise ValueError("tau must be > 0 everywhere (use dcem.hard_topk for tau = 0)")
-        return tau
-    if isinstance(tau, bool) or not isinstance(tau, Real):
-        raise TypeError(f"tau must be a positive float or a tensor, got {type(tau).__name__}")
-    tau = float(tau)
-    if not (tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"tau must be a finite float > 0, got {tau} (use dcem.hard_topk for 0)")
-    return tau
 
 
 class _LMLCore(torch.autograd.Function):
@@ -122,8 +93,7 @@ class _LMLCore(torch.autograd.Function):
         # implementation directly; inside them the full path is kept.
         if torch._C._are_functorch_transforms_active():
             return super().apply(x, tau, u)
-        # _C._FunctionBase.apply, which torch's stubs do not declare
-        return super(torch.autograd.Function, cls).apply(x, tau, u)  # type: ignore[misc]
+        return super(torch.autograd.Function, cls).apply(x, tau, u)
 
     @staticmethod
     def forward(x: Tensor, tau: float | Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
@@ -149,7 +119,9 @@ class _LMLCore(torch.autograd.Function):
         else:
             (y,) = ctx.saved_tensors
             tau = ctx.tau
-        d = torch.addcmul(y, y, y, value=-1.0)  # y (1 - y)
+        # separate correctly rounded operations only (no fused or transcendental kernels), so
+        # that an entry's gradient does not depend on its position in the batch
+        d = y - y * y  # y (1 - y)
         # all coordinates saturated (hard top-k limit): d = 0, so dg = 0 and the gradient is
         # exactly zero; the clamp only avoids 0 / 0
         dsum = d.sum(-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
@@ -158,7 +130,7 @@ class _LMLCore(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             # d * (g - <d, g> / sum(d)) / tau: the KKT Jacobian is diag(d) - d d^T / sum(d)
-            grad_x = torch.addcmul(dg, d, coef, value=-1.0)
+            grad_x = dg - d * coef
             if not (isinstance(tau, float) and tau == 1.0):
                 grad_x = grad_x / tau
         grad_tau = None
@@ -213,16 +185,19 @@ def lml(
     Args:
         x: values of shape ``(..., n)``; the projection acts on the last dimension.
             float32 or float64 are computed natively; float16/bfloat16 are computed in
-            float32 and cast back. Must be finite.
+            float32 and cast back. ``+inf`` entries get 1 and ``-inf`` entries 0 (at most ``k``
+            entries ``+inf``, at least ``k`` above ``-inf``); NaN is refused (see the module
+            docstring for where these checks run).
         k: number of elements to (softly) select, an integer with ``1 <= k <= n``.
-        tau: temperature ``> 0``: a float, or a tensor broadcastable to ``x.shape[:-1]``
-            (then the result is differentiable with respect to it). As ``tau -> 0`` the
+        tau: finite temperature ``> 0``: a float, or a tensor broadcastable to ``x.shape[:-1]``
+            or, keeping the last dimension, to ``x.shape[:-1] + (1,)`` (e.g. ``(B, 1)`` for
+            ``x`` of shape ``(B, n)``); the result is differentiable with respect to it. As ``tau -> 0`` the
             output approaches the hard top-k indicator (Prop. 2).
         n_iter: maximum number of safeguarded Newton iterations. On the host-checked path
             the solver stops as soon as every row meets the tolerance (default cap 50) and
-            warns if it does not; on the sync-free path it runs exactly ``n_iter``
+            warns if one does not; on the sync-free path it runs exactly ``n_iter``
             iterations (default 10 in float32, 14 in float64; converged rows are frozen), with
-            no host synchronisation.
+            no host synchronisation. Each row freezes on its own criterion either way.
         sync: ``"auto"`` (default), ``"host"`` or ``"free"``: whether the solver may read
             the residual on the host to stop early (see :mod:`dcem.sync`). ``"auto"`` is
             ``"host"`` for CPU tensors and ``"free"`` on accelerators and under
@@ -238,51 +213,44 @@ def lml(
         >>> y.round(decimals=3)
         tensor([1.0000, 0.0070, 0.9930, 0.0000])
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (..., n)")
+    x = validate_x(x)
     n = x.shape[-1]
-    if n == 0:
-        raise ValueError("x must have a non-empty last dimension")
-    k = _validate_k(k, n)
-    tau = _validate_tau(tau, x)
-    if n_iter is not None and (isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1):
+    k = validate_k(k, n)
+    if n_iter is not None and (isinstance(n_iter, bool) or not isinstance(n_iter, Integral) or n_iter < 1):
         raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
     check_sync(sync)
-
+    host = resolve_sync(sync, x)
+    tau = validate_tau(tau, x, host or (isinstance(tau, Tensor) and host_reads_free(tau)))
     in_dtype = x.dtype
     if in_dtype not in (torch.float32, torch.float64):
         x = x.float()
     if isinstance(tau, Tensor) and tau.dtype != x.dtype:
         tau = tau.to(x.dtype)
-    if k == n:
-        # the polytope is the single point 1: the output does not depend on x
-        y = torch.ones_like(x) + 0.0 * x
-        if isinstance(tau, Tensor):
-            y = y + 0.0 * tau.unsqueeze(-1)
-        return y.to(in_dtype)
-    host = resolve_sync(sync, x)
-    if n_iter is not None:
-        iters = n_iter
-    else:
-        iters = _MAX_ITER if host else _N_ITER[x.dtype]
     x2 = x if x.dim() == 2 else x.reshape(-1, n)
     tau2: float | Tensor = tau
     if isinstance(tau, Tensor):
         tau2 = tau.expand(x.shape[:-1]).reshape(-1, 1)  # (B, 1): one temperature per row
-    # the dual solve needs no graph: the gradient comes from the KKT conditions
-    u, converged = _solve(x2.detach(), tau2.detach() if isinstance(tau2, Tensor) else tau2, k, iters, host)
-    if (not host and host_reads_free(x2)) or (host and not converged):
-        # on the host path checked only here, so that the common path pays nothing for it; on
-        # the sync-free path only where reading is free (elsewhere non-finite rows give NaN)
-        if not bool(torch.isfinite(x2).all()):
-            raise ValueError(
-                "x must be finite (no NaN or inf); mask invalid entries with a large finite value"
-            )
-    if host and not converged:
+    checked = host or host_reads_free(x2)
+    all_finite = True
+    if checked and not _all_finite(x2):
+        check_nonfinite(x2, k)
+        all_finite = False
+    xd = x2.detach()
+    td = tau2.detach() if isinstance(tau2, Tensor) else tau2
+    converged = True
+    if k == n:
+        # the polytope is the single point 1: sigmoid(big) = 1 with a zero Jacobian
+        u = torch.full_like(xd, torch.finfo(xd.dtype).max)
+        if not checked:  # rows that would be refused come out as NaN
+            bad = (torch.isnan(xd) | (xd == -math.inf)).any(-1, keepdim=True)
+            if isinstance(td, Tensor):
+                bad = bad | ~((td > 0) & (td < math.inf))
+            u = torch.where(bad, math.nan, u)
+    else:
+        iters = n_iter if n_iter is not None else (_MAX_ITER if host else _N_ITER[x.dtype])
+        # the dual solve needs no graph: the gradient comes from the KKT conditions
+        u, converged = _solve(xd, td, k, iters, host, all_finite)
+    if not converged:
         warnings.warn(
             f"dcem.lml: the dual solve did not reach the tolerance within {iters} iterations; "
             "increase n_iter",
@@ -296,26 +264,42 @@ def lml(
     return y if y.dtype == in_dtype else y.to(in_dtype)
 
 
+def _all_finite(x: Tensor) -> bool:
+    # one reduction instead of isfinite().all() (several passes); an overflowing sum of finite
+    # values only sends the call through the per-row test
+    x = x.detach()
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def hard_topk(x: Tensor, k: int) -> Tensor:
     """Hard top-k indicator along the last dimension, the ``tau -> 0`` limit of :func:`lml`.
 
-    Ties are broken by position (lower index first) so exactly ``k`` ones are returned.
+    Ties are broken by position (lower index first) so exactly ``k`` ones are returned. It
+    accepts the inputs :func:`lml` accepts (``+inf`` always selected, ``-inf`` never, NaN
+    refused, checked where :func:`lml` checks them) and integer tensors.
 
     Args:
-        x: values of shape ``(..., n)``.
+        x: values of shape ``(..., n)``, floating-point or integer.
         k: number of ones per row, ``1 <= k <= n``.
 
     Returns:
         a tensor like ``x`` holding 0 and 1 with ``k`` ones in each row; not differentiable.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (..., n)")
-    k = _validate_k(k, x.shape[-1])
+    x = validate_x(x, allow_int=True)
+    n = x.shape[-1]
+    k = validate_k(k, n)
+    checked = True
+    if x.is_floating_point():
+        checked = resolve_sync("auto", x) or host_reads_free(x)
+        if checked and not _all_finite(x):
+            check_nonfinite(x.reshape(-1, n), k)
     idx = torch.argsort(x, dim=-1, descending=True, stable=True)[..., :k]
-    out = torch.zeros_like(x)
-    return out.scatter_(-1, idx, 1.0)
+    out = torch.zeros_like(x).scatter_(-1, idx, 1)
+    if not checked:  # rows that would be refused come out as NaN
+        pos, live = (x == math.inf).sum(-1, keepdim=True), (x > -math.inf).sum(-1, keepdim=True)
+        bad = torch.isnan(x).any(-1, keepdim=True) | (pos > k) | (live < k)
+        out = torch.where(bad, math.nan, out)
+    return out
 
 
 class LML(nn.Module):
@@ -323,7 +307,7 @@ class LML(nn.Module):
 
     Args:
         k: number of elements to softly select.
-        tau: temperature ``> 0``.
+        tau: temperature, a finite float ``> 0``.
 
     Shape:
         - Input: ``(..., n)`` with ``n >= k``.
@@ -336,14 +320,13 @@ class LML(nn.Module):
         2.0
     """
 
-    k: int
-    tau: float
-
     def __init__(self, k: int, tau: float = 1.0) -> None:
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        _validate_tau(tau, torch.zeros(1))
+        if isinstance(tau, Tensor):
+            raise TypeError("tau must be a float for LML (pass tensor temperatures to dcem.lml)")
+        validate_tau(tau, torch.zeros(1), True)
         self.k = int(k)
         self.tau = float(tau)
 

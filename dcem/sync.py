@@ -4,7 +4,7 @@ Every solver in dcem runs one of two paths, and both are exercised by the CPU te
 
 ``"host"``
     The solver reads values on the host where that helps: :func:`dcem.lml` stops its Newton
-    iterations as soon as every row has converged (and solves tiny CPU inputs in float64 NumPy),
+    iterations as soon as every row has converged (each row freezes on its own criterion),
     :func:`dcem.dcem` stops once every problem has converged and raises ``ValueError`` when every
     sample of some problem has a NaN or ``+inf`` cost. On an accelerator each such read is a
     device synchronisation.

@@ -32,13 +32,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Real
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from dcem._checks import check_bool, check_int, check_real
+from dcem.optim.validate import (
+    check_bound,
+    check_bound_pair,
+    check_generator,
+    check_mean_std,
+    check_noise,
+    check_temp,
+    check_tensor,
+    check_values,
+)
 from dcem.optim.weights import (
     best_sample,
     gather_rows,
@@ -47,9 +56,9 @@ from dcem.optim.weights import (
     soft_elite_weights,
     weighted_moments,
 )
-from dcem.sync import check_sync, host_reads_free, resolve_sync
+from dcem.sync import check_sync, resolve_sync
 
-__all__ = ["CEMConfig", "CEMState", "init_state", "ask", "tell", "step", "solve"]
+__all__ = ["CEMConfig", "CEMState", "init_state", "ask", "tell", "step", "solve", "check_bound"]
 
 Bound = float | Tensor | None
 
@@ -89,9 +98,8 @@ class CEMConfig:
         set_(self, "n_sample", check_int("n_sample", self.n_sample, 1))
         set_(self, "n_elite", check_int("n_elite", self.n_elite, 1, self.n_sample))
         set_(self, "n_iter", check_int("n_iter", self.n_iter, 1))
-        set_(self, "temp", _check_temp(self.temp))
-        for name in ("lb", "ub"):
-            check_bound(name, getattr(self, name))
+        set_(self, "temp", check_temp(self.temp))
+        check_bound_pair(self.lb, self.ub)
         check_bool("normalize", self.normalize)
         check_bool("track_best", self.track_best)
         eps = check_real("iter_eps", self.iter_eps, 0.0, none_ok=True)
@@ -104,34 +112,10 @@ class CEMConfig:
         return self.temp is None
 
 
-def _check_temp(temp: object) -> float | Tensor | None:
-    if temp is None or isinstance(temp, Tensor):
-        if isinstance(temp, Tensor):
-            if not temp.is_floating_point():
-                raise TypeError(f"temp must be a floating-point tensor, got dtype {temp.dtype}")
-            if host_reads_free(temp) and not bool((temp > 0).all()):
-                raise ValueError("temp tensor must be > 0 (use temp=None for hard CEM)")
-        return temp
-    if isinstance(temp, bool) or not isinstance(temp, Real) or not (float(temp) >= 0 and math.isfinite(temp)):
-        raise ValueError(f"temp must be None, 0 or a finite float > 0, got {temp!r}")
-    return float(temp) if float(temp) > 0 else None
-
-
-def check_bound(name: str, value: object) -> None:
-    """Raise unless ``value`` is ``None``, a float or a floating-point tensor, without NaN.
-
-    Tensor values are read only where that is free (:func:`dcem.sync.host_reads_free`).
-    """
-    if value is None:
-        return
-    if isinstance(value, Tensor):
-        if not value.is_floating_point():
-            raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {value.dtype}")
-        if host_reads_free(value) and bool(torch.isnan(value).any()):
-            raise ValueError(f"{name} must not contain NaN")
-        return
-    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value):
-        raise ValueError(f"{name} must be None, a float or a tensor (no NaN), got {value!r}")
+def _check_cfg(cfg: object) -> CEMConfig:
+    if not isinstance(cfg, CEMConfig):
+        raise TypeError(f"cfg must be a dcem.optim.CEMConfig, got {type(cfg).__name__}")
+    return cfg
 
 
 class CEMState(NamedTuple):
@@ -141,8 +125,10 @@ class CEMState(NamedTuple):
         mu: mean of the sampling Gaussian, ``(*B, D)``.
         sigma: its per-coordinate standard deviation, ``(*B, D)``.
         done: ``(*B,)`` bool, the problem has converged (``iter_eps``) and no longer moves.
-        failed: ``(*B,)`` bool, some iteration had no sample with a valid value (on the
-            sync-free path the problem then kept its distribution for that iteration).
+        failed: ``(*B,)`` bool, some iteration had no sample with a valid value and the
+            problem kept its distribution for that iteration. Only where values cannot be
+            read for free (the sync-free path on accelerators or under ``torch.compile``); on
+            CPU both paths raise ``ValueError`` instead (:mod:`dcem.optim.validate`).
         best_x: best sample seen, ``(*B, D)`` (``mu`` at the start).
         best_f: its value, ``(*B,)`` (``+inf`` at the start; never NaN).
     """
@@ -156,22 +142,44 @@ class CEMState(NamedTuple):
 
 
 def init_state(mu: Tensor, sigma: Tensor | float = 1.0) -> CEMState:
-    """A fresh state from the initial Gaussian: ``mu (*B, D)``, ``sigma`` broadcastable to it."""
-    if not isinstance(mu, Tensor) or not mu.is_floating_point() or mu.dim() < 1:
-        raise TypeError("mu must be a floating-point tensor of shape (*B, D)")
-    if not isinstance(sigma, Tensor):
-        sigma = torch.full_like(mu, float(check_real("sigma", sigma, 0.0)))
-    else:
-        try:
-            sigma = sigma.to(mu.dtype).expand(mu.shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"sigma of shape {tuple(sigma.shape)} does not broadcast to mu {tuple(mu.shape)}"
-            ) from err
+    """A fresh state from the initial Gaussian: ``mu (*B, D)`` finite, ``sigma`` (a float or a
+    tensor broadcastable to ``mu``) finite and ``>= 0`` (:func:`dcem.optim.validate.check_mean_std`)."""
+    return _fresh_state(*check_mean_std(mu, sigma))
+
+
+def _fresh_state(mu: Tensor, sigma: Tensor) -> CEMState:
+    """:func:`init_state` for a checked ``mu`` and ``sigma`` of the same shape."""
     batch = mu.shape[:-1]
     flags = torch.zeros(batch, dtype=torch.bool, device=mu.device)
     best_f = torch.full(batch, math.inf, dtype=mu.dtype, device=mu.device)
     return CEMState(mu, sigma, flags, flags, mu, best_f)
+
+
+def _check_state(state: object, cfg: object) -> CEMConfig:
+    """The structure of a state passed to :func:`ask`/:func:`tell` (its values were checked by
+    :func:`init_state`) and the type of ``cfg``."""
+    if not isinstance(state, CEMState):
+        raise TypeError(f"state must be a dcem.optim.CEMState (see init_state), got {type(state).__name__}")
+    mu = check_tensor("state.mu", state.mu, min_dim=1, what="(*B, D)")
+    for name, t, shape in (("sigma", state.sigma, mu.shape), ("done", state.done, mu.shape[:-1])):
+        if not isinstance(t, Tensor) or t.shape != shape or t.device != mu.device:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"state.{name} must be a tensor of shape {tuple(shape)} on {mu.device}, got {got}"
+            )
+    cfg = _check_cfg(cfg)
+    batch = mu.shape[:-1]
+    for name, t, shape in (("temp", cfg.temp, batch), ("lb", cfg.lb, mu.shape), ("ub", cfg.ub, mu.shape)):
+        if isinstance(t, Tensor) and not _broadcasts_to(t, shape):
+            raise ValueError(f"{name} tensor of shape {tuple(t.shape)} does not broadcast to {tuple(shape)}")
+    return cfg
+
+
+def _broadcasts_to(t: Tensor, shape: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(t.shape, shape) == shape
+    except RuntimeError:
+        return False
 
 
 def _bound(b: Bound, mu: Tensor) -> Tensor | None:
@@ -202,12 +210,20 @@ def ask(
     ``noise`` (standard normal, ``(*B, N, D)``) replaces the draw from ``generator``: pass it
     to share noise between calls or to draw it outside a compiled region.
     """
+    cfg = _check_state(state, cfg)
+    mu = state.mu
+    if noise is not None:
+        noise = check_noise(noise, (*mu.shape[:-1], cfg.n_sample, mu.shape[-1]), mu, "(*B, n_sample, D)")
+    else:
+        check_generator(generator, mu)
+    return _ask(state, cfg, generator, noise)
+
+
+def _ask(state: CEMState, cfg: CEMConfig, generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
     mu, sigma = state.mu, state.sigma
-    shape = (*mu.shape[:-1], cfg.n_sample, mu.shape[-1])
     if noise is None:
+        shape = (*mu.shape[:-1], cfg.n_sample, mu.shape[-1])
         noise = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    elif noise.shape != shape:
-        raise ValueError(f"noise must have shape (*B, n_sample, D) = {shape}, got {tuple(noise.shape)}")
     X = torch.addcmul(mu.unsqueeze(-2), sigma.unsqueeze(-2), noise)
     return clamp_to_bounds(X, cfg, mu)
 
@@ -222,19 +238,31 @@ class _Update(NamedTuple):
         """Weights ``(B, N)`` of every sample (hard CEM: 1 for valid elites, else 0)."""
         if self.soft is not None:
             return self.soft
-        idx, w = cast("tuple[Tensor, Tensor]", self.elites)  # hard CEM: soft is None, elites are set
+        idx, w = self.elites
         return torch.zeros(idx.shape[0], self.n_sample, dtype=w.dtype, device=w.device).scatter_(1, idx, w)
 
 
 def tell(state: CEMState, cfg: CEMConfig, X: Tensor, fX: Tensor) -> CEMState:
-    """Refit the Gaussian of ``state`` from samples ``X (*B, N, D)`` and values ``fX (*B, N)``.
+    """Refit the Gaussian of ``state`` from samples ``X (*B, M, D)`` and values ``fX (*B, M)``
+    (``M >= n_elite``; integer or other-precision values are cast to ``X``'s dtype).
 
     Hard CEM (``temp=None``) averages the ``n_elite`` best samples, DCEM weights every sample
     by the soft top-k of the (normalised) values (Prop. 3); NaN and ``+inf`` values get
-    weight 0. On the host-checked path a problem with no valid value raises ``ValueError``;
-    on the sync-free path it keeps its Gaussian and is marked ``failed``.
+    weight 0, ``-inf`` is the best possible value. A problem with no valid value raises
+    ``ValueError`` where values can be read for free (CPU, either path); elsewhere it keeps
+    its Gaussian and is marked ``failed`` (:mod:`dcem.optim.validate`).
     """
-    return _tell(state, cfg, X, fX, resolve_sync(cfg.sync, state.mu)).state
+    cfg = _check_state(state, cfg)
+    mu = state.mu
+    X = check_tensor("X", X, what="(*B, M, D)")
+    if X.shape[:-2] != mu.shape[:-1] or X.dim() != mu.dim() + 1 or X.shape[-1] != mu.shape[-1]:
+        raise ValueError(f"X must have shape (*B, M, D) for mu {tuple(mu.shape)}, got {tuple(X.shape)}")
+    if X.shape[-2] < cfg.n_elite:
+        raise ValueError(f"X must hold M >= n_elite = {cfg.n_elite} samples per problem, got {X.shape[-2]}")
+    if X.device != mu.device or X.dtype != mu.dtype:
+        raise ValueError(f"X must be {mu.dtype} on {mu.device} like state.mu, got {X.dtype} on {X.device}")
+    fX = check_values(fX, X)
+    return _tell(state, cfg, X, fX, resolve_sync(cfg.sync, mu)).state
 
 
 def _flat(state: CEMState, B: int) -> CEMState:
@@ -260,45 +288,35 @@ def _tell2d(
     state: CEMState, cfg: CEMConfig, temp: float | Tensor | None, X: Tensor, fX: Tensor, host: bool, it: int
 ) -> _Update:
     """The refit for ``state`` of shape ``(B, D)``, ``X (B, N, D)``, ``fX (B, N)``; ``temp`` is
-    ``cfg.temp`` with a tensor flattened to ``(B,)``."""
+    ``cfg.temp`` with a tensor flattened to ``(B,)``.
+
+    Every operation acts on each row alone and no branch depends on other rows, so a problem's
+    update is the same bit for bit whatever else is in the batch (given the same samples).
+    """
     mu, sigma, done, failed, best_x, best_f = state
-    N = X.shape[1]
-    all_valid = False
     weights, elites = None, None
     if cfg.hard:
         idx, w_e = elites = hard_elites(fX, cfg.n_elite, host)
         wsum = w_e.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
     else:
-        all_valid = host and bool(torch.isfinite(fX).all())
-        soft_temp = cast("float | Tensor", temp)  # not None: cfg.hard is False
-        weights = soft_elite_weights(
-            fX, cfg.n_elite, soft_temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync
-        )
+        all_valid = host and bool(torch.isfinite(fX).all())  # the same bits either way (faster)
+        weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
         wsum = weights.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(weights, X, wsum)
-    new_mu, new_sigma, done, failed = settle_refit(
-        (mu, sigma), (new_mu, new_sigma), None if all_valid else wsum, done, failed,
-        host=host, iter_eps=cfg.iter_eps, it=it,
-    )  # fmt: skip
-    if cfg.track_best:
+    new_mu, new_sigma, new_done, failed = settle_refit(
+        (mu, sigma), (new_mu, new_sigma), wsum, done, failed, host=host, iter_eps=cfg.iter_eps, it=it
+    )
+    if cfg.track_best:  # a converged problem is frozen: its best sample too
         xb, fb = best_sample(X, fX)
-        best_x = torch.where((fb < best_f).unsqueeze(-1), xb, best_x)
-        best_f = torch.minimum(fb, best_f)
-    return _Update(CEMState(new_mu, new_sigma, done, failed, best_x, best_f), weights, elites, N)
+        better = (fb < best_f) & ~done
+        best_x = torch.where(better.unsqueeze(-1), xb, best_x)
+        best_f = torch.where(better, fb, best_f)
+    return _Update(CEMState(new_mu, new_sigma, new_done, failed, best_x, best_f), weights, elites, X.shape[1])
 
 
 def _evaluate(f: Callable[[Tensor], Tensor], X: Tensor) -> Tensor:
-    fX = f(X)
-    if not isinstance(fX, Tensor):
-        raise TypeError(f"f must return a tensor of shape (*B, n_sample), got {type(fX).__name__}")
-    if fX.is_complex() or fX.dtype == torch.bool:
-        raise TypeError(f"f must return real values, got dtype {fX.dtype}")
-    if fX.shape != X.shape[:-1]:
-        raise ValueError(
-            f"f must return values of shape (*B, n_sample) = {tuple(X.shape[:-1])}, got {tuple(fX.shape)}"
-        )
-    return fX if fX.dtype == X.dtype else fX.to(X.dtype)
+    return check_values(f(X), X, returned_by="f")
 
 
 def step(
@@ -324,10 +342,14 @@ def solve(
 ) -> CEMState:
     """``cfg.n_iter`` steps from ``state``; returns the final state.
 
-    On the host-checked path the loop stops once every problem is ``done``. ``noise`` of
-    shape ``(n_iter, *B, N, D)`` gives every iteration's standard normal draws (for compiled
-    or captured solves, where a ``torch.Generator`` cannot be used).
+    On the host-checked path the loop stops once every problem is ``done`` (a done problem is
+    frozen, so this changes no result). ``noise`` of shape ``(n_iter, *B, N, D)`` gives every
+    iteration's standard normal draws (for compiled or captured solves, where a
+    ``torch.Generator`` cannot be used, or to give each problem its own draws: a problem's
+    result depends only on its own rows of ``noise``, bit for bit).
     """
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
     return _loop(lambda X: _evaluate(f, X), state, cfg, generator=generator, noise=noise)
 
 
@@ -343,9 +365,16 @@ def _loop(
 ) -> CEMState:
     """The iterations of :func:`solve` (and of :func:`dcem.dcem`, which adds ``project``, applied
     to the samples before ``evaluate``, and ``on_iter(i, X, fX, update)`` for its callback)."""
-    host = resolve_sync(cfg.sync, state.mu)
+    cfg = _check_state(state, cfg)
+    mu = state.mu
+    if noise is not None:
+        noise = check_noise(noise, (cfg.n_iter, *mu.shape[:-1], cfg.n_sample, mu.shape[-1]), mu,
+                            "(n_iter, *B, n_sample, D)")  # fmt: skip
+    else:
+        check_generator(generator, mu)
+    host = resolve_sync(cfg.sync, mu)
     for i in range(cfg.n_iter):
-        X = ask(state, cfg, generator=generator, noise=None if noise is None else noise[i])
+        X = _ask(state, cfg, generator, None if noise is None else noise[i])
         if project is not None:
             X = project(X)
         fX = evaluate(X)

@@ -47,6 +47,7 @@ from torch import Tensor
 from dcem._checks import check_choice
 from dcem.optim.capture import CAPTURE_MODES, Captured, resolve_capture
 from dcem.optim.cem import CEMConfig, CEMState, init_state, solve
+from dcem.optim.validate import check_generator
 
 __all__ = ["Solver", "CAPTURE_MODES"]
 
@@ -109,6 +110,7 @@ class Solver:
         self, mu: Tensor, sigma: Tensor | float = 1.0, *, generator: torch.Generator | None = None
     ) -> CEMState:
         state0 = init_state(mu, sigma)
+        check_generator(generator, state0.mu)
         mode = self.mode_for(mu)
         if mode == "none":
             return solve(self.f, state0, self.cfg, generator=generator)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dcem.soft_topk import lml
+from dcem.sync import host_reads_free
 
 __all__ = [
     "gather_rows",
@@ -54,9 +55,9 @@ def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
     up to the dtype's largest finite number normalise without overflow, and rows of equal
     values (zero spread) give zeros with finite gradients.
     """
-    if valid is None:
+    if valid is None:  # the same operations as with an all-True mask, so the same bits
         count = torch.full_like(v[..., :1], v.shape[-1])
-        dev = v - v.mean(-1, keepdim=True)
+        dev = v - v.sum(-1, keepdim=True) / count
     else:
         zero = torch.zeros_like(v)
         count = valid.sum(-1, keepdim=True).to(v.dtype)
@@ -70,18 +71,19 @@ def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
 def hard_elites(fX: Tensor, n_elite: int, host: bool) -> tuple[Tensor, Tensor]:
     """Indices ``(B, k)`` of the ``k`` smallest values and their weights (0 for invalid ones).
 
-    With ``host`` and CPU values NumPy's introselect is used (several times faster than
+    With ``host`` and CPU float32/float64 values NumPy's introselect is used (several times faster than
     ``torch.topk`` for short rows); otherwise ``torch.topk``, which is what accelerators and
     ``torch.compile`` run. Both order NaN last; ties may be broken differently.
     """
     v = fX.detach()
-    if host and v.device.type == "cpu":
-        part = np.argpartition(v.numpy(), n_elite - 1, axis=-1)[:, :n_elite]
-        idx = torch.from_numpy(np.ascontiguousarray(part))
-    else:
-        idx = torch.topk(v.nan_to_num(nan=math.inf), n_elite, dim=-1, largest=False, sorted=False).indices
-    w = (~invalid_mask(v.gather(1, idx))).to(fX.dtype)
-    return idx, w
+    if host and v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64):
+        a = v.numpy()
+        part = np.ascontiguousarray(np.argpartition(a, n_elite - 1, axis=-1)[:, :n_elite])
+        valid = a[np.arange(a.shape[0])[:, None], part] < math.inf  # NaN and +inf are invalid
+        return torch.from_numpy(part), torch.from_numpy(valid).to(fX.dtype)
+    v = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # NaN last, infinities kept
+    vals, idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False)
+    return idx, (vals < math.inf).to(fX.dtype)  # NaN and +inf are invalid
 
 
 def soft_elite_weights(
@@ -98,17 +100,13 @@ def soft_elite_weights(
     ``temp`` is a float or a ``(B,)`` tensor dividing the (optionally standardised) values.
     Invalid values get weight 0; a row with at most ``n_elite`` valid values weights each of
     them by one. ``all_valid`` (a promise by a caller that has checked every value is finite
-    on the host) skips the masking.
+    on the host) skips the masking; it gives the same bits as the masked computation, so a
+    row's weights never depend on whether other rows of the batch hold invalid values.
     """
     tscale = temp if isinstance(temp, float) else temp.unsqueeze(-1)
-    n = fX.shape[-1]
-    if all_valid:
-        if normalize and n > 1:
-            var, mean = torch.var_mean(fX, -1, keepdim=True)
-            if bool(torch.isfinite(var).all()):
-                return lml((mean - fX) / ((safe_sqrt(var) + 1e-6) * tscale), n_elite, 1.0, sync=sync)
-            fX = standardize(fX)  # squares overflowed: rescale before squaring
-        return lml(fX / -tscale, n_elite, 1.0, sync=sync)
+    if all_valid:  # every row as the masked path below computes an all-finite row, bit for bit
+        v = standardize(fX) if normalize else fX
+        return lml(v / -tscale, n_elite, 1.0, sync=sync)
     valid = ~invalid_mask(fX)
     finite = torch.isfinite(fX)  # valid and not -inf
     n_valid = valid.sum(-1, keepdim=True)
@@ -164,6 +162,8 @@ def gather_rows(X: Tensor, idx: Tensor) -> Tensor:
     ``gather`` with an expanded index on CPU.
     """
     B, M, D = X.shape
+    if B == 1:  # an exact copy either way: the same bits as the batched gather
+        return X[0].index_select(0, idx[0]).unsqueeze(0)
     offs = torch.arange(0, B * M, M, device=idx.device).unsqueeze(-1)
     return X.reshape(B * M, D).index_select(0, (idx + offs).reshape(-1)).view(B, idx.shape[-1], D)
 
@@ -187,8 +187,11 @@ def settle_refit(
         wsum: total weight per row ``(B, 1)``; ``None`` when the caller has checked that
             every value was valid.
         done, failed: ``(B,)`` flags of the state.
-        host: host-checked path: a row of zero total weight raises ``ValueError``; on the
-            sync-free path it keeps its old distribution and becomes ``failed``.
+        host: host-checked path. A row of zero total weight raises ``ValueError`` on this
+            path and wherever values can be read for free (CPU tensors outside compilation,
+            so that both paths accept the same input there); elsewhere (the sync-free path
+            on accelerators or under ``torch.compile``) it keeps its old distribution and
+            becomes ``failed``.
         iter_eps: rows whose mean moves less than this become ``done``; ``done`` rows keep
             their mean and (like the reference, from the converging iteration on) their scale.
 
@@ -198,10 +201,12 @@ def settle_refit(
     (mu0, sigma0), (mu, sigma) = old, new
     if wsum is not None:
         none_valid = wsum.squeeze(-1) == 0
-        if host:
+        if host or host_reads_free(none_valid):
             if bool(none_valid.any()):
+                bad = torch.nonzero(none_valid).flatten()[:5].tolist()
                 raise ValueError(
-                    f"every {what} of some batch element has a NaN or +inf value (iteration {it})"
+                    f"every {what} of some batch element has a NaN or +inf value (iteration {it}, "
+                    f"flattened batch rows {bad}): the objective must give each problem a valid value"
                 )
         else:
             mu = torch.where(none_valid.unsqueeze(-1), mu0, mu)

@@ -43,6 +43,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from dcem._checks import check_int
 from dcem.optim import best_sample
 from dcem.optim.capture import resolve_capture
+from dcem.optim.validate import check_bound_pair, check_box_defaults
 from dcem.planning.bounds import _check_bound_pair, _search_tensor
 from dcem.planning.capture import LoopCaptures, LoopOutput
 from dcem.planning.config import PlannerConfig
@@ -102,6 +103,8 @@ class Planner:
         self.config = config if config is not None else PlannerConfig(**options)
         if not isinstance(self.config, PlannerConfig):
             raise TypeError(f"config must be a PlannerConfig, got {type(self.config).__name__}")
+        check_bound_pair(lower, upper, ("lower", "upper"))  # shared validation (dcem.optim)
+        check_bound_pair(z_lower, z_upper, ("z_lower", "z_upper"))
         _check_bound_pair(lower, upper, "")
         self.lower, self.upper = lower, upper
         if decoder is not None:
@@ -157,6 +160,8 @@ class Planner:
         """
         if not callable(cost):
             raise TypeError(f"cost must be callable, got {type(cost).__name__}")
+        box = (self.lower, self.upper, "") if self.n_latent is None else (self.z_lower, self.z_upper, "z_")
+        check_box_defaults(box[0], box[1], init_mean, init_std, box[2])  # shared validation (dcem.optim)
         mu, sigma, lo, hi, batch = self._initial(batch_shape, init_mean, init_std, dtype, device)
         start = (mu, sigma, lo, hi)
         mode = resolve_capture(self.config.capture, mu, compile_with_grad=False)

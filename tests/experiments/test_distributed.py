@@ -158,14 +158,14 @@ _REG = ("batch_loss", "train_mse", "test_mse", "grad_norm")
 
 
 def test_regression_torchrun_two_processes_match_one(tmp_path):
-    """``torchrun --nproc_per_node=2 -m dcem.experiments regression``: GD on 2 gloo processes equals
-    1 process (global batch 8, 4 per process); DCEM too, to the rounding-level drift that its soft
-    top-k amplifies in float32 (0.2% after 6 updates here; exact in float64, see above). Only rank 0
-    writes and the saved config records the launch."""
+    """``torchrun --nproc_per_node=2 -m dcem.experiments regression``: GD and DCEM on 2 gloo processes
+    equal 1 process (global batch 8, 4 per process) to float-reduction tolerance: each DCEM problem's
+    solve is batch invariant (it depends only on its own rows), so only the all-reduce of the
+    gradients rounds differently. Only rank 0 writes and the saved config records the launch."""
     base = ["scale=tiny", "progress=false", "analyse=false", "seeds=[0]"]
     cli(["regression", *base, f"out_dir={tmp_path / 'one'}"])
     _ok(torchrun(["regression", *base, f"out_dir={tmp_path / 'two'}"]))
-    for m, rtol in (("gd", 1e-5), ("dcem", 2e-2)):
+    for m, rtol in (("gd", 1e-5), ("dcem", 1e-5)):
         a, b = _rows(tmp_path / f"one/{m}/seed0/log.csv"), _rows(tmp_path / f"two/{m}/seed0/log.csv")
         _close(a, b, _REG, rtol)
     launch = OmegaConf.load(tmp_path / "two/config.yaml").launch

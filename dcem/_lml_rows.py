@@ -1,0 +1,105 @@
+"""Row-wise kernels of the LML dual solver (:mod:`dcem._lml_dual`): what makes a row's result
+independent of the other rows of its batch, bit for bit, on CPU.
+
+PyTorch's CPU kernels run a contiguous tensor as one flat loop whose vectorised body and scalar
+tail round ``exp``/``log1p`` differently, so an entry's result would depend on where it sits in
+the batch. :func:`rows_like` gives the solver a layout on which every kernel runs row by row;
+:func:`newton_rows` runs the per-row updates of a few rows on Python floats, bit for bit as the
+tensor loop does them.
+
+Private: the public entry points are :func:`dcem.lml` and :class:`dcem.LML`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["SCALAR_ROWS", "alloc", "into", "log1p_rows", "newton_rows", "rows_like"]
+
+
+def rows_like(x: Tensor, width: int) -> Tensor | None:
+    """An uninitialised ``(B, width)`` tensor like ``x`` whose rows are ``width + 1`` apart, on CPU
+    outside ``torch.func`` transforms (elsewhere ``None``: plain operations are used).
+
+    PyTorch's CPU kernels run a contiguous tensor as one flat loop whose vectorised body and
+    scalar tail round ``exp``/``log1p`` differently, so an entry's result would depend on where it
+    sits in the batch. On this layout each kernel runs row by row (the rows cannot be merged into
+    one loop), so every row sees the same split into vector and tail lanes whatever the other
+    rows are. A ``(B, 1)`` tensor of this layout runs every entry through the scalar code.
+    """
+    if x.device.type != "cpu" or torch._C._are_functorch_transforms_active():
+        return None
+    return torch.empty(x.shape[0], width + 1, dtype=x.dtype, device=x.device)[:, :width]
+
+
+def alloc(x: Tensor) -> Tensor:
+    out = rows_like(x, x.shape[-1])
+    return torch.empty_like(x) if out is None else out
+
+
+def into(out: Tensor, op, a: Tensor, b: Tensor) -> Tensor:
+    """``op(a, b)`` written into ``out`` (``torch.compile`` takes no strided ``out=``: it gets a
+    copy and an in-place operation, with the same exact result)."""
+    if torch.compiler.is_compiling():
+        return getattr(out.copy_(a), op.__name__ + "_")(b)
+    return op(a, b, out=out)
+
+
+def log1p_rows(t: Tensor, out: Tensor | None) -> Tensor:
+    if out is None:
+        return torch.log1p(t)
+    return out.copy_(t).log1p_() if torch.compiler.is_compiling() else torch.log1p(t, out=out)
+
+
+# CPU inputs of at most this many rows run the per-row updates of _lml_dual._newton on Python
+# floats (the same IEEE float64 operations, so bit for bit the same result), saving the dispatch
+# of ~20 tensor operations per iteration.
+SCALAR_ROWS = 4
+
+
+def newton_rows(
+    z: Tensor, nu: Tensor, lo: Tensor, hi: Tensor, frozen: Tensor, k: int, n_iter: int, tol: float,
+    ybuf: Tensor,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """:func:`dcem._lml_dual._newton` on the host with the per-row state held in Python floats."""
+    n = z.shape[-1]
+    nus, los, his = nu.flatten().tolist(), lo.flatten().tolist(), hi.flatten().tolist()
+    done = frozen.flatten().tolist()
+    logbuf = rows_like(nu, 1)
+    for _ in range(n_iter):
+        if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
+            with np.errstate(over="ignore"):
+                nz = float(np.float32(nus[0])) if z.dtype == torch.float32 else nus[0]
+        else:
+            nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
+        y = torch.add(z, nz, out=ybuf).sigmoid_()
+        sums, squares = torch.stack((y.sum(-1), (y * y).sum(-1))).tolist()
+        done = [d or abs(k - s) <= tol for d, s in zip(done, sums)]  # meets the tolerance: stays
+        if all(done):
+            break
+        lower = 2 * k <= n
+        # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
+        ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
+        t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
+        logs = torch.log1p(t64, out=logbuf).flatten().tolist()
+        for i, (s, sq) in enumerate(zip(sums, squares)):
+            if done[i]:
+                continue
+            v, ds, r = nus[i], s - sq, k - s
+            if r > 0:
+                los[i] = v
+            else:
+                his[i] = v
+            # the tensor code's inf / NaN cases (s = 0, ds = 0, log1p(-1)) all leave the bracket
+            if ds == 0 or (lower and s == 0) or ts[i] <= -1:
+                cand = math.nan
+            else:
+                cand = v + logs[i] * (s if lower else n - s) / ds
+            # torch.lerp(lo, hi, 0.5) is hi - (hi - lo) * 0.5
+            nus[i] = cand if los[i] <= cand <= his[i] else his[i] - (his[i] - los[i]) * 0.5
+    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
+    return back, torch.tensor(done).unsqueeze(1)
