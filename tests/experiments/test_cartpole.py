@@ -99,7 +99,8 @@ def _assert_same_run(a, b):
     (ca, ba, ra), (cb, bb, rb) = _state(a), _state(b)
     assert ra == rb  # every logged number, as text: bit for bit
     for k in ca["decoder"]:
-        assert torch.equal(ca["decoder"][k], cb["decoder"][k]) and torch.equal(ba["decoder"][k], bb["decoder"][k])
+        assert torch.equal(ca["decoder"][k], cb["decoder"][k])
+        assert torch.equal(ba["decoder"][k], bb["decoder"][k])
     assert ca["sched"] == cb["sched"] and ca["iter"] == cb["iter"] and ba["iter"] == bb["iter"]
     assert torch.equal(ca["g_train"], cb["g_train"]) and torch.equal(ca["g_init"], cb["g_init"])
     sa, sb = ca["opt"]["state"], cb["opt"]["state"]

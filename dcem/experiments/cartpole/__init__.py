@@ -179,7 +179,8 @@ def run_main(exp: Experiment, argv: list[str], legacy: dict | None = None) -> No
     if grown:  # record the longer length (the launch section and every other key are kept)
         old = OmegaConf.load(run_dir / "config.yaml")
         for k in grown:
-            log.info("%s: %s grows from %s to %s", run_dir, k, OmegaConf.select(old, k), OmegaConf.select(cfg, k))
+            was, now = OmegaConf.select(old, k), OmegaConf.select(cfg, k)
+            log.info("%s: %s grows from %s to %s", run_dir, k, was, now)
             OmegaConf.update(old, k, OmegaConf.select(cfg, k))
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(old))
     log.info("run folder %s", run_dir)

@@ -256,8 +256,8 @@ def train(
             return summarize(cfg, run_dir, n_latent, temp, expert, expert_test)
         log.info("resuming %s at iteration %d", run_dir, tr.start)
         done = tr.validated_at_start()  # a finished run extended to more updates
-        tr.log.rewrite(r for r in tr.log.rows()  # rows after the checkpoint dropped
-                       if r["iter"] < tr.start or (done and r["iter"] == tr.start and r["mode"] == "val"))  # fmt: skip
+        keep = lambda r: r["iter"] < tr.start or (done and r["iter"] == tr.start and r["mode"] == "val")  # noqa: E731
+        tr.log.rewrite(r for r in tr.log.rows() if keep(r))  # rows after the checkpoint dropped
     else:
         done = False
         tr.log.rewrite([])
