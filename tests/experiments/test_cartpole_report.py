@@ -119,8 +119,8 @@ def test_report_writes_blocks_figures_and_keeps_prose(tmp_path):
     assert "hand-written prose" in text
     for block in ("setup", "baselines", "main", "ablation"):
         assert f"<!-- report:{block} begin" in text and f"<!-- report:{block} end -->" in text
-    assert "latent DCEM, trained (best)" in text and "published code's configured expert" in text
-    assert "1000 x 10, the paper's text" in text and "2 sampling seeds" in text
+    assert "latent DCEM, trained (best)" in text and "expert configured in the published code" in text
+    assert "expert of the paper's text" in text and "2 sampling seeds" in text
     assert "| 1 | 2 | 2 of 2 | finished |" in text  # the two folders merged into one cell of 2 seeds
     assert "not tested" not in text and "latent size 2** (fractions" in text
     for f in ("cartpole_curves.png", "cartpole_fig3.png", "cartpole_surface.png", "cartpole_fig5.png",

@@ -212,6 +212,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
             + _per_seed_block(scores)
         )
         _figures(cfg0, runs, scores, base_val, lines, img)
+    else:
+        blocks["setup"] = _task_block(cfg0, rep, roots)
     if roots:
         from dcem.experiments.cartpole.report_ablation import ablation_block
 
@@ -219,8 +221,6 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         blocks["ablation"], out["ablation"] = ablation_block(
             roots, rep, x_test, ref, zero, img, lines, budget, prefix=task
         )
-    else:
-        blocks["setup"] = _task_block(cfg0, rep, roots)
     atomic_write_text(Path(rep.out) / "report.json", json.dumps(out, indent=1, default=_plain))
     command = f"dcem-exp {task} mode=report " + " ".join(
         ([f"report.runs=[{','.join(map(str, runs))}]"] if runs else [])

@@ -170,25 +170,23 @@ def _verdicts(cells: list[Cell], scores: dict, ref: np.ndarray, temps, sizes, bu
             for t in temps:
                 if t != 0 and 0.0 in per:
                     parts.append(
-                        paired_verdict(per[t], per[0.0], f"tau={t:g}", "tau=0") + f" ({sel} selection)"
+                        f"{sel} selection, " + paired_verdict(per[t], per[0.0], f"tau={t:g}", "tau=0")
                     )
             if sel in budget:
                 b, bh = mean_ci95(budget[sel])
+                bh = float(np.nan_to_num(bh))
                 for t in temps:
                     m, h = mean_ci95(per[t])
-                    rel = (
-                        "above"
-                        if m - h > b + np.nan_to_num(bh)
-                        else ("below" if m + h < b - np.nan_to_num(bh) else "overlapping")
-                    )
+                    h = float(np.nan_to_num(h))
+                    rel = "above" if m - h > b + bh else ("below" if m + h < b - bh else "overlapping")
                     parts.append(
-                        f"tau={t:g}: {100 * m:.1f} ± {100 * h:.1f} % vs full-space CEM at the same budget "
-                        f"{100 * b:.1f} ± {100 * np.nan_to_num(bh):.1f} % ({sel} selection): intervals "
-                        f"{rel}"
+                        f"{sel} selection, tau={t:g} against full-space CEM at the same budget: "
+                        f"{100 * m:.1f} ± {100 * h:.1f} % vs {100 * b:.1f} ± {100 * bh:.1f} %: "
+                        f"intervals {rel}"
                     )
         out.append(
-            f"- **latent size {nz}** (fractions of the converged return, 95% intervals over training seeds; "
-            "full-space CEM over its sampling seeds): " + "; ".join(parts) + "."
+            f"- **latent size {nz}** (fractions of the converged return; 95% intervals over training seeds, "
+            "for full-space CEM over its sampling seeds):\n" + "\n".join(f"  - {p}" for p in parts)
         )
     return out
 

@@ -37,8 +37,8 @@ __all__ = [
 #: the full-space CEM baselines in table order: (name, label, selections)
 BASELINES = (
     ("converged", "converged", ("best", "mean")),
-    ("expert", "1000 x 10, the paper's text (10x the latent samples)", ("mean", "best")),
-    ("published", "the published code's configured expert", ("mean", "best")),
+    ("expert", "expert of the paper's text (10x the latent samples)", ("mean", "best")),
+    ("published", "expert configured in the published code", ("mean", "best")),
     ("same_budget", "at the latent controller's budget", ("mean", "best")),
 )
 
