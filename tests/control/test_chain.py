@@ -118,3 +118,12 @@ def test_bad_arguments():
         PendulumChainDx(6).step(torch.zeros(12), torch.zeros(5))
     with pytest.raises(ValueError, match="2 \\* n_ctrl"):
         chain_upright_cost(torch.zeros(10), torch.zeros(6))
+
+
+def test_docstring_example():
+    import doctest
+
+    import dcem.control.chain as mod
+
+    result = doctest.testmod(mod)
+    assert result.attempted > 0 and result.failed == 0

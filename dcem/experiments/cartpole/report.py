@@ -188,30 +188,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     }
     img = Path(rep.img_dir)
     if runs:
-        scores = []
-        for r in runs:
-            log.info("scoring %s", r)
-            s = _score_run(r, rep, x_test)
-            s.update(n_sample=int(cfg0.dcem.n_sample), n_iter=int(cfg0.dcem.n_iter))
-            scores.append(s)
-        out["runs"] = scores
-        blocks["setup"] = _setup_block(cfg0, rep, runs)
-        blocks["main"] = (
-            md_table(
-                [
-                    "controller",
-                    "trajectories per plan",
-                    "test cost (mean ± 95% CI, states)",
-                    "fraction of converged return, 95% CI",
-                    "95% bootstrap CI over states",
-                    "states <= converged",
-                ],
-                _rows(scores, base, ref, zero),
-            )
-            + "\n\n"
-            + _per_seed_block(scores)
-        )
-        _figures(cfg0, runs, scores, base_val, lines, img)
+        out["runs"], blocks["setup"], blocks["main"] = _main_block(cfg0, rep, runs, x_test, base, ref, zero)
+        _figures(cfg0, runs, out["runs"], base_val, lines, img)
     else:
         blocks["setup"] = _task_block(cfg0, rep, roots)
     if roots:
@@ -228,6 +206,34 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     )
     update_page(rep.page, blocks, command)
     return out
+
+
+def _main_block(
+    cfg0: DictConfig,
+    rep: DictConfig,
+    runs: list[Path],
+    x_test: torch.Tensor,
+    base: dict,
+    ref: np.ndarray,
+    zero: np.ndarray,
+) -> tuple[list[dict], str, str]:
+    """Scores of the train runs, the setup block and the main table (latent vs full-space CEM)."""
+    scores = []
+    for r in runs:
+        log.info("scoring %s", r)
+        s = _score_run(r, rep, x_test)
+        s.update(n_sample=int(cfg0.dcem.n_sample), n_iter=int(cfg0.dcem.n_iter))
+        scores.append(s)
+    headers = [
+        "controller",
+        "trajectories per plan",
+        "test cost (mean ± 95% CI, states)",
+        "fraction of converged return, 95% CI",
+        "95% bootstrap CI over states",
+        "states <= converged",
+    ]
+    main = md_table(headers, _rows(scores, base, ref, zero)) + "\n\n" + _per_seed_block(scores)
+    return scores, _setup_block(cfg0, rep, runs), main
 
 
 def _plain(v: Any) -> Any:

@@ -191,6 +191,30 @@ def _verdicts(cells: list[Cell], scores: dict, ref: np.ndarray, temps, sizes, bu
     return out
 
 
+HEADERS = [
+    "tau",
+    "latent size",
+    "seeds finished",
+    "status",
+    "fraction of converged return, mean selection (95% CI over seeds)",
+    "per seed",
+    "best-sample selection",
+    "fraction of the converged gain over u = 0 (mean / best sel.)",
+    "mean best update",
+]
+
+
+def _raw(c: Cell, score: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": c.status, "reached": c.reached, "target": c.target}
+    if score is not None:
+        out.update(
+            best_iter=score["best_iter"],
+            test_cost=score["_mean"].tolist(),
+            test_cost_best=score["_best"].tolist(),
+        )
+    return out
+
+
 def ablation_block(
     roots: list[Path],
     rep: DictConfig,
@@ -235,37 +259,8 @@ def ablation_block(
         f"{len(cells)} cells finished (only those are scored); best-validation checkpoint, test states, DCEM "
         f"sampling seeds {seeds}.\n\n"
     )
-    table = md_table(
-        [
-            "tau",
-            "latent size",
-            "seeds finished",
-            "status",
-            "fraction of converged return, mean selection (95% CI over seeds)",
-            "per seed",
-            "best-sample selection",
-            "fraction of the converged gain over u = 0 (mean / best sel.)",
-            "mean best update",
-        ],
-        rows,
-    )
-    raw = {
-        str(c.path): {
-            "status": c.status,
-            "reached": c.reached,
-            "target": c.target,
-            **(
-                {
-                    "best_iter": scores[c.path]["best_iter"],
-                    "test_cost": scores[c.path]["_mean"].tolist(),
-                    "test_cost_best": scores[c.path]["_best"].tolist(),
-                }
-                if c.path in scores
-                else {}
-            ),
-        }
-        for c in cells
-    }
+    table = md_table(HEADERS, rows)
+    raw = {str(c.path): _raw(c, scores.get(c.path)) for c in cells}
     figs = (
         f"\n\nFigures: `img/{prefix}_fig5.png` (validation cost per update, mean and 95% band over the "
         f"training seeds, one panel per latent size; cells still running dashed) and `img/{prefix}_fig6.png` "
