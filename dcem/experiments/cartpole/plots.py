@@ -285,7 +285,7 @@ def plot_fig5(cells: list[Any], curves: dict[Any, list[dict[str, Any]]], lines: 
 def plot_fig6(fractions: dict[tuple[int, float, int], dict[str, float]], lines: dict[str, float], path: Path,
               temps: list[float], sizes: list[int]) -> None:  # fmt: skip
     """Fig. 6 analogue: the fraction of the converged return per cell (latent size x tau) for both
-    selections, bars = mean over the finished training seeds with 95% Student-t error bars, dots =
+    selections, squares = mean over the finished training seeds with 95% Student-t error bars, dots =
     seeds; horizontal lines: full-space CEM at the latent budget (``lines``, by selection)."""
     from dcem.experiments.common.runs import mean_ci95
 
@@ -298,9 +298,11 @@ def plot_fig6(fractions: dict[tuple[int, float, int], dict[str, float]], lines: 
                 v = [f[sel] for (n, t, _), f in fractions.items() if n == nz and t == tau]
                 if v:
                     m, h = mean_ci95(v)
-                    ax.bar(x0 + 0.38 * k, 100 * m, 0.36, color=f"C{k}", yerr=None if np.isnan(h) else 100 * h,
-                           capsize=3, label=f"{sel} selection" if not labels else None)  # fmt: skip
-                    ax.plot([x0 + 0.38 * k] * len(v), [100 * a for a in v], "k.", ms=4)
+                    err = None if np.isnan(h) else 100 * h
+                    label = f"{sel} selection" if not labels else None
+                    x = x0 + 0.38 * k
+                    ax.errorbar(x, 100 * m, yerr=err, fmt="s", color=f"C{k}", capsize=4, label=label)
+                    ax.plot([x] * len(v), [100 * a for a in v], "k.", ms=4)
             labels.append((x0 + 0.19, f"nz={nz}\ntau={tau:g}"))
             x0 += 1
     for sel, v in sorted(lines.items()):

@@ -38,6 +38,18 @@ class Cell:
     cfg: DictConfig
     reached: int
     target: int
+    wall_per_update: float | None = None
+
+    @classmethod
+    def read(cls, temp: float, n_latent: int, seed: int, path: Path, cfg: DictConfig, target: int) -> Cell:
+        """The cell in ``path``: the update its checkpoint reached and the wall seconds per update
+        of its ``log.csv`` (``None`` before its first checkpoint)."""
+        reached = int(_load(path / "checkpoint.pt")["iter"]) if (path / "checkpoint.pt").is_file() else 0
+        rows = (
+            [r for r in read_csv(path / "log.csv") if r["iter"] > 0] if (path / "log.csv").is_file() else []
+        )
+        wall = float(rows[-1]["wall_s"]) / int(rows[-1]["iter"]) if rows else None
+        return cls(temp, n_latent, seed, path, cfg, reached, target, wall)
 
     @property
     def finished(self) -> bool:
@@ -71,9 +83,8 @@ def collect_cells(roots: list[Path]) -> list[Cell]:
                     f"{root}); give each training seed once"
                 )
             d = root / name
-            reached = int(_load(d / "checkpoint.pt")["iter"]) if (d / "checkpoint.pt").is_file() else 0
             cell_cfg = OmegaConf.merge(cfg, {"seed": seed})
-            cells[tau, nz, seed] = Cell(tau, nz, seed, d, cell_cfg, reached, int(cfg.ablation.n_train_iter))
+            cells[tau, nz, seed] = Cell.read(tau, nz, seed, d, cell_cfg, int(cfg.ablation.n_train_iter))
     return list(cells.values())
 
 
@@ -204,6 +215,21 @@ HEADERS = [
 ]
 
 
+def _timing(cells: list[Cell]) -> str:
+    """Wall seconds per decoder update over the cells (from their ``log.csv``) and the resulting
+    hours per cell and in total, on the machine and under the load the runs had."""
+    w = [c.wall_per_update for c in cells if c.wall_per_update is not None]
+    if not w:
+        return ""
+    target = max(c.target for c in cells)
+    return (
+        f" Wall time per update (log.csv, on the shared machine under its load at the time): {min(w):.2f}-"
+        f"{max(w):.2f} s over {len(w)} cells, so about {np.median(w) * target / 3600:.1f} h per cell of "
+        f"{target} updates and {np.median(w) * target * len(cells) / 3600:.0f} h for the {len(cells)} cells "
+        "(an upper bound on their CPU-hours)."
+    )
+
+
 def _raw(c: Cell, score: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"status": c.status, "reached": c.reached, "target": c.target}
     if score is not None:
@@ -257,14 +283,15 @@ def ablation_block(
         f"{', '.join(f'`{r}`' for r in roots)}: temps {temps} x latent sizes {sizes} x training seeds "
         f"{sorted({c.seed for c in cells})}, {'/'.join(map(str, targets))} decoder updates each; {n_done} of "
         f"{len(cells)} cells finished (only those are scored); best-validation checkpoint, test states, DCEM "
-        f"sampling seeds {seeds}.\n\n"
+        f"sampling seeds {seeds}.{_timing(cells)}\n\n"
     )
     table = md_table(HEADERS, rows)
     raw = {str(c.path): _raw(c, scores.get(c.path)) for c in cells}
     figs = (
         f"\n\nFigures: `img/{prefix}_fig5.png` (validation cost per update, mean and 95% band over the "
         f"training seeds, one panel per latent size; cells still running dashed) and `img/{prefix}_fig6.png` "
-        "(fraction of the converged return per finished cell, both selections, 95% intervals over training "
+        "(fraction of the converged return per finished cell, both selections, mean and 95% interval over "
+        "training "
         "seeds, dots = seeds; lines: full-space CEM baselines)."
     )
     return head + table + "\n\nVerdicts:\n\n" + "\n".join(verdicts) + figs, raw
