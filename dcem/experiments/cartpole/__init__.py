@@ -16,9 +16,14 @@ this file; ``scale=tiny`` is a seconds-long smoke run. Modes:
 - ``mode=vis``: redo the plots of the run in ``out_dir`` from its best checkpoint.
 - ``mode=eval``: recompute ``summary.json`` of the run in ``out_dir`` and of its sub-runs.
 - ``mode=report``: score the train runs ``report.runs=[DIR,...]`` (one per training seed) and
-  the ablation ``report.ablation=DIR`` on the test states against a converged full-space CEM,
-  full-space CEM at the latent budget and the untrained decoder, and rewrite the generated
-  blocks of ``report.page`` (:mod:`dcem.experiments.cartpole.report`).
+  the ablation folders ``report.ablation=[DIR,...]`` (merged by cell; unfinished cells are listed
+  as running) on the test states against full-space CEM (converged, the 1000 x 10 expert, the
+  published code's 100 x 10 x 30 expert, the latent budget; each with several sampling seeds)
+  and the untrained decoder, and rewrite the generated blocks of ``report.page``
+  (:mod:`dcem.experiments.cartpole.report`).
+
+A finished run (or ablation) resumed with a larger ``n_train_iter`` (``ablation.n_train_iter``)
+continues to the new length and equals a run started with it, bit for bit.
 
 The checkpoint kept (``best.pt``) is the one with the lowest validation cost; ``summary.json``
 also reports a held-out test set of 100 other initial states (``*_test_*``).
