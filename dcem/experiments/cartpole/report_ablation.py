@@ -127,7 +127,19 @@ def _rows(cells: list[Cell], scores: dict, ref: np.ndarray, zero: np.ndarray, te
                 else "; ".join(f"seed {c.seed}: {c.status}" for c in group if not c.finished)
             )
             if not done:
-                rows.append([f"{tau:g}", nz, f"{len(done)} of {len(group)}", status, "-", "-", "-", "-", "-"])
+                rows.append(
+                    [
+                        f"{tau:g}" + (" (hard CEM)" if tau == 0 else ""),
+                        nz,
+                        f"{len(done)} of {len(group)}",
+                        status,
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                    ]
+                )
                 continue
             fr = {
                 s: np.array([scores[c.path]["_" + s].mean() / ref.mean() for c in done])
