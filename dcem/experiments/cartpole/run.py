@@ -50,7 +50,7 @@ def make_task(cfg: DictConfig) -> tuple[Dynamics, StepCost]:
 
 
 def validation_states(cfg: DictConfig, dx: Dynamics) -> Tensor:
-    """The fixed validation set ``(n_val, 5)`` drawn with ``val_seed``."""
+    """The fixed validation set ``(n_val, n_state)`` drawn with ``val_seed``."""
     return dx.sample_state(int(cfg.n_val), torch.Generator().manual_seed(int(cfg.val_seed)))
 
 
@@ -108,7 +108,7 @@ def expert_spec(section: Any) -> dict[str, Any]:
 
 
 def test_states(cfg: DictConfig, dx: Dynamics) -> Tensor:
-    """A held-out test set ``(n_val, 5)`` (never used for checkpoint selection)."""
+    """A held-out test set ``(n_val, n_state)`` (never used for checkpoint selection)."""
     return dx.sample_state(int(cfg.n_val), torch.Generator().manual_seed(int(cfg.val_seed) + 1))
 
 
