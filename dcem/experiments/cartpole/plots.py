@@ -262,7 +262,7 @@ def plot_fig5(cells: list[Any], curves: dict[Any, list[dict[str, Any]]], lines: 
                 for r in curves[c.path]:
                     if r["mode"] == "val":
                         vals.setdefault(int(r["iter"]), []).append(float(r["cost"]))
-            its = [i for i in sorted(vals) if len(vals[i]) == len(group)] or sorted(vals)
+            its = sorted(vals)  # the mean over the seeds that reached each update
             if not its:
                 continue
             stats = [mean_ci95(vals[i]) for i in its]
@@ -271,7 +271,7 @@ def plot_fig5(cells: list[Any], curves: dict[Any, list[dict[str, Any]]], lines: 
             done = sum(c.finished for c in group)
             label = (f"tau={tau:g}" if tau else "tau=0 (hard CEM)") + f", {done}/{len(group)} seeds finished"
             ls = "-" if done == len(group) else "--"
-            ax.plot(its, m, ls, lw=1.2, color=f"C{k}", label=label)
+            ax.plot(its, m, ls, lw=1.2, marker=".", ms=3, color=f"C{k}", label=label)
             ax.fill_between(its, m - h, m + h, color=f"C{k}", alpha=0.2, lw=0)
         for i, (name, v) in enumerate(lines.items()):
             ax.axhline(v, color="k", ls=(":", "--", "-.")[i % 3], lw=0.8, label=name)
