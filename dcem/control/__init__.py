@@ -4,6 +4,7 @@
 planner :class:`dcem.planning.Planner` (CEM, DCEM, MPPI, iCEM).
 """
 
+from dcem.control.chain import PendulumChainDx, chain_upright_cost
 from dcem.control.decoder import ActionDecoder
 from dcem.control.dynamics import CartpoleDx, Dynamics, PendulumDx, cartpole_swingup_cost, check_state
 from dcem.control.latent import LatentDCEMController, LatentSolution, imitation_loss, train_step
@@ -21,6 +22,7 @@ __all__ = [
     "cartpole_swingup_cost",
     "check_state",
     "dcem_ctrl",
+    "PendulumChainDx", "chain_upright_cost",
     "imitation_loss",
     "rollout_cost",
     "train_step",

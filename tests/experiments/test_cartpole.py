@@ -60,10 +60,10 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     # the same run again: finished, nothing retrained, the log unchanged
     cartpole.main([f"out_dir={out}", "plots=false", *TINY])
     assert _rows(out / "log.csv") == rows
-    # a longer schedule is another configuration: refused, config.yaml untouched
+    # a shorter schedule is another configuration: refused, config.yaml untouched (longer: see below)
     config = (out / "config.yaml").read_text()
-    with pytest.raises(ValueError, match="another configuration.*n_train_iter: 4 there, 6 now"):
-        cartpole.main([f"out_dir={out}", "n_train_iter=6", *TINY])
+    with pytest.raises(ValueError, match="another configuration.*n_train_iter: 4 there, 2 now"):
+        cartpole.main([f"out_dir={out}", "n_train_iter=2", *TINY])
     assert (out / "config.yaml").read_text() == config
     # mode=eval recomputes the same summary from the checkpoints
     (out / "summary.json").unlink()
@@ -82,6 +82,57 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     ra = [r for r in _rows(a / "log.csv") if r["mode"] == "train"]
     rb = [r for r in _rows(b / "log.csv") if r["mode"] == "train"]
     assert [float(r["cost"]) for r in ra] == pytest.approx([float(r["cost"]) for r in rb], rel=1e-5)
+
+
+def _state(run):
+    import torch
+
+    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=False)
+    rows = [{k: v for k, v in r.items() if k != "wall_s"} for r in _rows(run / "log.csv")]
+    return ck, best, rows
+
+
+def _assert_same_run(a, b):
+    import torch
+
+    (ca, ba, ra), (cb, bb, rb) = _state(a), _state(b)
+    assert ra == rb  # every logged number, as text: bit for bit
+    for k in ca["decoder"]:
+        assert torch.equal(ca["decoder"][k], cb["decoder"][k])
+        assert torch.equal(ba["decoder"][k], bb["decoder"][k])
+    assert ca["sched"] == cb["sched"] and ca["iter"] == cb["iter"] and ba["iter"] == bb["iter"]
+    assert torch.equal(ca["g_train"], cb["g_train"]) and torch.equal(ca["g_init"], cb["g_init"])
+    sa, sb = ca["opt"]["state"], cb["opt"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_longer_schedule_extends_a_finished_run_bit_for_bit(tmp_path):
+    from omegaconf import OmegaConf
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    cartpole.main([f"out_dir={a}", "plots=false", *TINY])  # 4 updates, finished
+    cartpole.main([f"out_dir={a}", "plots=false", "n_train_iter=8", *TINY])  # extended to 8
+    cartpole.main([f"out_dir={b}", "plots=false", "n_train_iter=8", *TINY])  # 8 from the start
+    _assert_same_run(a, b)
+    assert OmegaConf.load(a / "config.yaml").n_train_iter == 8
+    assert [int(r["iter"]) for r in _rows(a / "log.csv") if r["mode"] == "val"] == [0, 2, 4, 6, 8]
+    with pytest.raises(ValueError, match="another configuration.*n_train_iter: 8 there, 6 now"):
+        cartpole.main([f"out_dir={a}", "plots=false", "n_train_iter=6", *TINY])
+    # a finished length off the validation grid cannot be extended exactly: refused
+    c = tmp_path / "c"
+    cartpole.main([f"out_dir={c}", "plots=false", "n_train_iter=3", *TINY])
+    with pytest.raises(ValueError, match="not a multiple of val_interval"):
+        cartpole.main([f"out_dir={c}", "plots=false", "n_train_iter=6", *TINY])
+
+
+def test_ablation_length_grows_on_resume(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["mode=ablation", "plots=false", "ablation.seeds=[0]", "ablation.temps=[0.0]", *TINY]
+    cartpole.main([f"out_dir={a}", *args])  # 2 updates per cell
+    cartpole.main([f"out_dir={a}", *args, "ablation.n_train_iter=4"])
+    cartpole.main([f"out_dir={b}", *args, "ablation.n_train_iter=4"])
+    _assert_same_run(a / "tau0_nz2_seed0", b / "tau0_nz2_seed0")
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):

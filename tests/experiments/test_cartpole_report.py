@@ -70,16 +70,48 @@ def test_reference_init_matches_app_c_statistics():
         ActionDecoder(2, 20, 1, -1.0, 1.0, init="xavier")
 
 
+def test_code_version_changes_with_the_source_and_invalidates_the_cache(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from dcem.experiments.cartpole.baselines import code_version
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = tmp_path / "dep_mod.py"
+    mod.write_text("def f():\n    return 1.0\n")
+    dep = importlib.import_module("dep_mod")
+    v1 = code_version(dep.f, "dcem.planning")
+    assert v1 == code_version(dep.f, "dcem.planning")  # stable
+    calls = []
+    compute = lambda: calls.append(1) or [dep.f()]  # noqa: E731
+    assert cached(tmp_path / "c", {"x": 1, "code": v1}, compute) == [1.0]
+    mod.write_text("def f():\n    return 2.0\n")  # the code a cached number depends on changes
+    sys.modules.pop("dep_mod")
+    dep = importlib.import_module("dep_mod")
+    v2 = code_version(dep.f, "dcem.planning")
+    assert v2 != v1
+    assert cached(tmp_path / "c", {"x": 1, "code": v2}, compute) == [2.0] and len(calls) == 2
+    # what the baselines depend on: the dynamics' module, the cost, the planner package
+    from dcem.control import CartpoleDx, PendulumChainDx
+
+    assert code_version(CartpoleDx, "dcem.planning") != code_version(PendulumChainDx, "dcem.planning")
+
+
+def _ablation(tmp_path, name, seeds):
+    out = tmp_path / name
+    cartpole.main([f"out_dir={out}", "mode=ablation", f"ablation.seeds={seeds}", *TINY])
+    return out
+
+
 def test_report_writes_blocks_figures_and_keeps_prose(tmp_path):
     runs = []
     for s in (0, 1):
         runs.append(tmp_path / f"s{s}")
         cartpole.main([f"out_dir={runs[-1]}", f"seed={s}", *TINY])
-    abl = tmp_path / "abl"
-    cartpole.main([f"out_dir={abl}", "mode=ablation", *TINY])
+    a0, a1 = _ablation(tmp_path, "a0", "[0]"), _ablation(tmp_path, "a1", "[1]")  # one folder per seed
     page = tmp_path / "page.md"
     page.write_text("# Cartpole\n\nhand-written prose\n")
-    args = [f"report.runs=[{runs[0]},{runs[1]}]", f"report.ablation={abl}", f"report.page={page}",
+    args = [f"report.runs=[{runs[0]},{runs[1]}]", f"report.ablation=[{a0},{a1}]", f"report.page={page}",
             f"report.img_dir={tmp_path / 'img'}", f"report.out={tmp_path / 'rep'}",
             f"report.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     cartpole.main(["mode=report", *args, *TINY])
@@ -87,20 +119,58 @@ def test_report_writes_blocks_figures_and_keeps_prose(tmp_path):
     assert "hand-written prose" in text
     for block in ("setup", "baselines", "main", "ablation"):
         assert f"<!-- report:{block} begin" in text and f"<!-- report:{block} end -->" in text
-    assert "latent DCEM, trained (best)" in text and "converged" in text
-    for f in ("cartpole_curves.png", "cartpole_fig3.png", "cartpole_surface.png", "cartpole_ablation.png"):
+    assert "latent DCEM, trained (best)" in text and "expert configured in the published code" in text
+    assert "expert of the paper's text" in text and "2 sampling seeds" in text
+    assert "| 1 | 2 | 2 of 2 | finished |" in text  # the two folders merged into one cell of 2 seeds
+    assert "not tested" not in text and "latent size 2** (fractions" in text
+    for f in ("cartpole_curves.png", "cartpole_fig3.png", "cartpole_surface.png", "cartpole_fig5.png",
+              "cartpole_fig6.png"):  # fmt: skip
         assert (tmp_path / "img" / f).is_file(), f
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [r["seed"] for r in rep["runs"]] == [0, 1]
     assert len(rep["runs"][0]["trained"]["mean"]) == 2  # two DCEM sampling seeds in the tiny preset
-    # the converged baseline is the one configured, and a second report reuses the cache (same numbers)
-    assert rep["baselines"]["converged"]["spec"]["n_iter"] == 3
+    conv = rep["baselines"]["converged"]
+    assert conv["spec"]["n_iter"] == 3 and conv["seeds"] == [1, 2] and len(conv["runs"]) == 2
+    assert conv["runs"][0]["best"] != conv["runs"][1]["best"]  # the sampling seeds differ
+    assert rep["baselines"]["published"]["spec"] == {
+        "n_sample": 20,
+        "n_elite": 4,
+        "n_iter": 3,
+        "sigma_scale": 0.5,
+    }
+    # a second report reuses the cache (same numbers); an ablation cell of a run folder can be a main run
     cartpole.main(["mode=report", *args, *TINY])
     assert page.read_text() == text
+    cells = f"[{a0 / 'tau1_nz2_seed0'},{a1 / 'tau1_nz2_seed1'}]"
+    cartpole.main(["mode=report", *args, f"report.runs={cells}", *TINY])
+    assert "tau1_nz2_seed0" in page.read_text()
+
+
+def test_running_cells_are_not_results(tmp_path):
+    from omegaconf import OmegaConf
+
+    a0 = _ablation(tmp_path, "a0", "[0,1]")
+    cfg = OmegaConf.load(a0 / "config.yaml")  # as if the run had been extended and were still going
+    cfg.ablation.n_train_iter = 4
+    (a0 / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    page = tmp_path / "page.md"
+    args = [f"report.ablation=[{a0}]", f"report.page={page}", f"report.img_dir={tmp_path / 'img'}",
+            f"report.out={tmp_path / 'rep'}", f"report.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    cartpole.main(["mode=report", *args, *TINY])
+    text = page.read_text()
+    assert "seed 0: running (update 2 of 4); seed 1: running (update 2 of 4)" in text
+    assert "latent size 2: not tested (run in progress)" in text and "0 of 4 cells finished" in text
+    assert "<!-- report:main begin" not in text  # no train runs given: no main block
+    with pytest.raises(RunError, match="is running \\(update 2 of 4\\)"):
+        cartpole.main(["mode=report", *args, f"report.runs=[{a0 / 'tau1_nz2_seed0'}]", *TINY])
+    with pytest.raises(RunError, match="in two folders"):
+        cartpole.main(["mode=report", f"report.ablation=[{a0},{a0}]", *args[1:], *TINY])
 
 
 def test_report_errors_name_the_key(tmp_path):
     with pytest.raises(RunError, match="report.runs"):
         cartpole.main(["mode=report", *TINY])
-    with pytest.raises(RunError, match="report.runs: .* is not a finished cartpole train run"):
+    with pytest.raises(RunError, match="report.runs: .* is not a finished train run"):
         cartpole.main(["mode=report", f"report.runs=[{tmp_path}]", *TINY])
+    with pytest.raises(RunError, match="report.ablation: .* is not an ablation run folder"):
+        cartpole.main(["mode=report", f"report.ablation=[{tmp_path}]", *TINY])

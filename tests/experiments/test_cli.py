@@ -59,6 +59,14 @@ CASES = {
         ("device=cuda", "device"),  # runs on the CPU only: not a key
         ("mode=vis", "mode=vis"),  # needs an existing run
     ],
+    "chain": [
+        ("chain.n_links=1", "chain.n_links"),
+        ("chain.max_torque=0", "chain.max_torque"),
+        ("task=cartpole", "task"),
+        ("dcem.n_elite=500", "dcem.n_elite"),
+        ("report.baseline_seeds=[]", "report.baseline_seeds"),
+        ("mode=eval", "mode=eval"),  # needs an existing run
+    ],
     "pendulum": [
         ("n_steps=abc", "n_steps"),
         ("horizon", "horizon"),
@@ -115,7 +123,7 @@ def test_bad_override_is_one_line_naming_the_key(exp, arg, key, tmp_path, monkey
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("exp", ["regression", "cartpole", "pendulum", "mbrl"])
+@pytest.mark.parametrize("exp", ["regression", "cartpole", "chain", "pendulum", "mbrl"])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_lists_keys_and_scales(exp, flag, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

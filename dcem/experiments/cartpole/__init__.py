@@ -16,9 +16,14 @@ this file; ``scale=tiny`` is a seconds-long smoke run. Modes:
 - ``mode=vis``: redo the plots of the run in ``out_dir`` from its best checkpoint.
 - ``mode=eval``: recompute ``summary.json`` of the run in ``out_dir`` and of its sub-runs.
 - ``mode=report``: score the train runs ``report.runs=[DIR,...]`` (one per training seed) and
-  the ablation ``report.ablation=DIR`` on the test states against a converged full-space CEM,
-  full-space CEM at the latent budget and the untrained decoder, and rewrite the generated
-  blocks of ``report.page`` (:mod:`dcem.experiments.cartpole.report`).
+  the ablation folders ``report.ablation=[DIR,...]`` (merged by cell; unfinished cells are listed
+  as running) on the test states against full-space CEM (converged, the 1000 x 10 expert, the
+  published code's 100 x 10 x 30 expert, the latent budget; each with several sampling seeds)
+  and the untrained decoder, and rewrite the generated blocks of ``report.page``
+  (:mod:`dcem.experiments.cartpole.report`).
+
+A finished run (or ablation) resumed with a larger ``n_train_iter`` (``ablation.n_train_iter``)
+continues to the new length and equals a run started with it, bit for bit.
 
 The checkpoint kept (``best.pt``) is the one with the lowest validation cost; ``summary.json``
 also reports a held-out test set of 100 other initial states (``*_test_*``).
@@ -30,6 +35,7 @@ an upright pole), so it equals the ratio of returns, and > 1 means the latent co
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -62,7 +68,6 @@ def load_config(argv: list[str]) -> DictConfig:
 
 
 def _plots(cfg: DictConfig, run_dir: Path) -> dict:
-    from dcem.control import CartpoleDx
     from dcem.experiments.cartpole.plots import plot_curves, plot_fig3, plot_surface
     from dcem.experiments.cartpole.run import (
         _load,
@@ -70,12 +75,13 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
         expert_costs,
         expert_spec,
         make_controller,
+        make_task,
         read_csv,
         validation_states,
     )
     from dcem.experiments.common import plots
 
-    dx = CartpoleDx()
+    dx = make_task(cfg)[0]
     ck = _load(run_dir / "checkpoint.pt")
     ctrl = make_controller(cfg, dx, ck.get("n_latent"), ck.get("temp") or 0.0)
     _load_decoder(ctrl, run_dir / "best.pt")
@@ -83,6 +89,8 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
     expert_mean = float(expert_costs(cfg, dx, x_val, run_dir / "expert.json").mean())
     with plots.style():
         plot_curves(read_csv(run_dir / "log.csv"), expert_mean, ck.get("random_cost"), run_dir / "curves.png")
+        if "task" in cfg:  # fig. 3 and the cost surface draw the cartpole's one force and angle
+            return {}
         plot_surface(ctrl, x_val[: int(cfg.vis.n_states)], run_dir / "surface.png", grid=int(cfg.vis.grid))
         spec = expert_spec(cfg.expert)
         rows = [(f"CEM, full space ({int(spec['n_sample'])} x {int(spec['n_iter'])})", spec)]
@@ -92,13 +100,19 @@ def _plots(cfg: DictConfig, run_dir: Path) -> dict:
 def _ablation(cfg: DictConfig, run_dir: Path) -> None:
     from omegaconf import OmegaConf
 
-    from dcem.control import CartpoleDx
     from dcem.experiments.cartpole.plots import plot_ablation
-    from dcem.experiments.cartpole.run import expert_costs, read_csv, test_states, train, validation_states
+    from dcem.experiments.cartpole.run import (
+        expert_costs,
+        make_task,
+        read_csv,
+        test_states,
+        train,
+        validation_states,
+    )
     from dcem.experiments.common import plots
     from dcem.experiments.common.runs import CsvLog
 
-    dx = CartpoleDx()
+    dx = make_task(cfg)[0]
     expert = expert_costs(cfg, dx, validation_states(cfg, dx), run_dir / "expert.json")
     expert_test = expert_costs(cfg, dx, test_states(cfg, dx), run_dir / "expert_test.json", tag="test")
     results, curves = [], {}
@@ -112,8 +126,9 @@ def _ablation(cfg: DictConfig, run_dir: Path) -> None:
         log.info("%s: latent %.3f expert %.3f factor %.3f", name, s["latent_cost"], s["expert_cost"],
                  s["improvement_factor"])  # fmt: skip
     CsvLog(run_dir / "ablation.csv", list(results[0].keys())).rewrite(results)
-    with plots.style():
-        plot_ablation(results, curves, float(expert.mean()), run_dir / "ablation.png")
+    if cfg.plots:
+        with plots.style():
+            plot_ablation(results, curves, float(expert.mean()), run_dir / "ablation.png")
 
 
 def ablation_cells(cfg: DictConfig) -> list[tuple[float, int, int, str]]:
@@ -124,28 +139,55 @@ def ablation_cells(cfg: DictConfig) -> list[tuple[float, int, int, str]]:
             for tau in cfg.ablation.temps]  # fmt: skip
 
 
-def main(argv: list[str]) -> None:
-    """Entry point of ``dcem-exp cartpole``; see the module docstring (``--help`` lists every key)."""
-    from dcem.experiments.common.distributed import is_main, launch_info
-    from dcem.experiments.common.runs import RunError, open_run, set_threads, setup_logging
+#: training lengths that may grow when a finished run is resumed (it then continues, and equals a
+#: run started with the longer length bit for bit); shrinking them is another configuration
+GROWABLE = ("n_train_iter", "ablation.n_train_iter")
 
-    cfg = load(EXPERIMENT, argv)
+
+def _grown(cfg: DictConfig) -> tuple[str, ...]:
+    """The keys of :data:`GROWABLE` that are larger now than in ``out_dir/config.yaml``."""
+    from omegaconf import OmegaConf
+
+    path = Path(cfg.out_dir) / "config.yaml" if cfg.out_dir is not None else None
+    if path is None or not path.is_file():
+        return ()
+    old = OmegaConf.load(path)
+    return tuple(k for k in GROWABLE if isinstance(OmegaConf.select(old, k), int)
+                 and int(OmegaConf.select(cfg, k)) > int(OmegaConf.select(old, k)))  # fmt: skip
+
+
+def run_main(exp: Experiment, argv: list[str], legacy: dict | None = None) -> None:
+    """The command line of ``dcem-exp cartpole`` and of the experiments that reuse its training
+    loop on another task (``exp`` names the experiment, its schema and its run-time keys)."""
+    from omegaconf import OmegaConf
+
+    from dcem.experiments.common.distributed import is_main, launch_info
+    from dcem.experiments.common.runs import RunError, atomic_write_text, open_run, set_threads, setup_logging
+
+    cfg = load(exp, argv)
     if cfg is None:
         return
     existing = cfg.out_dir is not None and (Path(cfg.out_dir) / "config.yaml").exists()
     if cfg.mode in ("vis", "eval") and not existing:
-        raise RunError(f"mode={cfg.mode} needs out_dir=... pointing at an existing cartpole run folder")
+        raise RunError(f"mode={cfg.mode} needs out_dir=... pointing at an existing {exp.name} run folder")
     setup_logging()
     set_threads(cfg.num_threads)
     if cfg.mode == "report":
-        from dcem.experiments.cartpole.report import report
-
+        report = importlib.import_module(f"dcem.experiments.{exp.name}.report").report
         report(cfg)
         log.info("rewrote the generated blocks of %s", cfg.report.page)
         return
     resume = bool(cfg.resume) or cfg.mode in ("vis", "eval")
-    run_dir = open_run("cartpole", cfg, EXPERIMENT.free_keys, resume=resume,
-                       launch=launch_info({"n_batch": int(cfg.n_batch)}), legacy=LEGACY)  # fmt: skip
+    grown = _grown(cfg) if resume else ()
+    run_dir = open_run(exp.name, cfg, exp.free_keys + grown, resume=resume,
+                       launch=launch_info({"n_batch": int(cfg.n_batch)}), legacy=legacy)  # fmt: skip
+    if grown:  # record the longer length (the launch section and every other key are kept)
+        old = OmegaConf.load(run_dir / "config.yaml")
+        for k in grown:
+            was, now = OmegaConf.select(old, k), OmegaConf.select(cfg, k)
+            log.info("%s: %s grows from %s to %s", run_dir, k, was, now)
+            OmegaConf.update(old, k, OmegaConf.select(cfg, k))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(old))
     log.info("run folder %s", run_dir)
     if cfg.mode == "vis":
         _plots(cfg, run_dir)
@@ -164,3 +206,8 @@ def main(argv: list[str]) -> None:
         log.info("summary: %s", json.dumps(summary))
     else:
         _ablation(cfg, run_dir)
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of ``dcem-exp cartpole``; see the module docstring (``--help`` lists every key)."""
+    run_main(EXPERIMENT, argv, LEGACY)

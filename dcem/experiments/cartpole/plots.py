@@ -242,3 +242,73 @@ def plot_ablation(
     axes[0, 0].set_ylabel("validation cost (mean, 95% band over seeds)")
     axes[0, -1].legend(fontsize=8)
     save(fig, path, dpi=90)
+
+
+def plot_fig5(cells: list[Any], curves: dict[Any, list[dict[str, Any]]], lines: dict[str, float], path: Path,
+              temps: list[float], sizes: list[int]) -> None:  # fmt: skip
+    """Fig. 5 analogue: validation cost per update, mean over training seeds with a 95% band, one
+    panel per latent size, one curve per tau; a tau whose cells have not all finished is dashed
+    and labelled as running (``cells``: :class:`~dcem.experiments.cartpole.report_ablation.Cell`)."""
+    from dcem.experiments.common.runs import mean_ci95
+
+    fig = figure(figsize=(4.4 * len(sizes), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(sizes), sharey=True, squeeze=False)
+    for j, nz in enumerate(sizes):
+        ax = axes[0, j]
+        for k, tau in enumerate(temps):
+            group = [c for c in cells if c.n_latent == nz and c.temp == tau]
+            vals: dict[int, list[float]] = {}
+            for c in group:
+                for r in curves[c.path]:
+                    if r["mode"] == "val":
+                        vals.setdefault(int(r["iter"]), []).append(float(r["cost"]))
+            its = sorted(vals)  # the mean over the seeds that reached each update
+            if not its:
+                continue
+            stats = [mean_ci95(vals[i]) for i in its]
+            m = np.array([a for a, _ in stats])
+            h = np.nan_to_num(np.array([b for _, b in stats]))
+            done = sum(c.finished for c in group)
+            label = (f"tau={tau:g}" if tau else "tau=0 (hard CEM)") + f", {done}/{len(group)} seeds finished"
+            ls = "-" if done == len(group) else "--"
+            ax.plot(its, m, ls, lw=1.2, marker=".", ms=3, color=f"C{k}", label=label)
+            ax.fill_between(its, m - h, m + h, color=f"C{k}", alpha=0.2, lw=0)
+        for i, (name, v) in enumerate(lines.items()):
+            ax.axhline(v, color="k", ls=(":", "--", "-.")[i % 3], lw=0.8, label=name)
+        ax.set_title(f"latent size {nz}")
+        ax.set_xlabel("decoder update")
+    axes[0, 0].set_ylabel("validation cost (mean, 95% band over seeds)")
+    axes[0, -1].legend(fontsize=8)
+    save(fig, path, dpi=90)
+
+
+def plot_fig6(fractions: dict[tuple[int, float, int], dict[str, float]], lines: dict[str, float], path: Path,
+              temps: list[float], sizes: list[int]) -> None:  # fmt: skip
+    """Fig. 6 analogue: the fraction of the converged return per cell (latent size x tau) for both
+    selections, squares = mean over the finished training seeds with 95% Student-t error bars, dots =
+    seeds; horizontal lines: full-space CEM at the latent budget (``lines``, by selection)."""
+    from dcem.experiments.common.runs import mean_ci95
+
+    fig = figure(figsize=(1.2 + 1.1 * len(sizes) * len(temps), 3.6), layout="constrained")
+    ax = fig.subplots()
+    labels, x0 = [], 0
+    for nz in sizes:
+        for tau in temps:
+            for k, sel in enumerate(("mean", "best")):
+                v = [f[sel] for (n, t, _), f in fractions.items() if n == nz and t == tau]
+                if v:
+                    m, h = mean_ci95(v)
+                    err = None if np.isnan(h) else 100 * h
+                    label = f"{sel} selection" if not labels else None
+                    x = x0 + 0.38 * k
+                    ax.errorbar(x, 100 * m, yerr=err, fmt="s", color=f"C{k}", capsize=4, label=label)
+                    ax.plot([x] * len(v), [100 * a for a in v], "k.", ms=4)
+            labels.append((x0 + 0.19, f"nz={nz}\ntau={tau:g}"))
+            x0 += 1
+    for sel, v in sorted(lines.items()):
+        ax.axhline(100 * v, color=f"C{0 if sel == 'mean' else 1}", ls="--", lw=0.8,
+                   label=f"full-space CEM, latent budget ({sel})")  # fmt: skip
+    ax.set_xticks([p for p, _ in labels], [s for _, s in labels])
+    ax.set_ylabel("% of the converged return (test)")
+    ax.legend(fontsize=8, loc="lower left")
+    save(fig, path, dpi=90)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -17,10 +18,12 @@ from dcem.control import (
     MPC,
     ActionDecoder,
     CartpoleDx,
+    Dynamics,
     LatentDCEMController,
     cartpole_swingup_cost,
     train_step,
 )
+from dcem.control.mpc import StepCost
 from dcem.experiments.common.distributed import Shard, barrier
 from dcem.experiments.common.runs import (
     CsvLog,
@@ -37,12 +40,22 @@ log = logging.getLogger(__name__)
 CSV_FIELDS = ["iter", "mode", "cost", "loss", "grad_norm", "lr", "wall_s"]
 
 
-def validation_states(cfg: DictConfig, dx: CartpoleDx) -> Tensor:
-    """The fixed validation set ``(n_val, 5)`` drawn with ``val_seed``."""
+def make_task(cfg: DictConfig) -> tuple[Dynamics, StepCost]:
+    """The dynamics model and per-step cost of the experiment ``cfg`` belongs to: the cartpole
+    swing-up, or (when ``cfg`` has a ``task`` key) ``make_task(cfg)`` of ``dcem.experiments.<task>``,
+    whose runs reuse this training loop, its checkpoints and its evaluation."""
+    name = str(cfg.get("task", "cartpole"))
+    if name == "cartpole":
+        return CartpoleDx(), cartpole_swingup_cost
+    return importlib.import_module(f"dcem.experiments.{name}").make_task(cfg)
+
+
+def validation_states(cfg: DictConfig, dx: Dynamics) -> Tensor:
+    """The fixed validation set ``(n_val, n_state)`` drawn with ``val_seed``."""
     return dx.sample_state(int(cfg.n_val), torch.Generator().manual_seed(int(cfg.val_seed)))
 
 
-def make_controller(cfg: DictConfig, dx: CartpoleDx, n_latent: int | None = None, temp: float | None = None):
+def make_controller(cfg: DictConfig, dx: Dynamics, n_latent: int | None = None, temp: float | None = None):
     """Decoder + latent DCEM controller from the config (optionally overriding size / temperature)."""
     nz = int(cfg.decoder.n_latent if n_latent is None else n_latent)
     tau = float(cfg.dcem.temp if temp is None else temp)
@@ -59,7 +72,7 @@ def make_controller(cfg: DictConfig, dx: CartpoleDx, n_latent: int | None = None
     ctrl = LatentDCEMController(
         dec,
         dx,
-        cartpole_swingup_cost,
+        make_task(cfg)[1],
         n_sample=int(cfg.dcem.n_sample),
         n_elite=int(cfg.dcem.n_elite),
         n_iter=int(cfg.dcem.n_iter),
@@ -72,12 +85,12 @@ def make_controller(cfg: DictConfig, dx: CartpoleDx, n_latent: int | None = None
     return ctrl
 
 
-def make_expert(cfg: DictConfig, dx: CartpoleDx, generator: torch.Generator | None = None) -> MPC:
-    """Full-space CEM over the 20-D action sequence (the expert)."""
+def make_expert(cfg: DictConfig, dx: Dynamics, generator: torch.Generator | None = None) -> MPC:
+    """Full-space CEM over the ``horizon x n_ctrl`` action sequence (the expert)."""
     return MPC(
         int(cfg.horizon),
         dx,
-        cartpole_swingup_cost,
+        make_task(cfg)[1],
         n_sample=int(cfg.expert.n_sample),
         n_elite=int(cfg.expert.n_elite),
         n_iter=int(cfg.expert.n_iter),
@@ -95,13 +108,13 @@ def expert_spec(section: Any) -> dict[str, Any]:
     return {k: section[k] for k in ("n_sample", "n_elite", "n_iter", "sigma_scale")}
 
 
-def test_states(cfg: DictConfig, dx: CartpoleDx) -> Tensor:
-    """A held-out test set ``(n_val, 5)`` (never used for checkpoint selection)."""
+def test_states(cfg: DictConfig, dx: Dynamics) -> Tensor:
+    """A held-out test set ``(n_val, n_state)`` (never used for checkpoint selection)."""
     return dx.sample_state(int(cfg.n_val), torch.Generator().manual_seed(int(cfg.val_seed) + 1))
 
 
 def expert_costs(
-    cfg: DictConfig, dx: CartpoleDx, x_val: Tensor, cache: Path | None, tag: str = "val"
+    cfg: DictConfig, dx: Dynamics, x_val: Tensor, cache: Path | None, tag: str = "val"
 ) -> Tensor:
     """Expert plan costs on ``x_val`` (validation or test set) ``(n_val,)``, cached as JSON."""
     key = expert_spec(cfg.expert)
@@ -148,7 +161,7 @@ class _Training:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, n_latent: int | None, temp: float | None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg, self.dx = cfg, CartpoleDx()
+        self.cfg, self.dx = cfg, make_task(cfg)[0]
         torch.manual_seed(int(cfg.seed))
         self.ctrl = make_controller(cfg, self.dx, n_latent, temp)
         self.opt = torch.optim.Adam(self.ctrl.decoder.parameters(), lr=float(cfg.lr))
@@ -177,6 +190,21 @@ class _Training:
             raise incompatible(
                 self.ckpt_path, f"{type(err).__name__}: {str(err).splitlines()[0][:100]}"
             ) from None
+
+    def validated_at_start(self) -> bool:
+        """Whether the restored checkpoint already holds the validation at its own update (the last
+        checkpoint of a finished run, which validates before saving), so that a run extended to
+        more updates equals a longer run bit for bit. Counted by the scheduler's steps, one per
+        validation; a finished run whose length was not a multiple of ``val_interval`` made an
+        extra validation a longer run would not make, and is refused."""
+        every = int(self.cfg.val_interval)
+        grid = -(-self.start // every)  # validations at 0, every, ... before update `start`
+        if self.sched.last_epoch <= grid:
+            return False
+        if self.start % every:
+            raise incompatible(self.ckpt_path, f"it finished at update {self.start}, not a multiple of "
+                               f"val_interval={every}, so a longer run would differ from it")  # fmt: skip
+        return True
 
     def save(self, it: int, wall: float) -> None:
         save_torch({"decoder": self.ctrl.decoder.state_dict(), "opt": self.opt.state_dict(),
@@ -228,8 +256,11 @@ def train(
             log.info("%s: already trained (%d updates), not retraining", run_dir, tr.start)
             return summarize(cfg, run_dir, n_latent, temp, expert, expert_test)
         log.info("resuming %s at iteration %d", run_dir, tr.start)
-        tr.log.keep(lambda r: r["iter"] < tr.start)  # rows after the checkpoint go, the rest stays as written
+        done = tr.validated_at_start()  # a finished run extended to more updates
+        keep = lambda r: r["iter"] < tr.start or (done and r["iter"] == tr.start and r["mode"] == "val")  # noqa: E731
+        tr.log.keep(keep)  # rows after the checkpoint go, the rest stays as written
     else:
+        done = False
         tr.log.rewrite([])
     if expert is None:
         expert = expert_costs(cfg, tr.dx, x_val, run_dir / "expert.json")
@@ -239,7 +270,7 @@ def train(
     bar = tqdm(range(tr.start, n_iters + 1), initial=tr.start, total=n_iters + 1, disable=not cfg.progress,
                desc=run_dir.name)  # fmt: skip
     for it in bar:
-        if it % int(cfg.val_interval) == 0 or it == n_iters:
+        if (it % int(cfg.val_interval) == 0 or it == n_iters) and not (done and it == tr.start):
             pending.append(tr.validate(it, x_val, time.perf_counter() - t0))
             bar.set_postfix(val=f"{pending[-1]['cost']:.2f}", expert=f"{expert_mean:.2f}")
         if it == n_iters:
@@ -272,7 +303,7 @@ def summarize(
     Fresh DCEM samples (a seed not used during training) are used for both; the test set was
     never used to select the checkpoint. Writes and returns ``summary.json``.
     """
-    dx = CartpoleDx()
+    dx = make_task(cfg)[0]
     ck = _load(run_dir / "checkpoint.pt")
     nz = int(ck.get("n_latent", n_latent or cfg.decoder.n_latent))
     tau = ck.get("temp", temp)

@@ -55,14 +55,15 @@ class Ablation:
 @dataclass
 class Report:
     runs: list[str] = opt(doc="train run folders, one per training seed (mode=report)")
-    ablation: str | None = opt(doc="an ablation run folder (null: no ablation block)")
+    ablation: list[str] = opt(doc="ablation run folders, merged by cell (e.g. one per seed)")
     page: str = opt(doc="the results page whose generated blocks are rewritten")
     img_dir: str = opt(doc="folder for the page's figures")
     out: str = opt(doc="folder for report.json")
     cache_dir: str = opt(doc="cache of the full-space CEM baselines")
     eval_seeds: list[int] = opt(ge=0, each=True, nonempty=True, doc="DCEM sampling seeds per trained decoder")
-    baseline_seed: int = opt(ge=0)
+    baseline_seeds: list[int] = opt(ge=0, each=True, nonempty=True, doc="sampling seeds, full-space CEM")
     converged: Expert = field(default_factory=Expert)
+    published: Expert = field(default_factory=Expert)
 
 
 @dataclass
@@ -93,7 +94,8 @@ class CartpoleConfig:
     report: Report = field(default_factory=Report)
 
     def validate(self) -> None:
-        sized = (("dcem", self.dcem), ("expert", self.expert), ("report.converged", self.report.converged))
+        sized = (("dcem", self.dcem), ("expert", self.expert), ("report.converged", self.report.converged),
+                 ("report.published", self.report.published))  # fmt: skip
         for name, c in sized:
             if c.n_elite > c.n_sample:
                 raise ConfigError(f"{name}.n_elite={c.n_elite}: must be <= {name}.n_sample ({c.n_sample})")
