@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -22,11 +23,12 @@ def validate_k(k: object, n: int) -> int:
     msg = f"k must be an integer with 1 <= k <= n = {n} (the size of the last dimension of x)"
     if isinstance(k, bool) or not isinstance(k, Real):
         raise (ValueError if k is None or isinstance(k, bool) else TypeError)(f"{msg}, got {k!r}")
-    if not isinstance(k, Integral) and not float(k).is_integer():
+    real = cast(float, k)  # a numbers.Real, whose typeshed stub lacks the comparisons
+    if not isinstance(k, Integral) and not float(real).is_integer():
         raise ValueError(f"{msg}, got {k!r}")
-    if not 1 <= k <= n:
+    if not 1 <= real <= n:
         raise ValueError(f"{msg}, got {k!r}")
-    return int(k)
+    return int(real)
 
 
 def validate_x(x: object, allow_int: bool = False) -> Tensor:

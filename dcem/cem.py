@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from numbers import Real
-from typing import cast
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ __all__ = ["dcem", "IterCallback"]
 
 Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
+_T = TypeVar("_T")
 
 
 def dcem(
@@ -156,20 +157,20 @@ def _on_iter(iter_cb: IterCallback) -> Callable[[int, Tensor, Tensor, _Update], 
 
     def on_iter(i: int, X: Tensor, fX: Tensor, upd: _Update) -> None:
         w = upd.weights().unsqueeze(-1)
-        cast(IterCallback, iter_cb)(i, X, fX, w, w * X, upd.state.mu, upd.state.sigma)  # set when called
+        iter_cb(i, X, fX, w, w * X, upd.state.mu, upd.state.sigma)
 
     return on_iter
 
 
-def _batch_temp(temp: object, n_batch: int, dtype: torch.dtype, dev: torch.device) -> object:
+def _batch_temp(temp: _T, n_batch: int, dtype: torch.dtype, dev: torch.device) -> _T | Tensor:
     """A temperature tensor as ``(n_batch,)`` in the iterates' dtype and device (others unchanged)."""
     if not isinstance(temp, Tensor):
         return temp
-    temp = temp.to(device=dev, dtype=dtype) if temp.is_floating_point() else temp
-    temp = temp.expand(n_batch) if temp.dim() == 0 else temp
-    if temp.shape != (n_batch,):
-        raise ValueError(f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(temp.shape)}")
-    return temp
+    t = temp.to(device=dev, dtype=dtype) if temp.is_floating_point() else temp
+    t = t.expand(n_batch) if t.dim() == 0 else t
+    if t.shape != (n_batch,):
+        raise ValueError(f"temp tensor must have shape (n_batch,) = ({n_batch},), got {tuple(t.shape)}")
+    return t
 
 
 _INIT = ("init_mu", "init_sigma")
@@ -208,17 +209,28 @@ def _as_param(
     return torch.full(shape, float(value), dtype=dtype, device=device)
 
 
-def _config(*args: object) -> CEMConfig:
-    """``CEMConfig(*args)``, memoised for hashable (tensor-free) arguments: a config is immutable,
+def _config(
+    n_sample: int, n_elite: int, n_iter: int, temp: float | Tensor | None, lb: Bound, ub: Bound,
+    normalize: bool, iter_eps: float | None, track_best: bool, sync: str,
+) -> CEMConfig:
+    """``CEMConfig(...)``, memoised for hashable (tensor-free) arguments: a config is immutable,
     so repeated calls of :func:`dcem` with the same keywords validate them once."""
+    args = (n_sample, n_elite, n_iter, temp, lb, ub, normalize, iter_eps, track_best, sync)
     if torch.compiler.is_compiling() or any(isinstance(a, Tensor) for a in args):
-        return CEMConfig(*args[:8], track_best=args[8], sync=args[9])
+        return _new_config(*args)
     try:
         return _cached_config(*args)
     except TypeError:  # unhashable argument: let CEMConfig name it
-        return CEMConfig(*args[:8], track_best=args[8], sync=args[9])
+        return _new_config(*args)
 
 
-@functools.lru_cache(maxsize=64, typed=True)  # typed: 1, 1.0 and True are different keys
-def _cached_config(*args: object) -> CEMConfig:
-    return CEMConfig(*args[:8], track_best=args[8], sync=args[9])
+def _new_config(
+    n_sample: int, n_elite: int, n_iter: int, temp: float | Tensor | None, lb: Bound, ub: Bound,
+    normalize: bool, iter_eps: float | None, track_best: bool, sync: str,
+) -> CEMConfig:
+    return CEMConfig(
+        n_sample, n_elite, n_iter, temp, lb, ub, normalize, iter_eps, track_best=track_best, sync=sync
+    )
+
+
+_cached_config = functools.lru_cache(maxsize=64, typed=True)(_new_config)  # typed: 1, 1.0, True differ

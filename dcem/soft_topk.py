@@ -93,7 +93,8 @@ class _LMLCore(torch.autograd.Function):
         # implementation directly; inside them the full path is kept.
         if torch._C._are_functorch_transforms_active():
             return super().apply(x, tau, u)
-        return super(torch.autograd.Function, cls).apply(x, tau, u)
+        # _C._FunctionBase.apply, which torch's stubs do not declare
+        return super(torch.autograd.Function, cls).apply(x, tau, u)  # type: ignore[misc]
 
     @staticmethod
     def forward(x: Tensor, tau: float | Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
@@ -319,6 +320,9 @@ class LML(nn.Module):
         >>> round(float(layer(torch.randn(5, 10)).sum(-1).mean()), 4)
         2.0
     """
+
+    k: int
+    tau: float
 
     def __init__(self, k: int, tau: float = 1.0) -> None:
         super().__init__()

@@ -11,9 +11,11 @@ Every solver in dcem runs one of two paths, and both are exercised by the CPU te
 ``"free"``
     Sync-free: fixed iteration counts (rows that have converged are frozen, so extra
     iterations change nothing), ``torch.topk`` elites, no early exit, no host reads. This is
-    the path that ``torch.compile`` and CUDA graphs can capture. A problem whose samples all
-    have invalid costs keeps its sampling distribution for that iteration and is flagged in
-    the solver state (``CEMState.failed``) instead of raising.
+    the path that ``torch.compile`` and CUDA graphs can capture. Where values can still be
+    read for free (CPU tensors outside ``torch.compile``) it raises the same ``ValueError`` as
+    ``"host"`` when every sample of some problem has an invalid cost; only where they cannot
+    (accelerators, ``torch.compile``) does such a problem keep its sampling distribution for
+    that iteration and get flagged in the solver state (``CEMState.failed``) instead.
 ``"auto"`` (default)
     ``"host"`` for CPU tensors, ``"free"`` on accelerators; always ``"free"`` inside
     ``torch.compile`` and ``torch.func`` transforms, where host reads are impossible.

@@ -21,6 +21,7 @@ import griffe
 MODULES = [
     "dcem",
     "dcem.optim",
+    "dcem.optim.validate",
     "dcem.planning",
     "dcem.layers",
     "dcem.control",

@@ -23,6 +23,8 @@ MODULES = [
     "dcem.optim.solver",
     "dcem.layers",
     "dcem._checks",
+    "dcem.optim.validate",
+    "dcem._io",
 ]
 
 

@@ -2,7 +2,8 @@
 
 Floors, lowest first (a module may import its own floor and the floors below it):
 
-0. ``_checks``, ``_io``, ``sync``, ``_lml_dual``, ``soft_topk`` -- the soft top-k and shared checks;
+0. ``_checks``, ``_io``, ``sync``, ``_lml_dual``, ``_lml_rows``, ``_topk_checks``, ``soft_topk`` -- the
+   soft top-k and shared checks;
 1. ``optim/`` and the ``dcem.cem`` wrapper -- the optimiser;
 2. ``layers``, ``planning/`` -- the layer and the planner;
 3. ``control/``;
@@ -23,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "dcem"
 FLOORS = {
     "dcem._checks": 0, "dcem._io": 0, "dcem.sync": 0, "dcem._lml_dual": 0, "dcem.soft_topk": 0,
+    "dcem._lml_rows": 0, "dcem._topk_checks": 0,
     "dcem.optim": 1, "dcem.cem": 1,
     "dcem.layers": 2, "dcem.planning": 2,
     "dcem.control": 3,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -169,9 +169,9 @@ def _check_state(state: object, cfg: object) -> CEMConfig:
             )
     cfg = _check_cfg(cfg)
     batch = mu.shape[:-1]
-    for name, t, shape in (("temp", cfg.temp, batch), ("lb", cfg.lb, mu.shape), ("ub", cfg.ub, mu.shape)):
-        if isinstance(t, Tensor) and not _broadcasts_to(t, shape):
-            raise ValueError(f"{name} tensor of shape {tuple(t.shape)} does not broadcast to {tuple(shape)}")
+    for name, v, shape in (("temp", cfg.temp, batch), ("lb", cfg.lb, mu.shape), ("ub", cfg.ub, mu.shape)):
+        if isinstance(v, Tensor) and not _broadcasts_to(v, shape):
+            raise ValueError(f"{name} tensor of shape {tuple(v.shape)} does not broadcast to {tuple(shape)}")
     return cfg
 
 
@@ -238,7 +238,7 @@ class _Update(NamedTuple):
         """Weights ``(B, N)`` of every sample (hard CEM: 1 for valid elites, else 0)."""
         if self.soft is not None:
             return self.soft
-        idx, w = self.elites
+        idx, w = cast(tuple[Tensor, Tensor], self.elites)  # set whenever soft is None
         return torch.zeros(idx.shape[0], self.n_sample, dtype=w.dtype, device=w.device).scatter_(1, idx, w)
 
 
@@ -301,7 +301,8 @@ def _tell2d(
         new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
     else:
         all_valid = host and bool(torch.isfinite(fX).all())  # the same bits either way (faster)
-        weights = soft_elite_weights(fX, cfg.n_elite, temp, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
+        tau = cast("float | Tensor", temp)  # not None: cfg.hard is False
+        weights = soft_elite_weights(fX, cfg.n_elite, tau, cfg.normalize, all_valid=all_valid, sync=cfg.sync)
         wsum = weights.sum(-1, keepdim=True)
         new_mu, new_sigma = weighted_moments(weights, X, wsum)
     new_mu, new_sigma, new_done, failed = settle_refit(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -126,7 +127,7 @@ def _readable(b: object) -> Tensor | None:
         return None
     if isinstance(b, Tensor):
         return b.detach() if host_reads_free(b) else None
-    return torch.tensor(float(b), dtype=torch.float64)
+    return torch.tensor(float(cast(float, b)), dtype=torch.float64)  # a real: every caller ran check_bound
 
 
 def check_temp(temp: object, name: str = "temp") -> float | Tensor | None:
@@ -143,9 +144,10 @@ def check_temp(temp: object, name: str = "temp") -> float | Tensor | None:
         return temp
     if isinstance(temp, bool) or not isinstance(temp, Real):
         raise TypeError(f"{name} must be None, 0, a finite float > 0 or a tensor, got {type(temp).__name__}")
-    if not (temp >= 0 and math.isfinite(temp)):
+    real = cast(float, temp)  # a numbers.Real, whose typeshed stub lacks the comparisons
+    if not (real >= 0 and math.isfinite(real)):
         raise ValueError(f"{name} must be None, 0 or a finite float > 0, got {temp!r}")
-    return float(temp) if temp > 0 else None
+    return float(real) if real > 0 else None
 
 
 def check_mean_std(
