@@ -139,15 +139,17 @@ class PhasesMixin:
     def collect_ppo_batch(self, n_steps: int):
         """Whole episodes of the stochastic DCEM policy, at least ``n_steps`` transitions.
 
-        Returns a TensorDict ``[T]`` (``T`` a multiple of the episode length) with ``h, x, action``
-        and ``("next", h/x/reward/done/terminated)``, and the episode returns. Collecting whole
-        episodes keeps PPO iterations aligned with checkpoints, so a resumed run is exact.
+        Returns a TensorDict ``[T]`` (``T`` a multiple of the episode length) with ``h, x, action``,
+        the DCEM ``noise_seed`` of each action, its behaviour log-probability (the PPO loss's
+        ``sample_log_prob`` key) and ``("next", h/x/reward/done/terminated)``, and the episode
+        returns. Collecting whole episodes keeps PPO iterations aligned with checkpoints, so a
+        resumed run is exact.
         """
         from tensordict import TensorDict
 
         env, dev = self.env, self.device
         ppo = self.ppo
-        hs, xs, acts, nh, nx, rews, dones = [], [], [], [], [], [], []
+        hs, xs, acts, nh, nx, rews, dones, seeds, logps = [], [], [], [], [], [], [], [], []
         ep_returns: list[float] = []
         n_episodes = max(1, math.ceil(n_steps / env.episode_len))
         for _ in range(n_episodes):
@@ -156,7 +158,8 @@ class PhasesMixin:
             ret, done = 0.0, False
             while not done:
                 x = torch.as_tensor(o_np, device=dev).unsqueeze(0)
-                a, _, _, _ = ppo.act(h, x, int(self.rng.integers(0, 2**31 - 1)))
+                s = int(self.rng.integers(0, 2**31 - 1))
+                a, logp, _, _ = ppo.act(h, x, s)
                 a_env = np.clip(a[0].cpu().numpy(), env.u_lower, env.u_upper)
                 o_np, r, done = env.step(a_env)
                 with torch.no_grad():
@@ -164,7 +167,7 @@ class PhasesMixin:
                     h2 = self.model.transition(h, self.model.normalize(x), u)
                 hs.append(h[0]), xs.append(x[0]), acts.append(a[0])
                 nx.append(torch.as_tensor(o_np, device=dev)), nh.append(h2[0])
-                rews.append(r), dones.append(done)
+                rews.append(r), dones.append(done), seeds.append(s), logps.append(logp[0])
                 ret += r
                 h = h2
             self.progress["env_steps"] += env.episode_len * env.action_repeat
@@ -176,6 +179,8 @@ class PhasesMixin:
                 "h": torch.stack(hs),
                 "x": torch.stack(xs),
                 "action": torch.stack(acts),
+                "noise_seed": torch.tensor(seeds, device=dev, dtype=torch.int64),
+                ppo.log_prob_key: torch.stack(logps),
                 "next": TensorDict(
                     {
                         "h": torch.stack(nh),
