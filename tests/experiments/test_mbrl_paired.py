@@ -214,3 +214,21 @@ def test_seed_level_statistics():
     per_seed = [x.mean() / y.mean() for x, y in zip(num, den)]
     assert c["ratio_seeds"][0] == pytest.approx(np.mean(per_seed)) and c["verdict"]
     assert not enough(num[:2]) and not enough([x[:19] for x in num])
+
+
+def test_report_lists_unfinished_runs_and_their_decoder_curves(tiny_run, tmp_path):
+    """Before any run has its eval.json the page lists the running folders and their curves."""
+    root = tmp_path / "root"
+    d = root / "cartpole-swingup" / "seed4"
+    d.mkdir(parents=True)
+    for f in ("config.yaml", "train.csv"):
+        shutil.copy(tiny_run[1] / f, d / f)
+    (d / "decoder_curve.csv").write_text("decoder_episode,decoder_updates,env_steps,val_return,val_ci95,n,"
+                                         "pred_return,real_return,saturated\n0,0,80,1.5,nan,2,2,1.5,0.25\n"
+                                         "1,20,160,3.5,nan,2,4,3.5,0.5\n")  # fmt: skip
+    page = tmp_path / "p.md"
+    main(["phase=report", f"report.root={root}", f"report.page={page}"])
+    text = page.read_text()
+    assert f"| cartpole-swingup | 4 | {d} |" in text and "running / unfinished" in text
+    assert "| cartpole-swingup | 4 | 1.5 | 1.5 @ 0, 3.5 @ 20 | 3.5 | 50.0% |" in text
+    assert (tmp_path / "mbrl_decoder_curve.png").stat().st_size > 0

@@ -258,18 +258,21 @@ def _claims(sums: dict[str, dict]) -> str:
     return md_table(head, rows)
 
 
-def _curves(runs: dict[str, list[dict]]) -> dict[tuple[str, int], list[dict]]:
-    """``{(group, seed): decoder_curve.csv rows}`` of the runs that wrote one."""
+def _curves(root: Path) -> dict[tuple[str, str], list[dict]]:
+    """``{(group, seed): decoder_curve.csv rows}`` of every run folder under ``root`` that wrote one
+    (finished or still running: the curve is the evidence of phase 2 while it trains)."""
     out = {}
-    for env, rs in runs.items():
-        for r in rs:
-            p = Path(r["_dir"]) / "decoder_curve.csv"
-            if p.exists():
-                out[(env, int(r["seed"]))] = CsvLog(p, []).rows()
+    for p in sorted(root.rglob("decoder_curve.csv")):
+        if ".old-" in p.as_posix():
+            continue
+        rows = CsvLog(p, []).rows()
+        if rows:
+            seed = p.parent.name.removeprefix("seed") if p.parent.name.startswith("seed") else "?"
+            out[(_group(root, p.parent, "?"), seed)] = rows
     return out
 
 
-def _curve_block(curves: dict[tuple[str, int], list[dict]]) -> str:
+def _curve_block(curves: dict[tuple[str, str], list[dict]]) -> str:
     """Per run: the validation return of the untrained decoder, its best, and the last points."""
     rows = []
     for (env, seed), cs in curves.items():
@@ -282,7 +285,7 @@ def _curve_block(curves: dict[tuple[str, int], list[dict]]) -> str:
     return md_table(head, rows)
 
 
-def _curve_figure(curves: dict[tuple[str, int], list[dict]], path: Path) -> Path:
+def _curve_figure(curves: dict[tuple[str, str], list[dict]], path: Path) -> Path:
     from dcem.experiments.common import plots
 
     groups = sorted({g for g, _ in curves})
@@ -354,22 +357,31 @@ def _copy(fig: Path, dst: Path) -> None:
 
 
 def report(cfg: dict) -> Path:
-    """Rewrite the generated blocks of ``report.page`` from ``report.root``; returns the page."""
+    """Rewrite the generated blocks of ``report.page`` from ``report.root``; returns the page.
+
+    Run folders without a paired ``eval.json`` yet are listed as "running / unfinished" (and their
+    decoder curves plotted); when no run has finished, only those blocks are written.
+    """
     root, page = Path(cfg["report"]["root"]), Path(cfg["report"]["page"])
-    runs = load_runs(root)
+    pending = unfinished(root) if root.is_dir() else []
+    try:
+        runs = load_runs(root)
+    except RunError:
+        if not pending:
+            raise
+        runs = {}
     sums = {env: summarize(rs) for env, rs in sorted(runs.items())}
     blocks = {**_tables(runs, sums), "mbrl-claims": _claims(sums)}
-    pending = unfinished(root)
     if pending:
         blocks["mbrl-runs"] += "\n" + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in pending)
-    curves = _curves(runs)
+    curves = _curves(root)
     if curves:
         blocks["mbrl-decoder-curve"] = _curve_block(curves)
         _copy(_curve_figure(curves, root / "mbrl_decoder_curve.png"), page.parent / "mbrl_decoder_curve.png")
     bench = _bench_block(root / "bench_mbrl.json")
     if bench is not None:
         blocks["mbrl-bench"] = bench
-    fig = _figure(runs, sums, root / "mbrl_paired.png")
-    _copy(fig, page.parent / "mbrl_paired.png")
+    if sums:
+        _copy(_figure(runs, sums, root / "mbrl_paired.png"), page.parent / "mbrl_paired.png")
     cmd = f"dcem-exp mbrl phase=report report.root={root} report.page={page}"
     return update_page(page, blocks, cmd)
