@@ -10,8 +10,9 @@ Examples::
     dcem-exp mbrl env=cheetah-run scale=cpu phase=ppo out_dir=runs/cheetah
     dcem-exp mbrl env=cheetah-run scale=cpu phase=eval out_dir=runs/cheetah eval.video=true
     dcem-exp mbrl env=cheetah-run scale=paper device=cuda           # the paper's sizes (needs a GPU)
-    dcem-exp mbrl env=cartpole-swingup scale=pair seed=1 out_dir=runs/mbrl_pair/cartpole-swingup/seed1
-    dcem-exp mbrl phase=report report.root=runs/mbrl_pair report.page=docs/results/mbrl.md
+    dcem-exp mbrl env=cheetah-run scale=fig4 seed=1 out_dir=runs/mbrl/fig4/cheetah-run/seed1  # issue 17
+    dcem-exp mbrl env=cheetah-run scale=fig4 decoder.freeze_model=true train.schedule=interleaved ...
+    dcem-exp mbrl phase=report report.root=runs/mbrl/fig4 report.page=docs/results/mbrl.md
 
 Every phase checkpoints ``out_dir/checkpoint.pt`` atomically after each episode / PPO iteration
 and resumes from it when the configuration is the same (``resume=false`` moves the old run
