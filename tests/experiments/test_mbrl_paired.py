@@ -115,7 +115,10 @@ def test_report_mode_writes_the_blocks(tiny_run, tmp_path):
     assert comp["diff_pooled"][0] == pytest.approx((lat - full).mean())
     assert comp["diff_seeds"][0] == pytest.approx((lat - full).mean())  # one seed: its mean
     assert not comp["verdict"] and "no verdict" in text  # 1 seed x 3 episodes
-    assert "<!-- report:mbrl-diagnostics begin" in text
+    assert "<!-- report:mbrl-diagnostics begin" in text and "<!-- report:mbrl-model-error begin" in text
+    fc = res["controllers"]["full_cem"]
+    assert len(fc["obs_mse_by_d"]) == len(fc["reward_mse_by_d"]) == 3  # scale=test: H = 3
+    assert "obs_mse_by_d" not in res["controllers"]["random"] and 0 <= fc["saturated"] <= 1
     assert comp["ratio_pooled"] == pytest.approx(lat.mean() / full.mean())
     assert "| cartpole-swingup | latent_dcem | decoder | 12 | 1 × 3 |" in text
     again = page.read_text()

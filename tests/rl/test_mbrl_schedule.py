@@ -151,3 +151,25 @@ def test_bad_schedule_options_name_the_key(tmp_path):
                      ("decoder.action_prior=-1", "decoder.action_prior")):  # fmt: skip
         with pytest.raises((ConfigError, ValueError), match=key.split(".")[1]):
             compose(["scale=test", f"out_dir={tmp_path}", bad])
+
+
+def test_open_loop_error_against_per_start_rollouts():
+    from dcem.rl import WorldModel
+
+    torch.manual_seed(0)
+    m = WorldModel(3, 2, deter_size=6, hidden_size=8)
+    m.set_obs_stats(torch.tensor([0.1, -0.2, 0.3]), torch.tensor([1.0, 2.0, 0.5]))
+    B, L, H = 2, 6, 3
+    obs, act, rew = torch.randn(B, L + 1, 3), torch.randn(B, L, 2), torch.randn(B, L)
+    om, rm = m.open_loop_error(obs, act, rew, H)
+    hs, xn = m.filter(obs, act), m.normalize(obs)
+    for d in range(1, H + 1):  # reference: imagine d steps from every start s with the recorded actions
+        eo, er = [], []
+        for s in range(L - d + 1):
+            r, x = m.imagine(hs[:, s], xn[:, s], act[:, s : s + d])
+            eo.append((x[:, -1] - xn[:, s + d]).pow(2).mean(-1))
+            er.append((r[:, -1] - rew[:, s + d - 1]).pow(2))
+        torch.testing.assert_close(om[d - 1], torch.stack(eo).mean(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rm[d - 1], torch.stack(er).mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="horizon"):
+        m.open_loop_error(obs, act, rew, 0)

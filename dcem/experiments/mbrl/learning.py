@@ -141,7 +141,8 @@ class LearnMixin:
         rets = self.paired_returns("dcem", seeds, diag=diag)
         mean, ci = mean_ci95(rets)
         row = {"decoder_episode": episode, "decoder_updates": self.progress.get("decoder_updates", 0),
-               "env_steps": self.progress["env_steps"], "val_return": mean, "val_ci95": ci, "n": n, **diag}
+               "env_steps": self.progress["env_steps"], "val_return": mean, "val_ci95": ci, "n": n,
+               **{k: v for k, v in diag.items() if k in CURVE_FIELDS}}
         self.__dict__.setdefault("decoder_curve", []).append(row)
         CsvLog(self.out / "decoder_curve.csv", CURVE_FIELDS).rewrite(self.decoder_curve)
         return row

@@ -132,7 +132,7 @@ class PairedEvalMixin:
         frames: list | None = [] if video_path is not None else None
         h = self.model.initial_state((n,), device=dev)
         T = envs[0].episode_len
-        rets, rews = np.zeros(n), np.zeros((T, n))
+        rets, rews, traj = np.zeros(n), np.zeros((T, n)), [obs.copy()]
         pred, acts = np.full((T, n), np.nan), np.zeros((T, n, len(lo)))
         for t in range(T):
             if planner is None:
@@ -151,13 +151,21 @@ class PairedEvalMixin:
                 obs[k], r, _ = env.step(a[k])
                 rets[k] += r
                 rews[t, k] = r
+            traj.append(obs.copy())
             if planner is not None:
                 with torch.no_grad():
                     h = self.model.transition(h, self.model.normalize(x), torch.as_tensor(a, device=dev))
         if frames:
             plots.write_gif(Path(video_path), frames, fps=25)
         if diag is not None:
-            diag.update(plan_diagnostics(pred, rews, acts, lo, hi, int(self.cfg["planner"]["horizon"])))
+            H = int(self.cfg["planner"]["horizon"])
+            diag.update(plan_diagnostics(pred, rews, acts, lo, hi, H))
+            if planner is not None:  # the planning model on these held-out episodes
+                f32 = {"device": dev, "dtype": torch.float32}
+                o_t, a_t = np.stack(traj, 1), acts.transpose(1, 0, 2)  # (n, T + 1, O), (n, T, A)
+                om, rm = self.model.open_loop_error(torch.as_tensor(o_t, **f32), torch.as_tensor(a_t, **f32),
+                                                    torch.as_tensor(rews.T, **f32), H)  # fmt: skip
+                diag.update(obs_mse_by_d=om.tolist(), reward_mse_by_d=rm.tolist())
         return [float(r) for r in rets]
 
     def available_controllers(self) -> list[str]:

@@ -16,6 +16,8 @@ page's ``report:`` markers (:mod:`..common.report`):
   below 3 seeds x 20 episodes;
 - ``mbrl-diagnostics``: is a controller exploiting the model? the predicted vs the received
   ``H``-step return of its executed plans and its fraction of saturated actions (mean over seeds);
+- ``mbrl-model-error``: the planning model's open-loop prediction error against distance on the
+  held-out test episodes of each planning controller (when ``eval.json`` has it);
 - ``mbrl-decoder-curve``: the latent controller's validation return against decoder updates
   (``decoder_curve.csv`` of each run, figure ``mbrl_decoder_curve.png``);
 - ``mbrl-runs``: the run folders (seed, snapshots' environment steps, episodes, the fraction of
@@ -215,6 +217,26 @@ def _tables(runs: dict[str, list[dict]], sums: dict[str, dict]) -> dict[str, str
             "mbrl-runs": md_table(RUN_HEAD, rrow), "mbrl-diagnostics": md_table(DIAG_HEAD, drow)}  # fmt: skip
 
 
+def _model_error(runs: dict[str, list[dict]]) -> str | None:
+    """Open-loop prediction error of the planning model on each controller's held-out test
+    episodes (normalised observation MSE and reward MSE at distances 1, 3, 6, H; mean over seeds)."""
+    rows = []
+    for env, rs in sorted(runs.items()):
+        for name in CONTROLLERS:
+            if not all(name in r["controllers"] and "obs_mse_by_d" in r["controllers"][name] for r in rs):
+                continue
+            om = np.mean([r["controllers"][name]["obs_mse_by_d"] for r in rs], 0)
+            rm = np.mean([r["controllers"][name]["reward_mse_by_d"] for r in rs], 0)
+            ds = sorted({d for d in (1, 3, 6, len(om)) if d <= len(om)})
+            rows.append([env, name, len(rs), ", ".join(f"{om[d - 1]:.3g} @ {d}" for d in ds),
+                         ", ".join(f"{rm[d - 1]:.3g} @ {d}" for d in ds)])  # fmt: skip
+    if not rows:
+        return None
+    head = ["task", "episodes of", "seeds", "observation MSE (normalised) @ distance",
+            "reward MSE @ distance"]  # fmt: skip
+    return md_table(head, rows)
+
+
 def _no_verdict(c: dict) -> str | None:
     if c["verdict"]:
         return None
@@ -374,6 +396,9 @@ def report(cfg: dict) -> Path:
     blocks = {**_tables(runs, sums), "mbrl-claims": _claims(sums)}
     if pending:
         blocks["mbrl-runs"] += "\n" + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in pending)
+    err = _model_error(runs)
+    if err is not None:
+        blocks["mbrl-model-error"] = err
     curves = _curves(root)
     if curves:
         blocks["mbrl-decoder-curve"] = _curve_block(curves)
