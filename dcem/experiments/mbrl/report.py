@@ -37,8 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from dcem.experiments.common.report import copy_figure, fmt_ci, md_table, update_page
-from dcem.experiments.common.runs import CsvLog, RunError, mean_ci95
+from dcem.experiments.common.runs import RunError, mean_ci95
 from dcem.experiments.mbrl.paired import CONTROLLERS
+from dcem.experiments.mbrl.runinfo import (
+    curve_block,
+    curve_figure,
+    curves,
+    group_of,
+    model_error_block,
+    ppo_skipped,
+    unfinished,
+)
 from dcem.experiments.mbrl.stats import compare
 
 __all__ = ["COMPARISONS", "load_runs", "report", "summarize"]
@@ -87,40 +96,6 @@ def _check_run(res: dict, path: Path) -> dict:
     return res
 
 
-def _group(root: Path, run_dir: Path, env: str) -> str:
-    """The run's group label: its folder's parent relative to ``root`` (``env`` when that is empty)."""
-    try:
-        rel = run_dir.parent.relative_to(root).as_posix()
-    except ValueError:
-        rel = "."
-    return env if rel in (".", "") else rel
-
-
-def unfinished(root: str | Path) -> list[list]:
-    """Rows ``[group, seed, folder, progress, "running / unfinished", "–"]`` of run folders under ``root``
-    with a ``config.yaml`` but no ``eval.json`` yet (their last ``train.csv`` row as progress)."""
-    root, rows = Path(root), []
-    for cfg in sorted(root.rglob("config.yaml")):
-        d = cfg.parent
-        if (d / "eval.json").exists() or ".old-" in d.as_posix():
-            continue
-        hist = CsvLog(d / "train.csv", []).rows() if (d / "train.csv").exists() else []
-        last = "not started"
-        if hist:
-            last = f"{hist[-1]['phase']} episode {hist[-1]['episode']}, env steps {hist[-1]['env_steps']}"
-        seed = d.name.removeprefix("seed") if d.name.startswith("seed") else "?"
-        rows.append([_group(root, d, "?"), seed, str(d), last, "running / unfinished", "–"])
-    return rows
-
-
-def ppo_skipped(run_dir: str | Path) -> float:
-    """Fraction of phase-3 PPO minibatches skipped as non-finite (mean over PPO steps; NaN: none run)."""
-    p = Path(run_dir) / "train.csv"
-    vals = [float(r["ppo_skipped"]) for r in (CsvLog(p, []).rows() if p.exists() else [])
-            if r.get("phase") == "ppo" and r.get("ppo_skipped") not in (None, "")]  # fmt: skip
-    return float(np.mean(vals)) if vals else math.nan
-
-
 def load_runs(root: str | Path) -> dict[str, list[dict]]:
     """``{group: [eval.json dicts sorted by seed]}`` of the paired evaluations under ``root``."""
     root = Path(root)
@@ -134,7 +109,7 @@ def load_runs(root: str | Path) -> dict[str, list[dict]]:
             raise RunError(f"{path}: unreadable ({type(err).__name__}); rerun phase=eval there") from None
         res = _check_run(res, path)
         res["_dir"] = str(path.parent)
-        runs.setdefault(_group(root, path.parent, str(res["env"])), []).append(res)
+        runs.setdefault(group_of(root, path.parent, str(res["env"])), []).append(res)
     if not runs:
         raise RunError(f"report.root={str(root)!r}: no eval.json under it (run phase=eval first)")
     for env, rs in runs.items():
@@ -217,26 +192,6 @@ def _tables(runs: dict[str, list[dict]], sums: dict[str, dict]) -> dict[str, str
             "mbrl-runs": md_table(RUN_HEAD, rrow), "mbrl-diagnostics": md_table(DIAG_HEAD, drow)}  # fmt: skip
 
 
-def _model_error(runs: dict[str, list[dict]]) -> str | None:
-    """Open-loop prediction error of the planning model on each controller's held-out test
-    episodes (normalised observation MSE and reward MSE at distances 1, 3, 6, H; mean over seeds)."""
-    rows = []
-    for env, rs in sorted(runs.items()):
-        for name in CONTROLLERS:
-            if not all(name in r["controllers"] and "obs_mse_by_d" in r["controllers"][name] for r in rs):
-                continue
-            om = np.mean([r["controllers"][name]["obs_mse_by_d"] for r in rs], 0)
-            rm = np.mean([r["controllers"][name]["reward_mse_by_d"] for r in rs], 0)
-            ds = sorted({d for d in (1, 3, 6, len(om)) if d <= len(om)})
-            rows.append([env, name, len(rs), ", ".join(f"{om[d - 1]:.3g} @ {d}" for d in ds),
-                         ", ".join(f"{rm[d - 1]:.3g} @ {d}" for d in ds)])  # fmt: skip
-    if not rows:
-        return None
-    head = ["task", "episodes of", "seeds", "observation MSE (normalised) @ distance",
-            "reward MSE @ distance"]  # fmt: skip
-    return md_table(head, rows)
-
-
 def _no_verdict(c: dict) -> str | None:
     if c["verdict"]:
         return None
@@ -278,52 +233,6 @@ def _claims(sums: dict[str, dict]) -> str:
             "same-budget full CEM − full CEM",
             "full CEM / random ≥ 5? (model worth planning in)"]  # fmt: skip
     return md_table(head, rows)
-
-
-def _curves(root: Path) -> dict[tuple[str, str], list[dict]]:
-    """``{(group, seed): decoder_curve.csv rows}`` of every run folder under ``root`` that wrote one
-    (finished or still running: the curve is the evidence of phase 2 while it trains)."""
-    out = {}
-    for p in sorted(root.rglob("decoder_curve.csv")):
-        if ".old-" in p.as_posix():
-            continue
-        rows = CsvLog(p, []).rows()
-        if rows:
-            seed = p.parent.name.removeprefix("seed") if p.parent.name.startswith("seed") else "?"
-            out[(_group(root, p.parent, "?"), seed)] = rows
-    return out
-
-
-def _curve_block(curves: dict[tuple[str, str], list[dict]]) -> str:
-    """Per run: the validation return of the untrained decoder, its best, and the last points."""
-    rows = []
-    for (env, seed), cs in curves.items():
-        last = cs[-3:]
-        rows.append([env, seed, f"{cs[0]['val_return']:.3g}",
-                     ", ".join(f"{c['val_return']:.3g} @ {c['decoder_updates']}" for c in last),
-                     f"{max(c['val_return'] for c in cs):.3g}", f"{100 * float(cs[-1]['saturated']):.1f}%"])
-    head = ["task", "seed", "val. return, untrained decoder", "last three points (return @ decoder updates)",
-            "best", "saturated actions, last point"]  # fmt: skip
-    return md_table(head, rows)
-
-
-def _curve_figure(curves: dict[tuple[str, str], list[dict]], path: Path) -> Path:
-    from dcem.experiments.common import plots
-
-    groups = sorted({g for g, _ in curves})
-    with plots.style():
-        fig = plots.figure(figsize=(3.2 * len(groups) + 1, 3.2), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0])
-        for ax, g in zip(axes, groups):
-            for (env, seed), cs in sorted(curves.items()):
-                if env == g:
-                    ax.plot([c["decoder_updates"] for c in cs], [c["val_return"] for c in cs], "o-",
-                            ms=3, label=f"seed {seed}")  # fmt: skip
-            ax.set_title(g, fontsize=8)
-            ax.set_xlabel("decoder updates")
-            ax.legend(fontsize=7)
-        axes[0].set_ylabel("latent DCEM validation return")
-        return plots.save(fig, path, dpi=100)
 
 
 def _bench_block(path: Path) -> str | None:
@@ -396,13 +305,13 @@ def report(cfg: dict) -> Path:
     blocks = {**_tables(runs, sums), "mbrl-claims": _claims(sums)}
     if pending:
         blocks["mbrl-runs"] += "\n" + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in pending)
-    err = _model_error(runs)
+    err = model_error_block(runs)
     if err is not None:
         blocks["mbrl-model-error"] = err
-    curves = _curves(root)
-    if curves:
-        blocks["mbrl-decoder-curve"] = _curve_block(curves)
-        _copy(_curve_figure(curves, root / "mbrl_decoder_curve.png"), page.parent / "mbrl_decoder_curve.png")
+    cs = curves(root)
+    if cs:
+        blocks["mbrl-decoder-curve"] = curve_block(cs)
+        _copy(curve_figure(cs, root / "mbrl_decoder_curve.png"), page.parent / "mbrl_decoder_curve.png")
     bench = _bench_block(root / "bench_mbrl.json")
     if bench is not None:
         blocks["mbrl-bench"] = bench
