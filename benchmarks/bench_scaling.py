@@ -1,7 +1,7 @@
 """Throughput of the scale-out paths, 1 vs 2 workers and 1 vs 2 torchrun processes, in one run.
 
     python benchmarks/bench_scaling.py [--episodes 8] [--episode-steps 1000] [--updates 20]
-    python benchmarks/bench_scaling.py --skip random planned torchrun --phases 2   # phase loops only
+    python benchmarks/bench_scaling.py --skip random planned torchrun --phases 2 [--ppo 2]  # MBRL loops only
 
 1. random seed episodes (``train.collect_workers``): the trainer's in-process loop, then
    :class:`dcem.rl.env_pool.EnvPool` with 1 and 2 workers (episodes/s; pool start-up excluded);
@@ -82,8 +82,12 @@ def bench_planned(episodes: int, steps: int) -> dict[str, float]:
     return {"in-process, one at a time": seq, "2 workers, batched planning": par}
 
 
-def bench_phases(episodes: int, workers: tuple[int, ...] = (1, 2)) -> dict[str, dict[str, float]]:
-    """Episodes/hour of the phase-1 and phase-2 loops (``scale=fig4``, cheetah-run) per worker count."""
+def bench_phases(
+    episodes: int, workers: tuple[int, ...] = (1, 2), ppo: int = 0
+) -> dict[str, dict[str, float]]:
+    """Episodes/hour of the phase-1 and phase-2 loops (``scale=fig4``, cheetah-run) per worker count;
+    with ``ppo > 0`` then that many PPO steps on the 1-worker run: seconds per step and the fraction of
+    minibatches skipped as non-finite."""
     import shutil
     import time
 
@@ -106,6 +110,14 @@ def bench_phases(episodes: int, workers: tuple[int, ...] = (1, 2)) -> dict[str, 
                 t0 = time.perf_counter()
                 (tr.phase_model if key == "train" else tr.phase_decoder)()
                 out[phase][f"{w} worker(s)"] = 3600 * episodes / (time.perf_counter() - t0)
+            if ppo and w == workers[0]:
+                tr.cfg["ppo"]["iterations"] = ppo
+                t0 = time.perf_counter()
+                tr.phase_ppo()
+                rows = [r for r in tr.history if r["phase"] == "ppo"]
+                skipped = 100 * sum(r["ppo_skipped"] for r in rows) / len(rows)
+                out["phase 3"] = {"s per PPO step": (time.perf_counter() - t0) / ppo,
+                                  "skipped minibatches %": skipped}
         finally:
             tr.close_pool()
     return out
@@ -163,6 +175,8 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], choices=["random", "planned", "torchrun"])
     p.add_argument("--phases", type=int, default=0, metavar="N",
                    help="also time N episodes of each MBRL phase loop with 1 and 2 workers (0: skip)")
+    p.add_argument("--ppo", type=int, default=0, metavar="N",
+                   help="with --phases: then N PPO steps on the 1-worker run (time, skipped minibatches)")
     p.add_argument("--dp-worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     os.environ.setdefault("MUJOCO_GL", "disable")
@@ -179,7 +193,10 @@ def main() -> None:
         r = bench_planned(a.episodes, a.episode_steps)
         _report("planner-driven episodes (full CEM)", "episodes/s", r, "in-process, one at a time")
     if a.phases:
-        for phase, r in bench_phases(a.phases).items():
+        for phase, r in bench_phases(a.phases, ppo=a.ppo).items():
+            if phase == "phase 3":
+                print(f"\nMBRL phase 3 (PPO) after the 1-worker loops: {r}")
+                continue
             _report(f"MBRL {phase} loop, scale=fig4, cheetah-run", "episodes/hour", r, "1 worker(s)")
     if "torchrun" not in a.skip:
         r = bench_torchrun(a.updates)
