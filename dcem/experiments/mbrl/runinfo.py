@@ -85,15 +85,19 @@ def curves(root: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def curve_block(curves: dict[tuple[str, str], list[dict]]) -> str:
-    """Per run: the validation return of the untrained decoder, its best, and the last points."""
+    """Per run: the validation return of the untrained decoder, the last points, the best, and at the
+    last point the predicted vs received H-step return of the executed plans and the saturated share."""
     rows = []
     for (env, seed), cs in curves.items():
-        last = cs[-3:]
+        last, end = cs[-3:], cs[-1]
+        pr = f"{float(end['pred_return']):.3g} / {float(end['real_return']):.3g}"
         rows.append([env, seed, f"{cs[0]['val_return']:.3g}",
                      ", ".join(f"{c['val_return']:.3g} @ {c['decoder_updates']}" for c in last),
-                     f"{max(c['val_return'] for c in cs):.3g}", f"{100 * float(cs[-1]['saturated']):.1f}%"])
+                     f"{max(c['val_return'] for c in cs):.3g}", pr,
+                     f"{100 * float(end['saturated']):.1f}%"])  # fmt: skip
     head = ["task", "seed", "val. return, untrained decoder", "last three points (return @ decoder updates)",
-            "best", "saturated actions, last point"]  # fmt: skip
+            "best", "predicted / received H-step return, last point",
+            "saturated actions, last point"]  # fmt: skip
     return md_table(head, rows)
 
 
