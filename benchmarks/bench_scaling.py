@@ -1,12 +1,17 @@
 """Throughput of the scale-out paths, 1 vs 2 workers and 1 vs 2 torchrun processes, in one run.
 
     python benchmarks/bench_scaling.py [--episodes 8] [--episode-steps 1000] [--updates 20]
+    python benchmarks/bench_scaling.py --skip random planned torchrun --phases 2 [--ppo 2]  # MBRL loops only
 
 1. random seed episodes (``train.collect_workers``): the trainer's in-process loop, then
    :class:`dcem.rl.env_pool.EnvPool` with 1 and 2 workers (episodes/s; pool start-up excluded);
 2. planner-driven episodes (full CEM on a small untrained world model): one at a time in this
    process vs 2 workers stepped in lockstep with one batched planning call per step;
-3. data-parallel world-model updates (``torchrun --nproc_per_node=1`` and ``2``, gloo): updates/s
+3. the MBRL phase loops themselves (``--phases``): episodes/hour of phase 1 (full CEM, model updates)
+   and phase 2 (latent DCEM, model and decoder updates) at ``scale=fig4`` on cheetah-run, with
+   ``train.collect_workers=1`` (one episode at a time, the loops before issue 17) and ``2`` (the
+   loops' lockstep episodes over two EnvPool workers), the same updates per episode in both;
+4. data-parallel world-model updates (``torchrun --nproc_per_node=1`` and ``2``, gloo): updates/s
    at the same global batch, measured inside the processes after a warm-up.
 
 Ratios are against the 1-worker / 1-process figure of the same run; the machine's load average
@@ -77,6 +82,47 @@ def bench_planned(episodes: int, steps: int) -> dict[str, float]:
     return {"in-process, one at a time": seq, "2 workers, batched planning": par}
 
 
+def bench_phases(
+    episodes: int, workers: tuple[int, ...] = (1, 2), ppo: int = 0
+) -> dict[str, dict[str, float]]:
+    """Episodes/hour of the phase-1 and phase-2 loops (``scale=fig4``, cheetah-run) per worker count;
+    with ``ppo > 0`` then that many PPO steps on the 1-worker run: seconds per step and the fraction of
+    minibatches skipped as non-finite."""
+    import shutil
+    import time
+
+    from dcem.experiments.mbrl import compose
+    from dcem.experiments.mbrl.trainer import MBRLTrainer, seed_everything
+
+    out: dict[str, dict[str, float]] = {"phase 1": {}, "phase 2": {}}
+    for w in workers:
+        d = f"/tmp/bench_scaling_phases{w}"
+        shutil.rmtree(d, ignore_errors=True)
+        over = ["env=cheetah-run", "scale=fig4", "train.episodes=0", "decoder.episodes=0",
+                "decoder.val_every=0", f"train.collect_workers={w}", "progress=false",
+                f"out_dir={d}"]  # fmt: skip
+        seed_everything(0)
+        tr = MBRLTrainer(compose(over), d)
+        try:
+            tr.phase_model()  # the random seed episodes (not timed)
+            for phase, key in (("phase 1", "train"), ("phase 2", "decoder")):
+                tr.cfg[key]["episodes"] = episodes
+                t0 = time.perf_counter()
+                (tr.phase_model if key == "train" else tr.phase_decoder)()
+                out[phase][f"{w} worker(s)"] = 3600 * episodes / (time.perf_counter() - t0)
+            if ppo and w == workers[0]:
+                tr.cfg["ppo"]["iterations"] = ppo
+                t0 = time.perf_counter()
+                tr.phase_ppo()
+                rows = [r for r in tr.history if r["phase"] == "ppo"]
+                skipped = 100 * sum(r["ppo_skipped"] for r in rows) / len(rows)
+                out["phase 3"] = {"s per PPO step": (time.perf_counter() - t0) / ppo,
+                                  "skipped minibatches %": skipped}
+        finally:
+            tr.close_pool()
+    return out
+
+
 def _dp_worker(updates: int) -> None:
     """Inside torchrun: time ``updates`` world-model updates at a global batch of 32 sequences."""
     import torch
@@ -127,6 +173,10 @@ def main() -> None:
     p.add_argument("--episode-steps", type=int, default=1000)
     p.add_argument("--updates", type=int, default=20)
     p.add_argument("--skip", nargs="*", default=[], choices=["random", "planned", "torchrun"])
+    p.add_argument("--phases", type=int, default=0, metavar="N",
+                   help="also time N episodes of each MBRL phase loop with 1 and 2 workers (0: skip)")
+    p.add_argument("--ppo", type=int, default=0, metavar="N",
+                   help="with --phases: then N PPO steps on the 1-worker run (time, skipped minibatches)")
     p.add_argument("--dp-worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     os.environ.setdefault("MUJOCO_GL", "disable")
@@ -142,6 +192,12 @@ def main() -> None:
     if "planned" not in a.skip:
         r = bench_planned(a.episodes, a.episode_steps)
         _report("planner-driven episodes (full CEM)", "episodes/s", r, "in-process, one at a time")
+    if a.phases:
+        for phase, r in bench_phases(a.phases, ppo=a.ppo).items():
+            if phase == "phase 3":
+                print(f"\nMBRL phase 3 (PPO) after the 1-worker loops: {r}")
+                continue
+            _report(f"MBRL {phase} loop, scale=fig4, cheetah-run", "episodes/hour", r, "1 worker(s)")
     if "torchrun" not in a.skip:
         r = bench_torchrun(a.updates)
         _report("world-model updates, global batch 32 x 25 steps", "updates/s", r, "1 process(es)")

@@ -7,15 +7,15 @@ the policy is ``N(mu, sigma^2 I)`` with ``sigma`` fixed or learned. TorchRL's ``
 of the surrogate flow through DCEM into whichever of the decoder, reward head, transition and
 observation head are left trainable.
 
-DCEM samples are random, so the policy mean is a random function of the state. To keep PPO's
-ratio ``pi_new / pi_old`` meaningful the old log-probabilities are recomputed for every
-minibatch with a frozen copy of the collection-time parameters and the *same* random numbers
-(common random numbers) as the new ones (:meth:`DCEMPolicyNet.noise_seed`).
+DCEM samples are random, so the policy mean is a random function of the state. Every action is
+drawn with its own DCEM noise seed (``noise_seed`` of the transition, see :class:`DCEMPolicyNet`),
+and the behaviour log-probability is stored at collection time; PPO's new log-probability of a
+transition is evaluated with the same seed (common random numbers), so the ratio
+``pi_new / pi_old`` is exactly 1 before the first step and measures only the parameter change.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,7 +40,11 @@ class DCEMPolicyNet(nn.Module):
         sigma: initial (or fixed) standard deviation of the actions.
         learn_sigma: make ``log sigma`` (one per action dimension) a trainable parameter.
 
-    Shapes: ``h (B, D)``, ``x (B, O)`` -> ``loc (B, A)``, ``scale (B, A)``.
+    Shapes: ``h (B, D)``, ``x (B, O)``, optional ``noise_seed (B,)`` (int64) -> ``loc (B, A)``,
+    ``scale (B, A)``. With ``noise_seed`` every row is solved alone with a generator seeded by its
+    entry, so a row's mean does not depend on the other rows of the batch (collection, one state
+    at a time, and the PPO minibatches see the same DCEM samples); without it the attribute
+    :attr:`noise_seed` (one seed for the batch, or None: the global RNG) is used.
     """
 
     # a parameter or a buffer
@@ -60,20 +64,28 @@ class DCEMPolicyNet(nn.Module):
         #: seed of the DCEM samples of the next forward call (None: global RNG)
         self.noise_seed: int | None = None
 
-    def forward(self, h: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        gen = None
-        if self.noise_seed is not None:
-            gen = torch.Generator(device=h.device)
-            gen.manual_seed(int(self.noise_seed))
+    def forward(self, h: Tensor, x: Tensor, noise_seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
         squeeze = h.dim() == 1
         if squeeze:
             h, x = h.unsqueeze(0), x.unsqueeze(0)
-        _, u = self.planner.solve(h, x, generator=gen)
-        loc = u[:, 0]
+            noise_seed = None if noise_seed is None else noise_seed.reshape(1)
+        if noise_seed is not None:
+            rows = [self.planner.solve(h[i : i + 1], x[i : i + 1], generator=_gen(h, int(s)))[1][:, 0]
+                    for i, s in enumerate(noise_seed.reshape(-1).tolist())]  # fmt: skip
+            loc = torch.cat(rows)
+        else:
+            gen = None if self.noise_seed is None else _gen(h, int(self.noise_seed))
+            loc = self.planner.solve(h, x, generator=gen)[1][:, 0]
         scale = self.log_std.exp().expand_as(loc)
         if squeeze:
             loc, scale = loc.squeeze(0), scale.squeeze(0)
         return loc, scale
+
+
+def _gen(like: Tensor, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=like.device)
+    gen.manual_seed(seed)
+    return gen
 
 
 class ValueNet(nn.Module):
@@ -158,7 +170,7 @@ class PPOFineTuner:
 
         def make_actor(net: nn.Module):
             return ProbabilisticActor(
-                TensorDictModule(net, in_keys=["h", "x"], out_keys=["loc", "scale"]),
+                TensorDictModule(net, in_keys=["h", "x", "noise_seed"], out_keys=["loc", "scale"]),
                 in_keys=["loc", "scale"],
                 distribution_class=IndependentNormal,
                 return_log_prob=True,
@@ -192,11 +204,13 @@ class PPOFineTuner:
         for p in list(self.planner.model.parameters()) + list(self.planner.decoder.parameters()):
             p.requires_grad_(id(p) in keep)
 
-    def act(self, h: Tensor, x: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Sample an action for ``h (B, D)``, ``x (B, O)``: returns ``action, log_prob, loc, scale``."""
+    def act(self, h: Tensor, x: Tensor, seed: int | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Sample an action for ``h (B, D)``, ``x (B, O)`` with DCEM noise seeds ``seed`` (an int for
+        every row, or ``(B,)``; store them as the transitions' ``noise_seed``): returns ``action,
+        log_prob, loc, scale`` (``log_prob``: the behaviour log-probability, for PPO's ratio)."""
+        seeds = torch.as_tensor(seed, dtype=torch.int64).expand(h.shape[0]).clone()
         with torch.no_grad():
-            self.policy_net.noise_seed = seed
-            loc, scale = self.policy_net(h, x)
+            loc, scale = self.policy_net(h, x, seeds)
             dist = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
             a = dist.sample()
             return a, dist.log_prob(a), loc, scale
@@ -204,39 +218,29 @@ class PPOFineTuner:
     def update(self, td, seed: int) -> dict[str, float]:
         """PPO epochs over one batch of transitions (a TensorDict of shape ``[T]``).
 
-        ``td`` holds ``h, x, action`` and ``("next", h/x/reward/done/terminated)``.
-        Returns mean diagnostics over the epochs (``skipped``: the fraction of minibatches whose
-        loss or gradient was not finite and which were skipped).
+        ``td`` holds ``h, x, action, noise_seed`` (the DCEM seed each action was drawn with), the
+        behaviour log-probability under :attr:`log_prob_key` (from :meth:`act`) and
+        ``("next", h/x/reward/done/terminated)``. Returns mean diagnostics over the epochs
+        (``skipped``: the fraction of minibatches whose loss or gradient was not finite and which
+        were skipped instead of applied).
         """
         self.set_trainable()
-        old_net = copy.deepcopy(self.policy_net)
-        old_actor = self._make_actor(old_net)
         with torch.no_grad():
             self.gae(td)
         T = td.shape[0]
         g = torch.Generator().manual_seed(int(seed))
         stats: dict[str, list[float]] = {}
-        k = 0
+        params = [p for grp in self.optim.param_groups for p in grp["params"]]
         for _ in range(self.epochs):
             perm = torch.randperm(T, generator=g)
             for start in range(0, T, self.minibatch):
                 mb = td[perm[start : start + self.minibatch]].clone()
-                k += 1
-                s = int(seed) * 100003 + k
-                with torch.no_grad():
-                    old_net.noise_seed = s
-                    dist = old_actor.get_dist(mb)
-                    mb.set(self.log_prob_key, dist.log_prob(mb["action"]))
-                self.policy_net.noise_seed = s
                 out = self.loss(mb)
                 total = out["loss_objective"] + out["loss_critic"] + out.get("loss_entropy", 0.0)
                 self.optim.zero_grad()
                 total.backward()
-                params = [p for grp in self.optim.param_groups for p in grp["params"]]
                 norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-                # the DCEM mean can jump with the parameters (elite sets change), the ratio then
-                # overflows: such a minibatch is skipped (counted in "skipped") instead of
-                # writing non-finite values into the model
+                # a non-finite minibatch is counted in "skipped" instead of writing NaN into the model
                 finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(total.detach()))
                 stats.setdefault("skipped", []).append(0.0 if finite else 1.0)
                 if finite:
@@ -244,7 +248,6 @@ class PPOFineTuner:
                 for key in ("loss_objective", "loss_critic", "clip_fraction", "kl_approx"):
                     if key in out.keys():
                         stats.setdefault(key, []).append(float(out[key].detach().mean()))
-        self.policy_net.noise_seed = None
         for p in list(self.planner.model.parameters()) + list(self.planner.decoder.parameters()):
             p.requires_grad_(True)
         return {key: sum(v) / len(v) for key, v in stats.items()}

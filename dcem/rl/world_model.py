@@ -166,6 +166,32 @@ class WorldModel(nn.Module):
             hs.append(h)
         return torch.stack(hs, 1)
 
+    @torch.no_grad()
+    def open_loop_error(self, obs: Tensor, act: Tensor, rew: Tensor, horizon: int) -> tuple[Tensor, Tensor]:
+        """Open-loop prediction error against distance on recorded episodes (held-out evidence).
+
+        From every filtered state ``h_s`` of ``obs (B, L + 1, O)``, ``act (B, L, A)``, ``rew (B, L)``
+        the model predicts ``d = 1 .. horizon`` steps ahead with the recorded actions only.
+
+        Returns:
+            ``obs_mse (D,)``: mean squared error of the normalised observation at distance ``d``
+            (1.0 = the error of predicting the mean observation), and ``reward_mse (D,)``,
+            ``D = min(horizon, L)``.
+        """
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        L = act.shape[1]
+        xn = self.normalize(obs)
+        h, x = self.filter(obs, act)[:, :-1], xn[:, :-1]
+        obs_mse, rew_mse = [], []
+        for d in range(1, min(horizon, L) + 1):
+            n = L - d + 1
+            h = self.transition(h[:, :n], x[:, :n], act[:, d - 1 : d - 1 + n])
+            x = self.predict_obs(h)
+            obs_mse.append((x - xn[:, d : d + n]).pow(2).mean())
+            rew_mse.append((self.reward(h, x) - rew[:, d - 1 : d - 1 + n]).pow(2).mean())
+        return torch.stack(obs_mse), torch.stack(rew_mse)
+
     def loss(
         self, obs: Tensor, act: Tensor, rew: Tensor, overshooting: int = 1, overshooting_scale: float = 1.0,
         reward_scale: float = 1.0,

@@ -112,7 +112,13 @@ def test_report_mode_writes_the_blocks(tiny_run, tmp_path):
     s = summarize(load_runs(root)["cartpole-swingup"])
     assert s["controllers"]["latent_dcem"]["pooled"][0] == pytest.approx(lat.mean())
     comp = next(c for c in s["comparisons"] if (c["num"], c["den"]) == ("latent_dcem", "full_cem"))
-    assert comp["diff"][0] == pytest.approx((lat - full).mean())
+    assert comp["diff_pooled"][0] == pytest.approx((lat - full).mean())
+    assert comp["diff_seeds"][0] == pytest.approx((lat - full).mean())  # one seed: its mean
+    assert not comp["verdict"] and "no verdict" in text  # 1 seed x 3 episodes
+    assert "<!-- report:mbrl-diagnostics begin" in text and "<!-- report:mbrl-model-error begin" in text
+    fc = res["controllers"]["full_cem"]
+    assert len(fc["obs_mse_by_d"]) == len(fc["reward_mse_by_d"]) == 3  # scale=test: H = 3
+    assert "obs_mse_by_d" not in res["controllers"]["random"] and 0 <= fc["saturated"] <= 1
     assert comp["ratio_pooled"] == pytest.approx(lat.mean() / full.mean())
     assert "| cartpole-swingup | latent_dcem | decoder | 12 | 1 × 3 |" in text
     again = page.read_text()
@@ -170,11 +176,62 @@ def test_bad_report_root_and_files(tmp_path, tiny_run):
 def test_claim_verdicts_read_the_intervals():
     from dcem.experiments.mbrl.report import _verdict_diff, _verdict_ratio
 
-    c = {"ratio_pooled": 0.95, "ratio_boot": (0.91, 0.99), "diff": (-3.0, 2.0)}
+    ok = {"verdict": True, "seeds": 3}
+    c = {**ok, "ratio_pooled": 0.95, "ratio_boot_seeds": (0.91, 0.99), "diff_seeds": (-3.0, 2.0)}
     assert _verdict_ratio(c, 0.9).endswith("above 0.9") and _verdict_diff(c).endswith("lower")
-    c = {"ratio_pooled": 0.95, "ratio_boot": (0.85, 1.02), "diff": (1.0, 2.0)}
+    c = {**ok, "ratio_pooled": 0.95, "ratio_boot_seeds": (0.85, 1.02), "diff_seeds": (1.0, 2.0)}
     assert _verdict_ratio(c, 0.9).endswith("not separable from 0.9")
     assert _verdict_diff(c).endswith("no significant difference")
-    c = {"ratio_pooled": 0.7, "ratio_boot": (0.6, 0.8), "diff": (5.0, 2.0)}
+    c = {**ok, "ratio_pooled": 0.7, "ratio_boot_seeds": (0.6, 0.8), "diff_seeds": (5.0, 2.0)}
     assert _verdict_ratio(c, 0.9).endswith("below 0.9") and _verdict_diff(c).endswith("higher")
     assert _verdict_ratio(None, 0.9) == "not evaluated"
+    few = {**c, "verdict": False, "seeds": 1}
+    assert "no verdict" in _verdict_ratio(few, 0.9) and "no verdict" in _verdict_diff(few)
+
+
+def test_seed_level_statistics():
+    from dcem.experiments.common.runs import bootstrap_ratio
+    from dcem.experiments.mbrl.stats import bootstrap_ratio_seeds, compare, enough
+
+    g = np.random.default_rng(1)
+    den = [g.uniform(1, 2, 20) for _ in range(3)]
+    lo, hi = bootstrap_ratio_seeds([2 * d for d in den], den, np.random.default_rng(0))
+    assert lo == pytest.approx(2) and hi == pytest.approx(2)  # a constant ratio: a point interval
+    # seeds that disagree (within-seed noise tiny): the seed-level interval is far wider than the
+    # pooled-episode one, which treats 60 pairs as independent
+    num = [d * f + g.normal(0, 1e-3, 20) for d, f in zip(den, (0.5, 1.0, 1.5))]
+    seeds_iv = bootstrap_ratio_seeds(num, den, np.random.default_rng(0))
+    pooled_iv = bootstrap_ratio(num, den, np.random.default_rng(0))
+    assert seeds_iv[1] - seeds_iv[0] > 5 * (pooled_iv[1] - pooled_iv[0])
+    # against a plain two-loop reference (independent draws: the quantiles agree to Monte-Carlo error)
+    ref_g, ref = np.random.default_rng(7), []
+    for _ in range(4000):
+        ss = ref_g.integers(0, 3, 3)
+        ii = [ref_g.integers(0, 20, 20) for _ in ss]
+        pairs = list(zip(ss, ii))
+        ref.append(sum(num[s][i].sum() for s, i in pairs) / sum(den[s][i].sum() for s, i in pairs))
+    want = np.percentile(ref, [2.5, 97.5])
+    got = bootstrap_ratio_seeds(num, den, np.random.default_rng(3), 4000)
+    np.testing.assert_allclose(got, want, atol=0.05)
+    c = compare(num, den, np.random.default_rng(0))
+    per_seed = [x.mean() / y.mean() for x, y in zip(num, den)]
+    assert c["ratio_seeds"][0] == pytest.approx(np.mean(per_seed)) and c["verdict"]
+    assert not enough(num[:2]) and not enough([x[:19] for x in num])
+
+
+def test_report_lists_unfinished_runs_and_their_decoder_curves(tiny_run, tmp_path):
+    """Before any run has its eval.json the page lists the running folders and their curves."""
+    root = tmp_path / "root"
+    d = root / "cartpole-swingup" / "seed4"
+    d.mkdir(parents=True)
+    for f in ("config.yaml", "train.csv"):
+        shutil.copy(tiny_run[1] / f, d / f)
+    (d / "decoder_curve.csv").write_text("decoder_episode,decoder_updates,env_steps,val_return,val_ci95,n,"
+                                         "pred_return,real_return,saturated\n0,0,80,1.5,nan,2,2,1.5,0.25\n"
+                                         "1,20,160,3.5,nan,2,4,3.5,0.5\n")  # fmt: skip
+    page = tmp_path / "p.md"
+    main(["phase=report", f"report.root={root}", f"report.page={page}"])
+    text = page.read_text()
+    assert f"| cartpole-swingup | 4 | {d} |" in text and "running / unfinished" in text
+    assert "| cartpole-swingup | 4 | 1.5 | 1.5 @ 0, 3.5 @ 20 | 3.5 | 4 / 3.5 | 50.0% |" in text
+    assert (tmp_path / "mbrl_decoder_curve.png").stat().st_size > 0

@@ -72,7 +72,10 @@ def test_ppo_gradients_reach_decoder_through_dcem():
     m, dec, ft = _tiny_ppo()
     T = 5
     h, x = torch.randn(T, 8), torch.randn(T, 3)
-    a, logp, loc, scale = ft.act(h, x, seed=3)
+    seeds = torch.arange(T) * 7 + 3
+    # collection: one state at a time, each with its own DCEM noise seed (as collect_ppo_batch does)
+    a, logp = (torch.cat(v) for v in zip(*[ft.act(h[i : i + 1], x[i : i + 1], int(seeds[i]))[:2]
+                                            for i in range(T)]))  # fmt: skip
     no = torch.zeros(T, 1, dtype=torch.bool)
     nxt = TensorDict(
         {
@@ -84,14 +87,17 @@ def test_ppo_gradients_reach_decoder_through_dcem():
         },
         [T],
     )
-    td = TensorDict({"h": h, "x": x, "action": a, "next": nxt}, [T])
+    td = TensorDict({"h": h, "x": x, "action": a, "noise_seed": seeds, "next": nxt}, [T])
+    td.set(ft.log_prob_key, logp)  # the behaviour log-probability, stored at collection time
     ft.set_trainable()
     with torch.no_grad():
         ft.gae(td)
-        ft.policy_net.noise_seed = 3
-        td.set(ft.log_prob_key, ft.actor.get_dist(td).log_prob(td["action"]))
-    torch.testing.assert_close(td[ft.log_prob_key], logp)  # same noise seed: same policy
-    ft.policy_net.noise_seed = 3
+        batch_logp = ft.actor.get_dist(td).log_prob(td["action"])
+    # the batched minibatch sees every row's collection-time DCEM samples: the ratio is exactly 1
+    torch.testing.assert_close(batch_logp, logp, rtol=0, atol=0)
+    with torch.no_grad():  # another seed moves the DCEM mean: the per-row seed is what makes it exact
+        other = ft.actor.get_dist(td.clone().set("noise_seed", seeds + 1)).log_prob(td["action"])
+    assert not torch.equal(other, logp)
     out = ft.loss(td)
     out["loss_objective"].backward()
     dec_grad = sum(float(p.grad.abs().sum()) for p in dec.parameters() if p.grad is not None)
@@ -107,7 +113,6 @@ def test_ppo_gradients_reach_decoder_through_dcem():
         with torch.no_grad():
             for p, d in zip(params, g):
                 p.add_(step * d)
-            ft.policy_net.noise_seed = 3
             val = float(ft.loss(td)["loss_objective"])
             for p, d in zip(params, g):
                 p.sub_(step * d)
@@ -126,11 +131,13 @@ def test_ppo_update_skips_non_finite_minibatches():
     m, dec, ft = _tiny_ppo()
     T = 10
     h, x = torch.randn(T, 8), torch.randn(T, 3)
-    a, *_ = ft.act(h, x, seed=3)
+    seeds = torch.arange(T) + 3
+    a, logp, *_ = ft.act(h, x, seeds)
     no = torch.zeros(T, 1, dtype=torch.bool)
     nxt = {"h": torch.randn(T, 8), "x": torch.randn(T, 3), "reward": torch.randn(T, 1), "done": no,
            "terminated": no.clone()}  # fmt: skip
-    td = TensorDict({"h": h, "x": x, "action": a, "next": TensorDict(nxt, [T])}, [T])
+    td = TensorDict({"h": h, "x": x, "action": a, "noise_seed": seeds, "next": TensorDict(nxt, [T])}, [T])
+    td.set(ft.log_prob_key, logp)
     calls, loss = [], ft.loss
 
     def overflowing(mb):  # the first minibatch's objective is +inf

@@ -11,8 +11,9 @@ Examples::
     dcem-exp mbrl env=cheetah-run scale=cpu phase=eval out_dir=runs/cheetah eval.video=true
     dcem-exp mbrl env=cheetah-run scale=paper device=cuda           # the paper's sizes (needs a GPU)
     dcem-exp mbrl env=gym:HalfCheetah-v5 scale=test                 # a Gymnasium MuJoCo task (extra gym)
-    dcem-exp mbrl env=cartpole-swingup scale=pair seed=1 out_dir=runs/mbrl_pair/cartpole-swingup/seed1
-    dcem-exp mbrl phase=report report.root=runs/mbrl_pair report.page=docs/results/mbrl.md
+    dcem-exp mbrl env=cheetah-run scale=fig4 seed=1 out_dir=runs/mbrl/fig4/cheetah-run/seed1  # issue 17
+    dcem-exp mbrl env=cheetah-run scale=fig4 decoder.freeze_model=true train.schedule=interleaved ...
+    dcem-exp mbrl phase=report report.root=runs/mbrl/fig4 report.page=docs/results/mbrl.md
 
 Every phase checkpoints ``out_dir/checkpoint.pt`` atomically after each episode / PPO iteration
 and resumes from it when the configuration is the same (``resume=false`` moves the old run
@@ -33,11 +34,14 @@ __all__ = ["EXPERIMENT", "compose", "main", "run"]
 CONF_DIR = Path(__file__).parent / "conf"
 log = logging.getLogger("dcem.experiments.mbrl")
 #: keys added after run folders existed, with the value an older run used (see common.runs.open_run)
-LEGACY = {"train.collect_workers": 1}
+LEGACY = {"train.collect_workers": 1, "train.schedule": "block", "train.update_interval": 10,
+          "decoder.init": "default", "decoder.states": "last", "decoder.freeze_model": False,
+          "decoder.action_prior": 0.0}
 EXPERIMENT = Experiment(
     "mbrl", CONF_DIR, MBRLConfig, __doc__ or "",
     free_keys=("out_dir", "progress", "num_threads", "resume", "phase", "device", "log.tensorboard",
-               "eval.episodes", "eval.video", "eval.controllers", "report.root", "report.page"),
+               "eval.episodes", "eval.video", "eval.controllers", "report.root", "report.page",
+               "decoder.val_every", "decoder.val_episodes"),
 )  # fmt: skip
 
 
@@ -86,12 +90,15 @@ def run(cfg: dict):
         log.info("resumed from %s: %s", trainer.ckpt_path, trainer.progress)
     log.info("run folder %s, device %s", out, trainer.device)
     phases = ["model", "decoder", "ppo", "eval"] if cfg["phase"] == "all" else [cfg["phase"]]
-    for ph in phases:  # eval: every controller on its snapshot, all on the same test episodes
-        if ph == "eval":
-            trainer.phase_eval()
-        else:
-            getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm if cfg["progress"] else None)
-        trainer.plot()
+    try:
+        for ph in phases:  # eval: every controller on its snapshot, all on the same test episodes
+            if ph == "eval":
+                trainer.phase_eval()
+            else:
+                getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm if cfg["progress"] else None)
+            trainer.plot()
+    finally:
+        trainer.close_pool()
     if trainer.tb is not None:
         trainer.tb.close()
     return trainer

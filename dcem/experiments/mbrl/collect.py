@@ -10,6 +10,8 @@ planner-driven episode per worker with one batched planning call per step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from dcem.rl.env_pool import EnvPool, episode_seed, planned_episodes
@@ -52,13 +54,14 @@ class CollectMixin:
             cache.clear()
             cache.update(zip(idx, self.pool().random_episodes(seeds)))
         out = cache.pop(i)
-        if i + 1 >= int(self.cfg["train"]["seed_episodes"]):
-            self.close_pool()  # the seed episodes are done
         return out
 
-    def planned_episodes(self, policy: str, noise: float, first: int) -> list[tuple[np.ndarray, ...]]:
+    def planned_episodes(
+        self, policy: str, noise: float, first: int, on_step: Callable[[int], None] | None = None
+    ) -> list[tuple[np.ndarray, ...]]:
         """Episodes ``first .. first + collect_workers - 1`` with ``policy`` (``"cem"``/``"dcem"``) and
-        Gaussian exploration noise, one per worker, planned in one batch per step."""
+        Gaussian exploration noise, one per worker, planned in one batch per step (``on_step(t)`` is
+        called before planning step ``t``)."""
         planner = {"cem": self.cem, "dcem": self.latent}[policy]
         pool = self.pool()
         W, lo, hi = pool.n_workers, pool.u_lower, pool.u_upper
@@ -66,6 +69,8 @@ class CollectMixin:
 
         def act(t: int, obs: np.ndarray) -> np.ndarray:
             nonlocal h
+            if on_step is not None:
+                on_step(t)
             a, h = self.policy_step(planner, h, obs, noise, self.rng, self.gen, lo, hi)
             return a.astype(np.float32)
 

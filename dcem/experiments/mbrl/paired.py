@@ -28,7 +28,7 @@ import torch
 
 from dcem.experiments.common.runs import CsvLog, RunError, atomic_write_text, load_torch, mean_ci95
 
-__all__ = ["CONTROLLERS", "SNAPSHOT_FILES", "PairedEvalMixin", "episode_seeds"]
+__all__ = ["CONTROLLERS", "SNAPSHOT_FILES", "PairedEvalMixin", "episode_seeds", "plan_diagnostics"]
 
 log = logging.getLogger("dcem.experiments.mbrl.trainer")
 
@@ -53,6 +53,29 @@ def episode_seeds(seed: int, n: int) -> list[int]:
     if n < 1:
         raise ValueError(f"eval.episodes must be >= 1, got {n}")
     return [EVAL_SEED_BASE + 1000 * int(seed) + k for k in range(n)]
+
+
+def plan_diagnostics(
+    pred: np.ndarray, rews: np.ndarray, acts: np.ndarray, lo: np.ndarray, hi: np.ndarray, horizon: int
+) -> dict[str, float]:
+    """Is the controller exploiting the model? From one batch of episodes:
+
+    - ``pred_return``: the model's predicted ``H``-step return of the executed plans (``pred (T, n)``,
+      NaN for the random policy), averaged over the steps ``t <= T - H`` and episodes;
+    - ``real_return``: the rewards actually received over the same ``H`` steps (``rews (T, n)``;
+      closed loop: the controller re-plans every step and executes only the first action);
+    - ``saturated``: the fraction of executed action entries (``acts (T, n, A)``) within 1% of the
+      range from a bound ``lo / hi (A,)``.
+    """
+    T = rews.shape[0]
+    H = min(horizon, T)
+    csum = np.concatenate([np.zeros((1, rews.shape[1])), np.cumsum(rews, 0)])
+    real = csum[H:] - csum[:-H]  # (T - H + 1, n): rewards of steps t .. t + H - 1
+    tol = 0.01 * (hi - lo)
+    sat = (acts <= lo + tol) | (acts >= hi - tol)
+    p = pred[: T - H + 1]
+    return {"pred_return": float(np.mean(p)) if np.isfinite(p).all() else float("nan"),
+            "real_return": float(real.mean()), "saturated": float(sat.mean())}  # fmt: skip
 
 
 class PairedEvalMixin:
@@ -81,13 +104,14 @@ class PairedEvalMixin:
         return {"file": SNAPSHOT_FILES[snap], "progress": dict(sd["progress"])}
 
     def paired_returns(
-        self, policy: str, seeds: list[int], video_path: str | Path | None = None
+        self, policy: str, seeds: list[int], video_path: str | Path | None = None, diag: dict | None = None
     ) -> list[float]:
         """Returns of noise-free test episodes, episode ``k`` started from the task seeded ``seeds[k]``.
 
         All episodes run as one batch (one planner call plans for every episode's state, a batch
         ``(n, D)``), so the planner's noise comes from one generator seeded with ``seeds[0]``;
         the random policy draws episode ``k``'s actions from a generator seeded ``seeds[k]``.
+        ``diag`` (a dict) receives the model-exploitation diagnostics of :func:`plan_diagnostics`.
         """
         from dcem.experiments.common import plots
         from dcem.rl.envs import make_env
@@ -106,24 +130,41 @@ class PairedEvalMixin:
             raise ValueError(f"policy must be 'random', 'cem', 'cem_budget' or 'dcem', got {policy!r}")
         frames: list | None = [] if video_path is not None else None
         h = self.model.initial_state((n,), device=dev)
-        rets = np.zeros(n)
-        for _ in range(envs[0].episode_len):
+        T = envs[0].episode_len
+        rets, rews, traj = np.zeros(n), np.zeros((T, n)), [obs.copy()]
+        pred, acts = np.full((T, n), np.nan), np.zeros((T, n, len(lo)))
+        for t in range(T):
             if planner is None:
                 a = np.stack([r.uniform(lo, hi) for r in rngs]).astype(np.float32)
             else:
                 x = torch.as_tensor(obs, device=dev)
                 with torch.no_grad():
-                    a = np.clip(planner.plan(h, x, generator=gen)[:, 0].cpu().numpy(), lo, hi)
+                    U = planner.plan(h, x, generator=gen)
+                    if diag is not None:
+                        pred[t] = self.model.returns(h, x, U).cpu().numpy()
+                a = np.clip(U[:, 0].cpu().numpy(), lo, hi)
             if frames is not None:
                 frames.append(envs[0].render())
+            acts[t] = a
             for k, env in enumerate(envs):
                 obs[k], r, _ = env.step(a[k])
                 rets[k] += r
+                rews[t, k] = r
+            traj.append(obs.copy())
             if planner is not None:
                 with torch.no_grad():
                     h = self.model.transition(h, self.model.normalize(x), torch.as_tensor(a, device=dev))
         if frames:
             plots.write_gif(Path(video_path), frames, fps=25)
+        if diag is not None:
+            H = int(self.cfg["planner"]["horizon"])
+            diag.update(plan_diagnostics(pred, rews, acts, lo, hi, H))
+            if planner is not None:  # the planning model on these held-out episodes
+                f32 = {"device": dev, "dtype": torch.float32}
+                o_t, a_t = np.stack(traj, 1), acts.transpose(1, 0, 2)  # (n, T + 1, O), (n, T, A)
+                om, rm = self.model.open_loop_error(torch.as_tensor(o_t, **f32), torch.as_tensor(a_t, **f32),
+                                                    torch.as_tensor(rews.T, **f32), H)  # fmt: skip
+                diag.update(obs_mse_by_d=om.tolist(), reward_mse_by_d=rm.tolist())
         return [float(r) for r in rets]
 
     def available_controllers(self) -> list[str]:
@@ -178,14 +219,15 @@ class PairedEvalMixin:
     def _eval_one(self, name: str, snap: str, seeds: list[int]) -> dict:
         policy = CONTROLLERS[name][1]
         vid = (self.out / f"video_{name}.gif") if self.cfg["eval"]["video"] else None
-        rets = self.paired_returns(policy, seeds, video_path=vid)
+        diag: dict[str, float] = {}
+        rets = self.paired_returns(policy, seeds, video_path=vid, diag=diag)
         mean, ci = mean_ci95(rets)
         log.info(
             "paired eval %s (snapshot %s): %.1f +- %.1f over %d episodes", name, snap, mean, ci, len(rets)
         )
         traj = self.trajectories_per_step(policy)
         return {"snapshot": snap, "policy": policy, "trajectories_per_step": traj,
-                "returns": rets, "mean": mean, "ci95": ci, "n": len(rets)}  # fmt: skip
+                "returns": rets, "mean": mean, "ci95": ci, "n": len(rets), **diag}  # fmt: skip
 
     def _write_paired(self, results: dict, snaps: dict, seeds: list[int]) -> None:
         path = self.out / "eval.json"

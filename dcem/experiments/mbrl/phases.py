@@ -24,30 +24,31 @@ class PhasesMixin:
             i = self.progress["model"]
             stats: dict[str, float] = {}
             if i < c["seed_episodes"]:
-                obs, act, rew = self.seed_episode(i)  # in worker processes if train.collect_workers > 1
+                eps = [self.seed_episode(i)]  # in worker processes if train.collect_workers > 1
             else:
                 self._set_obs_stats()
-                ups = [self.model_update() for _ in range(c["updates_per_episode"])]
-                stats = {k: float(np.mean([u[k] for u in ups])) for k in ups[0]}
-                obs, act, rew = self.run_episode(self.env, "cem", noise=c["expl_noise"])
-            self.replay.add(obs, act, rew)
-            self.progress["model"] += 1
-            self.progress["env_steps"] += self.env.episode_len * self.env.action_repeat
-            self._record(
-                {
-                    "phase": "model",
-                    "episode": i,
-                    "env_steps": self.progress["env_steps"],
-                    "return": float(rew.sum()),
-                    "model_loss": stats.get("loss", float("nan")),
-                    "obs_mse": stats.get("obs_mse", float("nan")),
-                    "reward_mse": stats.get("reward_mse", float("nan")),
-                }
-            )
-            self._maybe_eval("model", "cem", i + 1 == total)
+                eps, ups = self.collect("cem", c["expl_noise"], i, total - i, lambda: [self.model_update()],
+                                        c["updates_per_episode"])  # fmt: skip
+                stats = {k: float(np.mean([u[k] for u in ups])) for k in ups[0]} if ups else {}
+            for obs, act, rew in eps:
+                self.replay.add(obs, act, rew)
+                self.progress["model"] += 1
+                self.progress["env_steps"] += self.env.episode_len * self.env.action_repeat
+                self._record(
+                    {
+                        "phase": "model",
+                        "episode": self.progress["model"] - 1,
+                        "env_steps": self.progress["env_steps"],
+                        "return": float(rew.sum()),
+                        "model_loss": stats.get("loss", float("nan")),
+                        "obs_mse": stats.get("obs_mse", float("nan")),
+                        "reward_mse": stats.get("reward_mse", float("nan")),
+                    }
+                )
+            self._maybe_eval("model", "cem", self.progress["model"] == total)
             self.save()
             if bar is not None:
-                bar.update(1)
+                bar.update(len(eps))
                 post = {"ret": f"{rew.sum():.1f}"}
                 if "loss" in stats:  # no model update yet during the seed episodes
                     post["loss"] = f"{stats['loss']:.3f}"
@@ -68,6 +69,21 @@ class PhasesMixin:
                 self.save()
             shutil.copyfile(self.ckpt_path, dst)
 
+    def _phase2_updates(self) -> list[dict[str, float]]:
+        """The phase-2 learning steps of one update slot (:meth:`LearnMixin.collect` calls it
+        ``per_episode`` = 1 times per episode in the block schedule, once per interval otherwise):
+        block: ``decoder.model_updates_per_episode`` model then ``decoder.updates_per_episode``
+        decoder steps; interleaved: one model step (none with ``decoder.freeze_model``) then one
+        decoder step. Returns one dict per step (``loss``... or ``decoder_loss``)."""
+        c = self.cfg["decoder"]
+        frozen = bool(c.get("freeze_model", False))
+        if self.cfg["train"].get("schedule", "block") == "interleaved":
+            n_model, n_dec = (0 if frozen else 1), 1
+        else:
+            n_model, n_dec = (0 if frozen else c["model_updates_per_episode"]), c["updates_per_episode"]
+        out = [self.model_update() for _ in range(n_model)]
+        return out + [{"decoder_loss": self.decoder_update()} for _ in range(n_dec)]
+
     def _require_model(self, phase: str) -> None:
         c = self.cfg["train"]
         if self.progress["model"] < c["seed_episodes"] + c["episodes"]:
@@ -86,28 +102,35 @@ class PhasesMixin:
             if pbar_factory
             else None
         )
+        if c.get("val_every", 0) and self.progress["decoder"] == 0 and not self.decoder_curve:
+            self.validate_decoder(0)  # the untrained decoder: the curve's first point
         while self.progress["decoder"] < c["episodes"]:
             i = self.progress["decoder"]
-            ups = [self.model_update() for _ in range(c["model_updates_per_episode"])]
-            dl = [self.decoder_update() for _ in range(c["updates_per_episode"])]
-            obs, act, rew = self.run_episode(self.env, "dcem", noise=self.cfg["train"]["expl_noise"])
-            self.replay.add(obs, act, rew)
-            self.progress["decoder"] += 1
-            self.progress["env_steps"] += self.env.episode_len * self.env.action_repeat
-            self._record(
-                {
-                    "phase": "decoder",
-                    "episode": i,
-                    "env_steps": self.progress["env_steps"],
-                    "return": float(rew.sum()),
-                    "model_loss": float(np.mean([u["loss"] for u in ups])) if ups else float("nan"),
-                    "decoder_loss": float(np.mean(dl)) if dl else float("nan"),
-                }
-            )
-            self._maybe_eval("decoder", "dcem", i + 1 == c["episodes"])
+            eps, ups = self.collect("dcem", self.cfg["train"]["expl_noise"], i, c["episodes"] - i,
+                                    self._phase2_updates, 1)  # fmt: skip
+            for obs, act, rew in eps:
+                self.replay.add(obs, act, rew)
+                self.progress["decoder"] += 1
+                self.progress["env_steps"] += self.env.episode_len * self.env.action_repeat
+                ml = [u["loss"] for u in ups if "loss" in u]
+                dl = [u["decoder_loss"] for u in ups if "decoder_loss" in u]
+                self._record(
+                    {
+                        "phase": "decoder",
+                        "episode": self.progress["decoder"] - 1,
+                        "env_steps": self.progress["env_steps"],
+                        "return": float(rew.sum()),
+                        "model_loss": float(np.mean(ml)) if ml else float("nan"),
+                        "decoder_loss": float(np.mean(dl)) if dl else float("nan"),
+                    }
+                )
+            n = self.progress["decoder"]
+            if c.get("val_every", 0) and (n % c["val_every"] == 0 or n == c["episodes"]):
+                self.validate_decoder(n)
+            self._maybe_eval("decoder", "dcem", n == c["episodes"])
             self.save()
             if bar is not None:
-                bar.update(1)
+                bar.update(len(eps))
                 bar.set_postfix(ret=f"{rew.sum():.1f}", dec=f"{np.mean(dl) if dl else float('nan'):.2f}")
         if bar is not None:
             bar.close()
@@ -116,15 +139,17 @@ class PhasesMixin:
     def collect_ppo_batch(self, n_steps: int):
         """Whole episodes of the stochastic DCEM policy, at least ``n_steps`` transitions.
 
-        Returns a TensorDict ``[T]`` (``T`` a multiple of the episode length) with ``h, x, action``
-        and ``("next", h/x/reward/done/terminated)``, and the episode returns. Collecting whole
-        episodes keeps PPO iterations aligned with checkpoints, so a resumed run is exact.
+        Returns a TensorDict ``[T]`` (``T`` a multiple of the episode length) with ``h, x, action``,
+        the DCEM ``noise_seed`` of each action, its behaviour log-probability (the PPO loss's
+        ``sample_log_prob`` key) and ``("next", h/x/reward/done/terminated)``, and the episode
+        returns. Collecting whole episodes keeps PPO iterations aligned with checkpoints, so a
+        resumed run is exact.
         """
         from tensordict import TensorDict
 
         env, dev = self.env, self.device
         ppo = self.ppo
-        hs, xs, acts, nh, nx, rews, dones = [], [], [], [], [], [], []
+        hs, xs, acts, nh, nx, rews, dones, seeds, logps = [], [], [], [], [], [], [], [], []
         ep_returns: list[float] = []
         n_episodes = max(1, math.ceil(n_steps / env.episode_len))
         for _ in range(n_episodes):
@@ -133,7 +158,8 @@ class PhasesMixin:
             ret, done = 0.0, False
             while not done:
                 x = torch.as_tensor(o_np, device=dev).unsqueeze(0)
-                a, _, _, _ = ppo.act(h, x, int(self.rng.integers(0, 2**31 - 1)))
+                s = int(self.rng.integers(0, 2**31 - 1))
+                a, logp, _, _ = ppo.act(h, x, s)
                 a_env = np.clip(a[0].cpu().numpy(), env.u_lower, env.u_upper)
                 o_np, r, done = env.step(a_env)
                 with torch.no_grad():
@@ -141,7 +167,7 @@ class PhasesMixin:
                     h2 = self.model.transition(h, self.model.normalize(x), u)
                 hs.append(h[0]), xs.append(x[0]), acts.append(a[0])
                 nx.append(torch.as_tensor(o_np, device=dev)), nh.append(h2[0])
-                rews.append(r), dones.append(done)
+                rews.append(r), dones.append(done), seeds.append(s), logps.append(logp[0])
                 ret += r
                 h = h2
             self.progress["env_steps"] += env.episode_len * env.action_repeat
@@ -153,6 +179,8 @@ class PhasesMixin:
                 "h": torch.stack(hs),
                 "x": torch.stack(xs),
                 "action": torch.stack(acts),
+                "noise_seed": torch.tensor(seeds, device=dev, dtype=torch.int64),
+                ppo.log_prob_key: torch.stack(logps),
                 "next": TensorDict(
                     {
                         "h": torch.stack(nh),

@@ -1,16 +1,27 @@
 """``dcem-exp mbrl phase=report``: the generated blocks of ``docs/results/mbrl.md`` from run folders.
 
 Reads every paired ``eval.json`` (:mod:`.paired`) under ``report.root`` (recursively), groups the
-runs by task and writes, between the page's ``report:`` markers (:mod:`..common.report`):
+runs by their folder's parent relative to the root (``<task>/seed<s>`` -> ``<task>``;
+``ablation/<variant>/<task>/seed<s>`` -> ``ablation/<variant>/<task>``) and writes, between the
+page's ``report:`` markers (:mod:`..common.report`):
 
 - ``mbrl-paired``: per task and controller the mean return with a 95% Student-t interval over
   all seeds x test episodes, the per-seed means and the trajectories per planning step;
-- ``mbrl-paired-diffs``: paired comparisons per task: the ratio of means per seed (mean and
-  t-interval over seeds), the pooled ratio of means with a paired bootstrap interval (episodes
-  resampled jointly for every controller, fixed seed) and the per-episode paired difference;
-- ``mbrl-claims``: per task, the paper's claims read off those intervals (latent DCEM reaching
-  0.9 of full CEM; PPO improving latent DCEM) and the same-budget control;
-- ``mbrl-runs``: the run folders (seed, snapshots' environment steps, episodes);
+- ``mbrl-paired-diffs``: paired comparisons per task with the training seed as the unit
+  (:mod:`.stats`): the ratio of means per seed (t-interval over seeds), the pooled ratio with a
+  two-stage bootstrap (seeds, then episodes within them) and the difference of means per seed;
+  the interval over pooled episodes as a secondary, labelled column;
+- ``mbrl-claims``: per task, the paper's claims read off the seed-level intervals (latent DCEM
+  reaching 0.9 of full CEM; PPO improving latent DCEM) and the same-budget control; "no verdict"
+  below 3 seeds x 20 episodes;
+- ``mbrl-diagnostics``: is a controller exploiting the model? the predicted vs the received
+  ``H``-step return of its executed plans and its fraction of saturated actions (mean over seeds);
+- ``mbrl-model-error``: the planning model's open-loop prediction error against distance on the
+  held-out test episodes of each planning controller (when ``eval.json`` has it);
+- ``mbrl-decoder-curve``: the latent controller's validation return against decoder updates
+  (``decoder_curve.csv`` of each run, figure ``mbrl_decoder_curve.png``);
+- ``mbrl-runs``: the run folders (seed, snapshots' environment steps, episodes, the fraction of
+  PPO minibatches skipped as non-finite) and the unfinished ones ("running / unfinished");
 - ``mbrl-bench``: the planning-step timings of ``benchmarks/bench_mbrl.py --out
   ROOT/bench_mbrl.json`` when that file exists (CPU; any GPU figure is an extrapolation);
 
@@ -26,8 +37,18 @@ from pathlib import Path
 import numpy as np
 
 from dcem.experiments.common.report import copy_figure, fmt_ci, md_table, update_page
-from dcem.experiments.common.runs import RunError, bootstrap_ratio, mean_ci95
+from dcem.experiments.common.runs import RunError, mean_ci95
 from dcem.experiments.mbrl.paired import CONTROLLERS
+from dcem.experiments.mbrl.runinfo import (
+    curve_block,
+    curve_figure,
+    curves,
+    group_of,
+    model_error_block,
+    ppo_skipped,
+    unfinished,
+)
+from dcem.experiments.mbrl.stats import compare
 
 __all__ = ["COMPARISONS", "load_runs", "report", "summarize"]
 
@@ -40,6 +61,7 @@ COMPARISONS = [
     ("latent_dcem_ppo", "full_cem"),
     ("full_cem", "full_cem_phase1"),
     ("full_cem_ppo", "full_cem"),
+    ("full_cem", "random"),
 ]
 N_BOOT = 2000
 
@@ -75,7 +97,7 @@ def _check_run(res: dict, path: Path) -> dict:
 
 
 def load_runs(root: str | Path) -> dict[str, list[dict]]:
-    """``{env: [eval.json dicts sorted by seed]}`` of the paired evaluations under ``root``."""
+    """``{group: [eval.json dicts sorted by seed]}`` of the paired evaluations under ``root``."""
     root = Path(root)
     if not root.is_dir():
         raise RunError(f"report.root={str(root)!r} is not a folder (run the experiment there first)")
@@ -87,7 +109,7 @@ def load_runs(root: str | Path) -> dict[str, list[dict]]:
             raise RunError(f"{path}: unreadable ({type(err).__name__}); rerun phase=eval there") from None
         res = _check_run(res, path)
         res["_dir"] = str(path.parent)
-        runs.setdefault(str(res["env"]), []).append(res)
+        runs.setdefault(group_of(root, path.parent, str(res["env"])), []).append(res)
     if not runs:
         raise RunError(f"report.root={str(root)!r}: no eval.json under it (run phase=eval first)")
     for env, rs in runs.items():
@@ -114,93 +136,102 @@ def summarize(rs: list[dict]) -> dict:
         if m is not None:
             ctrl[name] = {"pooled": mean_ci95(np.concatenate(m)), "per_seed": [float(a.mean()) for a in m],
                           "n": int(sum(a.size for a in m)),
-                          "traj": rs[0]["controllers"][name].get("trajectories_per_step", 0)}  # fmt: skip
+                          "traj": rs[0]["controllers"][name].get("trajectories_per_step", 0),
+                          "diag": {k: [float(r["controllers"][name].get(k, math.nan)) for r in rs]
+                                   for k in ("pred_return", "real_return", "saturated")}}  # fmt: skip
     comps = []
     gen = np.random.default_rng(0)
     for a, b in COMPARISONS:
         num, den = _matrix(rs, a), _matrix(rs, b)
         if num is None or den is None:
             continue
-        ratios = [x.mean() / y.mean() if y.mean() != 0 else math.nan for x, y in zip(num, den)]
-        pooled = float(np.concatenate(num).mean() / np.concatenate(den).mean())
-        comps.append({"num": a, "den": b, "ratio_seeds": mean_ci95(ratios), "ratio_pooled": pooled,
-                      "ratio_boot": bootstrap_ratio(num, den, gen, N_BOOT),
-                      "diff": mean_ci95(np.concatenate([x - y for x, y in zip(num, den)])),
-                      "n": int(sum(x.size for x in num))})  # fmt: skip
+        comps.append({"num": a, "den": b, **compare(num, den, gen, N_BOOT)})
     return {"controllers": ctrl, "comparisons": comps, "seeds": [r["seed"] for r in rs]}
 
 
-CTRL_HEAD = [
-    "task",
-    "controller",
-    "snapshot",
-    "trajectories / step",
-    "seeds × episodes",
-    "return (95% CI, pooled)",
-    "per-seed means",
-]
-COMP_HEAD = [
-    "task",
-    "comparison",
-    "ratio of means per seed (95% CI over seeds)",
-    "pooled ratio [paired bootstrap 95%]",
-    "paired difference per episode (95% CI)",
-    "pairs",
-]
-RUN_HEAD = ["task", "seed", "run folder", "env steps at each snapshot", "test episodes"]
+CTRL_HEAD = ["task", "controller", "snapshot", "trajectories / step", "seeds × episodes",
+             "return (95% CI, pooled episodes)", "per-seed means"]  # fmt: skip
+COMP_HEAD = ["task", "comparison", "seeds × episodes", "ratio of means per seed (95% t over seeds)",
+             "pooled ratio [bootstrap 95%: seeds, then episodes]", "difference per seed (95% t over seeds)",
+             "secondary: difference per episode (95% CI, pooled episodes)"]  # fmt: skip
+RUN_HEAD = ["task", "seed", "run folder", "env steps at each snapshot", "test episodes",
+            "PPO minibatches skipped"]  # fmt: skip
+DIAG_HEAD = ["task", "controller", "predicted H-step return of its plans", "received H-step return",
+             "predicted / received", "saturated actions"]  # fmt: skip
+
+
+def _size(rs: list[dict]) -> str:
+    return f"{len(rs)} × {min(len(r['episode_seeds']) for r in rs)}"
 
 
 def _tables(runs: dict[str, list[dict]], sums: dict[str, dict]) -> dict[str, str]:
-    rows, crow, rrow = [], [], []
+    rows, crow, rrow, drow = [], [], [], []
     for env, s in sums.items():
-        size = f"{len(s['seeds'])} × {len(runs[env][0]['episode_seeds'])}"
+        size = _size(runs[env])
         for name, c in s["controllers"].items():
             snap = runs[env][0]["controllers"][name]["snapshot"]
             per_seed = ", ".join(f"{v:.4g}" for v in c["per_seed"])
             rows.append([env, name, snap, c["traj"] or "–", size, fmt_ci(*c["pooled"]), per_seed])
+            pred, real, sat = (float(np.mean(c["diag"][k]))
+                               for k in ("pred_return", "real_return", "saturated"))  # fmt: skip
+            if not math.isnan(real):
+                ratio = f"{pred / real:.3g}" if real > 0 and not math.isnan(pred) else "–"
+                drow.append([env, name, "–" if math.isnan(pred) else f"{pred:.3g}", f"{real:.3g}", ratio,
+                             f"{100 * sat:.1f}%"])  # fmt: skip
         for c in s["comparisons"]:
-            lo, hi = c["ratio_boot"]
+            lo, hi = c["ratio_boot_seeds"]
             boot = f"{c['ratio_pooled']:.3f} [{lo:.3f}, {hi:.3f}]"
-            crow.append(
-                [env, f"{c['num']} / {c['den']}", fmt_ci(*c["ratio_seeds"]), boot, fmt_ci(*c["diff"]), c["n"]]
-            )
+            crow.append([env, f"{c['num']} / {c['den']}", size, fmt_ci(*c["ratio_seeds"]), boot,
+                         fmt_ci(*c["diff_seeds"]), fmt_ci(*c["diff_pooled"])])  # fmt: skip
         for r in runs[env]:
             steps = ", ".join(f"{k} {v['progress']['env_steps']}" for k, v in r["snapshots"].items())
-            rrow.append([env, r["seed"], r["_dir"], steps, len(r["episode_seeds"])])
+            skip = ppo_skipped(r["_dir"])
+            rrow.append([env, r["seed"], r["_dir"], steps, len(r["episode_seeds"]),
+                         "–" if math.isnan(skip) else f"{100 * skip:.1f}%"])  # fmt: skip
     return {"mbrl-paired": md_table(CTRL_HEAD, rows), "mbrl-paired-diffs": md_table(COMP_HEAD, crow),
-            "mbrl-runs": md_table(RUN_HEAD, rrow)}  # fmt: skip
+            "mbrl-runs": md_table(RUN_HEAD, rrow), "mbrl-diagnostics": md_table(DIAG_HEAD, drow)}  # fmt: skip
+
+
+def _no_verdict(c: dict) -> str | None:
+    if c["verdict"]:
+        return None
+    return f"no verdict ({c['seeds']} seed(s); needs ≥ 3 seeds × ≥ 20 episodes)"
 
 
 def _verdict_ratio(c: dict | None, level: float) -> str:
     if c is None:
         return "not evaluated"
-    lo, hi = c["ratio_boot"]
+    lo, hi = c["ratio_boot_seeds"]
     where = "above" if lo >= level else ("below" if hi < level else "not separable from")
-    return f"{c['ratio_pooled']:.3f} [{lo:.3f}, {hi:.3f}]: {where} {level:g}"
+    cell = f"{c['ratio_pooled']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{cell}: {_no_verdict(c)}" if _no_verdict(c) else f"{cell}: {where} {level:g}"
 
 
 def _verdict_diff(c: dict | None) -> str:
     if c is None:
         return "not evaluated"
-    m, h = c["diff"]
-    if math.isnan(h):
-        return f"{m:+.3g} (one pair)"
+    m, h = c["diff_seeds"]
+    if _no_verdict(c):
+        return f"{m:+.3g}: {_no_verdict(c)}"
     word = "higher" if m - h > 0 else ("lower" if m + h < 0 else "no significant difference")
     return f"{m:+.3g} ± {h:.2g}: {word}"
 
 
 def _claims(sums: dict[str, dict]) -> str:
-    """One row per task: the paper's two claims and the same-budget control, read off the CIs."""
+    """One row per task: the paper's two claims and the same-budget control, read off the seed-level
+    intervals (ratio: two-stage bootstrap; differences: t over seeds)."""
     rows = []
     for env, s in sums.items():
         comp = {(c["num"], c["den"]): c for c in s["comparisons"]}
         rows.append([env, _verdict_ratio(comp.get(("latent_dcem", "full_cem")), 0.9),
                      _verdict_diff(comp.get(("latent_dcem_ppo", "latent_dcem"))),
                      _verdict_diff(comp.get(("latent_dcem", "full_cem_budget"))),
-                     _verdict_diff(comp.get(("full_cem_budget", "full_cem")))])  # fmt: skip
-    head = ["task", "latent DCEM / full CEM ≥ 0.9? (pooled ratio [bootstrap 95%])",
-            "PPO − no PPO per episode (95% CI)", "latent DCEM − same-budget full CEM",
-            "same-budget full CEM − full CEM"]  # fmt: skip
+                     _verdict_diff(comp.get(("full_cem_budget", "full_cem"))),
+                     _verdict_ratio(comp.get(("full_cem", "random")), 5.0)])  # fmt: skip
+    head = ["task", "latent DCEM / full CEM ≥ 0.9? (pooled ratio [bootstrap over seeds])",
+            "PPO − no PPO (difference per seed, t over seeds)", "latent DCEM − same-budget full CEM",
+            "same-budget full CEM − full CEM",
+            "full CEM / random ≥ 5? (model worth planning in)"]  # fmt: skip
     return md_table(head, rows)
 
 
@@ -251,16 +282,40 @@ def _figure(runs: dict[str, list[dict]], sums: dict[str, dict], path: Path) -> P
         return plots.save(fig, path, dpi=100)
 
 
+def _copy(fig: Path, dst: Path) -> None:
+    if Path(fig).resolve() != Path(dst).resolve():  # the page may sit in report.root itself
+        copy_figure(fig, dst)
+
+
 def report(cfg: dict) -> Path:
-    """Rewrite the generated blocks of ``report.page`` from ``report.root``; returns the page."""
+    """Rewrite the generated blocks of ``report.page`` from ``report.root``; returns the page.
+
+    Run folders without a paired ``eval.json`` yet are listed as "running / unfinished" (and their
+    decoder curves plotted); when no run has finished, only those blocks are written.
+    """
     root, page = Path(cfg["report"]["root"]), Path(cfg["report"]["page"])
-    runs = load_runs(root)
+    pending = unfinished(root) if root.is_dir() else []
+    try:
+        runs = load_runs(root)
+    except RunError:
+        if not pending:
+            raise
+        runs = {}
     sums = {env: summarize(rs) for env, rs in sorted(runs.items())}
     blocks = {**_tables(runs, sums), "mbrl-claims": _claims(sums)}
+    if pending:
+        blocks["mbrl-runs"] += "\n" + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in pending)
+    err = model_error_block(runs)
+    if err is not None:
+        blocks["mbrl-model-error"] = err
+    cs = curves(root)
+    if cs:
+        blocks["mbrl-decoder-curve"] = curve_block(cs)
+        _copy(curve_figure(cs, root / "mbrl_decoder_curve.png"), page.parent / "mbrl_decoder_curve.png")
     bench = _bench_block(root / "bench_mbrl.json")
     if bench is not None:
         blocks["mbrl-bench"] = bench
-    fig = _figure(runs, sums, root / "mbrl_paired.png")
-    copy_figure(fig, page.parent / "mbrl_paired.png")
+    if sums:
+        _copy(_figure(runs, sums, root / "mbrl_paired.png"), page.parent / "mbrl_paired.png")
     cmd = f"dcem-exp mbrl phase=report report.root={root} report.page={page}"
     return update_page(page, blocks, cmd)

@@ -56,7 +56,10 @@ class Train:
     updates_per_episode: int = opt(ge=1)
     expl_noise: float = opt(ge=0)
     replay_capacity: int = opt(ge=1)
-    collect_workers: int = opt(ge=1, doc="worker processes stepping the seed episodes' environments")
+    collect_workers: int = opt(ge=1, doc="worker processes stepping the environments (lockstep planning)")
+    schedule: str = opt(choices=("block", "interleaved"),
+                        doc="block: updates before each episode; interleaved: App. D's Alg. 3")
+    update_interval: int = opt(ge=1, doc="interleaved: one model update every this many env steps")
 
 
 @dataclass
@@ -93,6 +96,12 @@ class Decoder:
     episodes: int = opt(ge=0)
     updates_per_episode: int = opt(ge=0)
     model_updates_per_episode: int = opt(ge=0)
+    init: str = opt(choices=("default", "reference"), doc="reference: App. C's initialisation")
+    states: str = opt(choices=("last", "all"), doc="states of each replay chunk in the loss")
+    freeze_model: bool = opt(doc="true: no model updates in phase 2 (phase 1's model, frozen)")
+    action_prior: float = opt(ge=0, doc="beyond the paper: weight of the replay-action penalty (0: off)")
+    val_every: int = opt(ge=0, doc="validation episodes every this many phase-2 episodes (0: never)")
+    val_episodes: int = opt(ge=1)
 
 
 @dataclass

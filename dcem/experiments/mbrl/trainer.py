@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from dcem.experiments.common.runs import (
 )
 from dcem.experiments.mbrl.collect import CollectMixin
 from dcem.experiments.mbrl.evaluation import EvalMixin
+from dcem.experiments.mbrl.learning import CURVE_FIELDS, LearnMixin
 from dcem.experiments.mbrl.paired import PairedEvalMixin
 from dcem.experiments.mbrl.phases import PhasesMixin
 from dcem.experiments.mbrl.schema import PHASES
@@ -91,7 +93,7 @@ def validate_config(cfg: dict) -> None:
     obj.validate()
 
 
-class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
+class MBRLTrainer(PhasesMixin, LearnMixin, PairedEvalMixin, EvalMixin, CollectMixin):
     """State and loops of one run; see the module docstring for the phases.
 
     The global RNGs are not seeded here (see :func:`seed_everything`); the checkpoint saves and
@@ -135,6 +137,8 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
             lo.cpu(),
             hi.cpu(),
             hidden_sizes=tuple(d["hidden_sizes"]),
+            init=d.get("init", "default"),
+            generator=torch.Generator().manual_seed(seed),
         ).to(self.device)
         self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=d["lr"])
         pd = p["dcem"]
@@ -159,10 +163,12 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
             "ppo": 0,
             "env_steps": 0,
             "model_updates": 0,
+            "decoder_updates": 0,
             "obs_stats_set": False,
         }
         self.history: list[dict] = []  # one row per episode / PPO iteration
         self.eval_history: list[dict] = []
+        self.decoder_curve: list[dict] = []  # rows of decoder_curve.csv (validation during phase 2)
         self.ckpt_path = self.out / "checkpoint.pt"
         self._cem_budget: FullCEMPlanner | None = None
         #: optional ``torch.utils.tensorboard.SummaryWriter`` receiving every logged row
@@ -221,6 +227,7 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
             "progress": dict(self.progress),
             "history": self.history,
             "eval_history": self.eval_history,
+            "decoder_curve": self.decoder_curve,
             "rng": {
                 "numpy": self.rng.bit_generator.state,
                 "torch_gen": self.gen.get_state(),
@@ -270,6 +277,7 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
         self.progress = dict(sd["progress"])
         self.history = list(sd["history"])
         self.eval_history = list(sd.get("eval_history", []))
+        self.decoder_curve = list(sd.get("decoder_curve", []))
         r = sd["rng"]
         self.rng.bit_generator.state = r["numpy"]
         self.gen.set_state(r["torch_gen"])
@@ -284,6 +292,8 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
         # the logs are rewritten from the checkpoint: rows of an interrupted episode are dropped
         CsvLog(self.out / "train.csv", TRAIN_FIELDS).rewrite(self.history)
         CsvLog(self.out / "eval_curve.csv", EVAL_FIELDS).rewrite(self.eval_history)
+        if self.decoder_curve:
+            CsvLog(self.out / "decoder_curve.csv", CURVE_FIELDS).rewrite(self.decoder_curve)
 
     # -- acting ----------------------------------------------------------------------------------
     def run_episode(
@@ -295,10 +305,12 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
         gen: torch.Generator | None = None,
         frames: list | None = None,
         env_seed: int | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One episode with ``policy`` in ``{"random", "cem", "cem_budget", "dcem"}``.
 
-        ``env_seed`` re-seeds the task first (:meth:`DMCEnv.reset`). Returns observations
+        ``env_seed`` re-seeds the task first (:meth:`DMCEnv.reset`); ``on_step(t)`` is called before
+        planning step ``t`` (the interleaved schedule's learning steps). Returns observations
         ``(T+1, O)``, actions ``(T, A)`` and rewards ``(T,)``.
         """
         rng = self.rng if rng is None else rng
@@ -318,6 +330,8 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
         obs[0] = env.reset(env_seed)
         h = self.model.initial_state((1,), device=self.device)
         for t in range(T):
+            if on_step is not None:
+                on_step(t)
             if policy == "random":
                 a = rng.uniform(env.u_lower, env.u_upper).astype(np.float32)
             else:
@@ -352,47 +366,7 @@ class MBRLTrainer(PhasesMixin, PairedEvalMixin, EvalMixin, CollectMixin):
             h = self.model.transition(h, self.model.normalize(x), torch.as_tensor(a, device=self.device))
         return a, h
 
-    # -- learning steps --------------------------------------------------------------------------
-    def model_update(self) -> dict[str, float]:
-        m = self.cfg["model"]
-        sh = self.shards["model"]
-        batch = self.replay.sample(m["batch_size"], m["seq_len"], self.rng, self.device)
-        o, a, r = (sh.rows(t) for t in batch)
-        loss, stats = self.model.loss(o, a, r, m["overshooting"], m["overshooting_scale"], m["reward_scale"])
-        self.model_opt.zero_grad()
-        loss.backward()
-        stats = dict(zip(stats, sh.average(list(self.model.parameters()), *stats.values())))
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), m["grad_clip"])
-        self.model_opt.step()
-        self.progress["model_updates"] += 1
-        return {k: float(v) for k, v in stats.items()}
-
-    def sample_states(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` filtered states ``h (n, D)`` and raw observations ``x (n, O)`` from the replay buffer."""
-        L = min(self.cfg["decoder"]["context"], self.env.episode_len)
-        o, a, _ = self.replay.sample(n, L, self.rng, self.device)
-        with torch.no_grad():
-            h = self.model.filter(o, a)
-        return h[:, -1], o[:, -1]
-
-    def decoder_update(self) -> float:
-        sh = self.shards["decoder"]
-        h, x = (sh.rows(t) for t in self.sample_states(self.cfg["decoder"]["batch_size"]))
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        try:
-            with sh.draws(self.gen):
-                loss = self.latent.decoder_loss(h, x, generator=self.gen)
-            self.dec_opt.zero_grad()
-            loss.backward()
-            (loss,) = sh.average(list(self.decoder.parameters()), loss)
-            torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), self.cfg["decoder"]["grad_clip"])
-            self.dec_opt.step()
-        finally:
-            for p in self.model.parameters():
-                p.requires_grad_(True)
-        return float(loss.detach())
-
+    # -- bookkeeping -----------------------------------------------------------------------------
     def _set_obs_stats(self) -> None:
         if not self.progress["obs_stats_set"]:
             mean, std = self.replay.obs_stats()
