@@ -189,8 +189,8 @@ class PPOFineTuner:
         )
         self.log_prob_key = self.loss.tensor_keys.sample_log_prob
         self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic)
-        extra = [self.policy_net.log_std] if learn_sigma else []
-        groups: list[dict[str, Any]] = [{"params": self.policy_params + extra}, {"params": self.value_net.parameters()}]
+        pi = self.policy_params + ([self.policy_net.log_std] if learn_sigma else [])
+        groups: list[dict[str, Any]] = [{"params": pi}, {"params": self.value_net.parameters()}]
         self.optim = torch.optim.Adam(groups, lr=lr)
         self.epochs, self.minibatch, self.max_grad_norm = epochs, minibatch, max_grad_norm
         self._make_actor = make_actor
