@@ -199,7 +199,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         ([f"report.runs=[{','.join(map(str, runs))}]"] if runs else [])
         + ([f"report.ablation=[{','.join(map(str, roots))}]"] if roots else [])
     )
-    update_page(rep.page, blocks, command)
+    made_from = {"setup": [*runs, *roots], "main": list(runs), "ablation": list(roots)}
+    update_page(rep.page, blocks, command, runs={k: v for k, v in made_from.items() if v}, allow_mixed=True)
     return out
 
 

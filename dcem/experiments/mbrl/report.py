@@ -318,4 +318,5 @@ def report(cfg: dict) -> Path:
     if sums:
         _copy(_figure(runs, sums, root / "mbrl_paired.png"), page.parent / "mbrl_paired.png")
     cmd = f"dcem-exp mbrl phase=report report.root={root} report.page={page}"
-    return update_page(page, blocks, cmd)
+    made_from = sorted({r["_dir"] for rs in runs.values() for r in rs})  # finished runs: provenance lines
+    return update_page(page, blocks, cmd, runs=made_from or None, allow_mixed=True)
