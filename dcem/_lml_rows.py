@@ -77,15 +77,19 @@ def newton_rows(
         else:
             nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
         y = torch.add(z, nz, out=ybuf).sigmoid_()
-        sums, squares = torch.stack((y.sum(-1), (y * y).sum(-1))).tolist()
+        sums = y.sum(-1).tolist()
         done = [d or abs(k - s) <= tol for d, s in zip(done, sums)]  # meets the tolerance: stays
-        if all(done):
+        if all(done):  # the sums of squares are only needed for a step
             break
+        squares = (y * y).sum(-1).tolist()
         lower = 2 * k <= n
         # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
         ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
-        t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
-        logs = torch.log1p(t64, out=logbuf).flatten().tolist()
+        if len(ts) == 1:  # the same (scalar) kernel on the same one-entry buffer, fewer dispatches
+            logs = [logbuf.fill_(ts[0]).log1p_().item()]
+        else:
+            t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
+            logs = torch.log1p(t64, out=logbuf).flatten().tolist()
         for i, (s, sq) in enumerate(zip(sums, squares)):
             if done[i]:
                 continue
