@@ -79,13 +79,15 @@ def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
     if valid is None:  # the same operations as with an all-True mask, so the same bits
         count = torch.full_like(v[..., :1], v.shape[-1])
         dev = v - v.sum(-1, keepdim=True) / count
+        dof = torch.full_like(count, max(v.shape[-1] - 1, 1))  # (count - 1).clamp_min(1), exactly
     else:
         zero = torch.zeros_like(v)
         count = valid.sum(-1, keepdim=True).to(v.dtype)
         mean = torch.where(valid, v, zero).sum(-1, keepdim=True) / count.clamp_min(1)
         dev = torch.where(valid, v - mean, zero)
-    m = dev.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
-    var = (dev / m).pow(2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
+        dof = (count - 1).clamp_min(1)
+    m = dev.abs().amax(-1, keepdim=True).clamp_min(_tiny(v.dtype)).detach()
+    var = (dev / m).pow(2).sum(-1, keepdim=True) / dof
     return dev / (m * safe_sqrt(var) + 1e-6)
 
 
