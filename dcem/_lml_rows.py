@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SCALAR_ROWS", "alloc", "into", "log1p_rows", "newton_rows", "rows_like"]
+__all__ = ["SCALAR_ROWS", "alloc", "into", "log1p_rows", "newton_lists", "newton_rows", "rows_like"]
 
 
 def rows_like(x: Tensor, width: int) -> Tensor | None:
@@ -66,10 +66,19 @@ def newton_rows(
     ybuf: Tensor,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """:func:`dcem._lml_dual._newton` on the host with the per-row state held in Python floats."""
-    n = z.shape[-1]
     nus, los, his = nu.flatten().tolist(), lo.flatten().tolist(), hi.flatten().tolist()
-    done = frozen.flatten().tolist()
-    logbuf = rows_like(nu, 1)
+    nus, done = newton_lists(z, nus, los, his, frozen.flatten().tolist(), k, n_iter, tol, ybuf)
+    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
+    return back, torch.tensor(done).unsqueeze(1)
+
+
+def newton_lists(
+    z: Tensor, nus: list[float], los: list[float], his: list[float], done: list[bool], k: int, n_iter: int,
+    tol: float, ybuf: Tensor,
+) -> tuple[list[float], list[bool]]:  # fmt: skip
+    """:func:`newton_rows` on Python lists (``nu``, ``lo``, ``hi``, ``frozen`` per row; changed in place)."""
+    n = z.shape[-1]
+    logbuf = torch.empty(len(nus), 2, dtype=torch.float64)[:, :1]  # rows_like(nu, 1) on CPU
     for _ in range(n_iter):
         if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
             with np.errstate(over="ignore"):
@@ -105,5 +114,4 @@ def newton_rows(
                 cand = v + logs[i] * (s if lower else n - s) / ds
             # torch.lerp(lo, hi, 0.5) is hi - (hi - lo) * 0.5
             nus[i] = cand if los[i] <= cand <= his[i] else his[i] - (his[i] - los[i]) * 0.5
-    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
-    return back, torch.tensor(done).unsqueeze(1)
+    return nus, done
