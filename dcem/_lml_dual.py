@@ -16,11 +16,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from dcem._lml_rows import SCALAR_ROWS, alloc, into, log1p_rows, newton_lists, newton_rows, rows_like
+from dcem._lml_rows import (
+    SCALAR_ROWS,
+    alloc,
+    into,
+    log1p_rows,
+    newton_lists,
+    newton_rows,
+    round_f32,
+    rows_like,
+)
 
 __all__ = ["solve"]
 
@@ -131,8 +139,7 @@ def _from_max_row(z: Tensor, k: int, n_iter: int, ybuf: Tensor) -> tuple[Tensor,
     nus, done = newton_lists(z, [lo if 2 * k <= n else hi], [lo], [hi], [False], k, n_iter, _tol(z, k), ybuf)
     nu = nus[0]
     if z.dtype == torch.float32:  # nu rounded to z's dtype, as nu.to(z.dtype)
-        with np.errstate(over="ignore"):
-            nu = float(np.float32(nu))
+        nu = round_f32(nu)
     return z.add_(nu), torch.tensor(done).unsqueeze(1)
 
 

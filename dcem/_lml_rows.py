@@ -18,7 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SCALAR_ROWS", "alloc", "into", "log1p_rows", "newton_lists", "newton_rows", "rows_like"]
+__all__ = [
+    "SCALAR_ROWS",
+    "alloc",
+    "into",
+    "log1p_rows",
+    "newton_lists",
+    "newton_rows",
+    "round_f32",
+    "rows_like",
+]
 
 
 def rows_like(x: Tensor, width: int) -> Tensor | None:
@@ -55,6 +64,14 @@ def log1p_rows(t: Tensor, out: Tensor | None) -> Tensor:
     return out.copy_(t).log1p_() if torch.compiler.is_compiling() else torch.log1p(t, out=out)
 
 
+def round_f32(v: float) -> float:
+    """``v`` rounded to float32 (``inf`` beyond its range), as a Python float."""
+    if -3.4e38 < v < 3.4e38:  # cannot overflow: no need for NumPy's (slow) error-state switch
+        return float(np.float32(v))
+    with np.errstate(over="ignore"):
+        return float(np.float32(v))
+
+
 # CPU inputs of at most this many rows run the per-row updates of _lml_dual._newton on Python
 # floats (the same IEEE float64 operations, so bit for bit the same result), saving the dispatch
 # of ~20 tensor operations per iteration.
@@ -81,8 +98,7 @@ def newton_lists(
     logbuf = torch.empty(len(nus), 2, dtype=torch.float64)[:, :1]  # rows_like(nu, 1) on CPU
     for _ in range(n_iter):
         if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
-            with np.errstate(over="ignore"):
-                nz = float(np.float32(nus[0])) if z.dtype == torch.float32 else nus[0]
+            nz = round_f32(nus[0]) if z.dtype == torch.float32 else nus[0]
         else:
             nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
         y = torch.add(z, nz, out=ybuf).sigmoid_()
