@@ -19,7 +19,16 @@ import math
 import torch
 from torch import Tensor
 
-from dcem._lml_rows import SCALAR_ROWS, alloc, into, log1p_rows, newton_rows, rows_like
+from dcem._lml_rows import (
+    SCALAR_ROWS,
+    alloc,
+    into,
+    log1p_rows,
+    newton_lists,
+    newton_rows,
+    round_f32,
+    rows_like,
+)
 
 __all__ = ["solve"]
 
@@ -43,8 +52,7 @@ def _newton(
     host. Returns ``nu`` and the frozen mask.
     """
     n = z.shape[-1]
-    # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
-    tol = torch.finfo(z.dtype).eps * k * (8 + math.log2(n))
+    tol = _tol(z, k)
     ybuf, col = rows_like(z, n), rows_like(nu, 1)
     if host and ybuf is not None and z.shape[0] <= SCALAR_ROWS:
         return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
@@ -73,6 +81,11 @@ def _newton(
         nu = torch.where(done, nu, new)
         frozen = done
     return nu, frozen
+
+
+def _tol(z: Tensor, k: int) -> float:
+    # pairwise summation of n terms in [0, 1] that add up to k errs by about eps * k * log2(n)
+    return torch.finfo(z.dtype).eps * k * (8 + math.log2(z.shape[-1]))
 
 
 def _scaled(x: Tensor, shift: Tensor, tau: float | Tensor) -> Tensor:
@@ -106,11 +119,28 @@ def _from_max(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[Tens
     """
     n = x.shape[-1]
     z = _scaled(x, x.amax(-1, keepdim=True), tau)
+    if x.shape[0] == 1 and x.dtype in (torch.float32, torch.float64):
+        ybuf = rows_like(z, n)
+        if ybuf is not None:  # what _newton runs on one row (newton_rows), without its tensor state
+            return _from_max_row(z, k, n_iter, ybuf)
     lo = torch.full((x.shape[0], 1), math.log(k / (n - k)), dtype=torch.float64, device=x.device)
     hi = (lo - z.amin(-1, keepdim=True).double()).clamp_max(torch.finfo(x.dtype).max)
     frozen = torch.zeros_like(lo, dtype=torch.bool)
     nu, frozen = _newton(z, _start(lo, hi, k, n), lo, hi, frozen, k, n_iter, True)
     return z.add_(nu.to(z.dtype)), frozen
+
+
+def _from_max_row(z: Tensor, k: int, n_iter: int, ybuf: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_from_max`'s bracket, start and Newton iterations for one float32/float64 row on Python
+    floats: the same IEEE float64 operations as the tensor code, so the same bits."""
+    n = z.shape[-1]
+    lo = math.log(k / (n - k))
+    hi = min(lo - z.amin().item(), torch.finfo(z.dtype).max)  # clamp_max (a NaN stays NaN)
+    nus, done = newton_lists(z, [lo if 2 * k <= n else hi], [lo], [hi], [False], k, n_iter, _tol(z, k), ybuf)
+    nu = nus[0]
+    if z.dtype == torch.float32:  # nu rounded to z's dtype, as nu.to(z.dtype)
+        nu = round_f32(nu)
+    return z.add_(nu), torch.tensor(done).unsqueeze(1)
 
 
 def _from_kth(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SCALAR_ROWS", "alloc", "into", "log1p_rows", "newton_rows", "rows_like"]
+__all__ = [
+    "SCALAR_ROWS",
+    "alloc",
+    "into",
+    "log1p_rows",
+    "newton_lists",
+    "newton_rows",
+    "round_f32",
+    "rows_like",
+]
 
 
 def rows_like(x: Tensor, width: int) -> Tensor | None:
@@ -55,6 +64,14 @@ def log1p_rows(t: Tensor, out: Tensor | None) -> Tensor:
     return out.copy_(t).log1p_() if torch.compiler.is_compiling() else torch.log1p(t, out=out)
 
 
+def round_f32(v: float) -> float:
+    """``v`` rounded to float32 (``inf`` beyond its range), as a Python float."""
+    if -3.4e38 < v < 3.4e38:  # cannot overflow: no need for NumPy's (slow) error-state switch
+        return float(np.float32(v))
+    with np.errstate(over="ignore"):
+        return float(np.float32(v))
+
+
 # CPU inputs of at most this many rows run the per-row updates of _lml_dual._newton on Python
 # floats (the same IEEE float64 operations, so bit for bit the same result), saving the dispatch
 # of ~20 tensor operations per iteration.
@@ -66,26 +83,38 @@ def newton_rows(
     ybuf: Tensor,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """:func:`dcem._lml_dual._newton` on the host with the per-row state held in Python floats."""
-    n = z.shape[-1]
     nus, los, his = nu.flatten().tolist(), lo.flatten().tolist(), hi.flatten().tolist()
-    done = frozen.flatten().tolist()
-    logbuf = rows_like(nu, 1)
+    nus, done = newton_lists(z, nus, los, his, frozen.flatten().tolist(), k, n_iter, tol, ybuf)
+    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
+    return back, torch.tensor(done).unsqueeze(1)
+
+
+def newton_lists(
+    z: Tensor, nus: list[float], los: list[float], his: list[float], done: list[bool], k: int, n_iter: int,
+    tol: float, ybuf: Tensor,
+) -> tuple[list[float], list[bool]]:  # fmt: skip
+    """:func:`newton_rows` on Python lists (``nu``, ``lo``, ``hi``, ``frozen`` per row; changed in place)."""
+    n = z.shape[-1]
+    logbuf = torch.empty(len(nus), 2, dtype=torch.float64)[:, :1]  # rows_like(nu, 1) on CPU
     for _ in range(n_iter):
         if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
-            with np.errstate(over="ignore"):
-                nz = float(np.float32(nus[0])) if z.dtype == torch.float32 else nus[0]
+            nz = round_f32(nus[0]) if z.dtype == torch.float32 else nus[0]
         else:
             nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
         y = torch.add(z, nz, out=ybuf).sigmoid_()
-        sums, squares = torch.stack((y.sum(-1), (y * y).sum(-1))).tolist()
+        sums = y.sum(-1).tolist()
         done = [d or abs(k - s) <= tol for d, s in zip(done, sums)]  # meets the tolerance: stays
-        if all(done):
+        if all(done):  # the sums of squares are only needed for a step
             break
+        squares = (y * y).sum(-1).tolist()
         lower = 2 * k <= n
         # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
         ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
-        t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
-        logs = torch.log1p(t64, out=logbuf).flatten().tolist()
+        if len(ts) == 1:  # the same (scalar) kernel on the same one-entry buffer, fewer dispatches
+            logs = [logbuf.fill_(ts[0]).log1p_().item()]
+        else:
+            t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
+            logs = torch.log1p(t64, out=logbuf).flatten().tolist()
         for i, (s, sq) in enumerate(zip(sums, squares)):
             if done[i]:
                 continue
@@ -101,5 +130,4 @@ def newton_rows(
                 cand = v + logs[i] * (s if lower else n - s) / ds
             # torch.lerp(lo, hi, 0.5) is hi - (hi - lo) * 0.5
             nus[i] = cand if los[i] <= cand <= his[i] else his[i] - (his[i] - los[i]) * 0.5
-    back = torch.tensor(nus, dtype=torch.float64).unsqueeze(1)
-    return back, torch.tensor(done).unsqueeze(1)
+    return nus, done

@@ -34,7 +34,17 @@ __all__ = [
 
 def invalid_mask(fX: Tensor) -> Tensor:
     """``True`` where a value is NaN or ``+inf`` (``-inf`` is the best possible value)."""
-    return torch.isnan(fX) | (fX == math.inf)
+    return ~valid_mask(fX)
+
+
+def valid_mask(fX: Tensor) -> Tensor:
+    """``True`` where a value is valid: neither NaN nor ``+inf`` (one comparison: NaN compares false)."""
+    return fX < math.inf
+
+
+def _invalid_last(fX: Tensor) -> Tensor:
+    """Detached ``fX`` with NaN and ``+inf`` (invalid) values set to ``+inf``, ``-inf`` kept."""
+    return fX.detach().nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)
 
 
 def safe_sqrt(v: Tensor) -> Tensor:
@@ -44,7 +54,18 @@ def safe_sqrt(v: Tensor) -> Tensor:
     flat objective, ``init_sigma = 0``) into NaN gradients; below the smallest normal number
     the value is clamped, which changes it by less than ``sqrt(tiny)``.
     """
-    return v.clamp_min(torch.finfo(v.dtype).tiny).sqrt()
+    return v.clamp_min(_tiny(v.dtype)).sqrt()
+
+
+_TINY: dict[torch.dtype, float] = {}
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    """``torch.finfo(dtype).tiny``, looked up once per dtype."""
+    t = _TINY.get(dtype)
+    if t is None:
+        t = _TINY[dtype] = torch.finfo(dtype).tiny
+    return t
 
 
 def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -58,13 +79,15 @@ def standardize(v: Tensor, valid: Tensor | None = None) -> Tensor:
     if valid is None:  # the same operations as with an all-True mask, so the same bits
         count = torch.full_like(v[..., :1], v.shape[-1])
         dev = v - v.sum(-1, keepdim=True) / count
+        dof = torch.full_like(count, max(v.shape[-1] - 1, 1))  # (count - 1).clamp_min(1), exactly
     else:
         zero = torch.zeros_like(v)
         count = valid.sum(-1, keepdim=True).to(v.dtype)
         mean = torch.where(valid, v, zero).sum(-1, keepdim=True) / count.clamp_min(1)
         dev = torch.where(valid, v - mean, zero)
-    m = dev.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
-    var = (dev / m).pow(2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
+        dof = (count - 1).clamp_min(1)
+    m = dev.abs().amax(-1, keepdim=True).clamp_min(_tiny(v.dtype)).detach()
+    var = (dev / m).pow(2).sum(-1, keepdim=True) / dof
     return dev / (m * safe_sqrt(var) + 1e-6)
 
 
@@ -78,10 +101,10 @@ def hard_elites(fX: Tensor, n_elite: int, host: bool) -> tuple[Tensor, Tensor]:
     v = fX.detach()
     if host and v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64):
         a = v.numpy()
-        part = np.ascontiguousarray(np.argpartition(a, n_elite - 1, axis=-1)[:, :n_elite])
-        valid = a[np.arange(a.shape[0])[:, None], part] < math.inf  # NaN and +inf are invalid
-        return torch.from_numpy(part), torch.from_numpy(valid).to(fX.dtype)
-    v = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # NaN last, infinities kept
+        part = np.ascontiguousarray(a.argpartition(n_elite - 1, axis=-1)[:, :n_elite])
+        valid = np.take_along_axis(a, part, -1) < math.inf  # NaN and +inf are invalid
+        return torch.from_numpy(part), torch.from_numpy(valid.astype(a.dtype))  # weights 0 and 1 exactly
+    v = _invalid_last(v)  # NaN last, infinities kept
     vals, idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False)
     return idx, (vals < math.inf).to(fX.dtype)  # NaN and +inf are invalid
 
@@ -107,7 +130,7 @@ def soft_elite_weights(
     if all_valid:  # every row as the masked path below computes an all-finite row, bit for bit
         v = standardize(fX) if normalize else fX
         return lml(v / -tscale, n_elite, 1.0, sync=sync)
-    valid = ~invalid_mask(fX)
+    valid = valid_mask(fX)
     finite = torch.isfinite(fX)  # valid and not -inf
     n_valid = valid.sum(-1, keepdim=True)
     v = torch.where(finite, fX, torch.zeros_like(fX))
@@ -130,10 +153,9 @@ def weighted_moments(w: Tensor, X: Tensor, wsum: Tensor | None = None) -> tuple[
     ``wsum`` (``(B, 1)``, default ``w.sum(-1)``) may be passed when the caller has it. Rows of
     zero total weight give a zero mean; callers keep their previous iterate for them.
     """
-    tiny = torch.finfo(X.dtype).tiny
     if wsum is None:
         wsum = w.sum(-1, keepdim=True)
-    wsum = wsum.clamp_min(tiny)
+    wsum = wsum.clamp_min(_tiny(X.dtype))
     w3 = w.unsqueeze(1)
     mu = torch.bmm(w3, X).squeeze(1) / wsum
     D = X - mu.unsqueeze(1)
@@ -148,8 +170,7 @@ def best_sample(X: Tensor, fX: Tensor) -> tuple[Tensor, Tensor]:
     possible value; a row with no valid value returns ``+inf`` (and its first sample), which
     never replaces a tracked best.
     """
-    fb = torch.where(invalid_mask(fX), math.inf, fX).detach()
-    fmin, arg = fb.min(-1)
+    fmin, arg = _invalid_last(fX).min(-1)
     B, _, D = X.shape
     xb = X.gather(1, arg.view(B, 1, 1).expand(B, 1, D)).squeeze(1)
     return xb, fmin
@@ -200,18 +221,19 @@ def settle_refit(
     """
     (mu0, sigma0), (mu, sigma) = old, new
     if wsum is not None:
-        none_valid = wsum.squeeze(-1) == 0
-        if host or host_reads_free(none_valid):
-            if bool(none_valid.any()):
+        if host or host_reads_free(wsum):
+            if bool((wsum == 0).any()):
+                none_valid = wsum.squeeze(-1) == 0
                 bad = torch.nonzero(none_valid).flatten()[:5].tolist()
                 raise ValueError(
                     f"every {what} of some batch element has a NaN or +inf value (iteration {it}, "
                     f"flattened batch rows {bad}): the objective must give each problem a valid value"
                 )
         else:
-            mu = torch.where(none_valid.unsqueeze(-1), mu0, mu)
-            sigma = torch.where(none_valid.unsqueeze(-1), sigma0, sigma)
-            failed = failed | none_valid
+            none_valid = wsum == 0
+            mu = torch.where(none_valid, mu0, mu)
+            sigma = torch.where(none_valid, sigma0, sigma)
+            failed = failed | none_valid.squeeze(-1)
     if iter_eps:
         moved = (mu - mu0).detach().norm(dim=-1) < iter_eps
         keep, freeze = done.unsqueeze(-1), (done | moved).unsqueeze(-1)

@@ -258,7 +258,9 @@ class Planner:
                 raise ValueError(
                     f"cost must return values of shape (*B, M) = {(*batch, M)}, got {tuple(fX.shape)}"
                 )
-            return fX.reshape(B, M).to(X.dtype)
+            if fX.dtype != X.dtype:  # a no-op conversion still costs a dispatch
+                fX = fX.to(X.dtype)
+            return fX if fX.dim() == 2 else fX.reshape(B, M)
 
         return evaluate, counter
 
@@ -346,9 +348,10 @@ class Planner:
             g_ = Gaussian(mu_, sigma_, done_, failed_)
             return self._iteration(evaluate, g_, kept_, noise_, *bounds, host, i, want)
 
-        args = (*g, kept, noise)
-        use_ckpt = self.config.checkpoint and torch.is_grad_enabled()
-        out = _checkpoint(it, *args, use_reentrant=False) if use_ckpt else it(*args)
+        if self.config.checkpoint and torch.is_grad_enabled():
+            out = _checkpoint(it, *g, kept, noise, use_reentrant=False)
+        else:
+            out = self._iteration(evaluate, g, kept, noise, *bounds, host, i, want)
         return (Gaussian(*out[:4]), *out[4:])
 
     def _iteration(

@@ -17,12 +17,12 @@ from torch import Tensor
 from dcem.optim import (
     gather_rows,
     hard_elites,
-    invalid_mask,
     settle_refit,
     soft_elite_weights,
     standardize,
     weighted_moments,
 )
+from dcem.optim.weights import _invalid_last, valid_mask
 from dcem.planning.config import PlannerConfig, Rule
 
 __all__ = ["Gaussian", "Refit", "refit", "mppi_weights", "gather_rows"]
@@ -57,7 +57,7 @@ def mppi_weights(fX: Tensor, lam: float, normalize: bool) -> Tensor:
     Invalid costs get weight 0; a row with ``-inf`` costs splits the weight among them; a row
     with no valid cost has zero weights (the caller keeps its distribution).
     """
-    valid, finite = ~invalid_mask(fX), torch.isfinite(fX)
+    valid, finite = valid_mask(fX), torch.isfinite(fX)
     v = torch.where(finite, fX, torch.zeros_like(fX))
     if normalize:
         v = standardize(v, finite)
@@ -99,8 +99,7 @@ def _kept(cfg: PlannerConfig, X: Tensor, fX: Tensor) -> Tensor:
     n = min(cfg.n_keep, X.shape[1])
     if n == 0:
         return X[:, :0]
-    v = torch.where(invalid_mask(fX), math.inf, fX).detach()
-    idx = torch.topk(v, n, dim=-1, largest=False, sorted=False).indices
+    idx = torch.topk(_invalid_last(fX), n, dim=-1, largest=False, sorted=False).indices
     return gather_rows(X, idx)
 
 
