@@ -96,6 +96,7 @@ def newton_lists(
     """:func:`newton_rows` on Python lists (``nu``, ``lo``, ``hi``, ``frozen`` per row; changed in place)."""
     n = z.shape[-1]
     logbuf = torch.empty(len(nus), 2, dtype=torch.float64)[:, :1]  # rows_like(nu, 1) on CPU
+    nz: float | Tensor
     for _ in range(n_iter):
         if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
             nz = round_f32(nus[0]) if z.dtype == torch.float32 else nus[0]
