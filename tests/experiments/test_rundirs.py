@@ -182,8 +182,13 @@ def test_sigint_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("mod, args, key", [
     (pendulum, [*PEN, "horizon=1000000000"], "horizon=1000000000"),
     (regression, [*REG, "dcem.n_sample=2000000000"], "dcem.n_sample=2000000000"),
+    ("mbrl", ["scale=test", "planner.horizon=100000000000"], "planner.horizon=100000000000"),
+    ("mbrl", ["scale=test", "planner.dcem.n_sample=1000000000"], "planner.dcem.n_sample=1000000000"),
 ])  # fmt: skip
 def test_huge_sizes_are_refused_with_a_memory_estimate_before_the_folder(tmp_path, mod, args, key):
+    if mod == "mbrl":
+        pytest.importorskip("dm_control")
+        from dcem.experiments import mbrl as mod
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match="GiB of memory") as err:
         mod.main([f"out_dir={out}", *args])

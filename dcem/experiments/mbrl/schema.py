@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dcem.experiments.common.config import ConfigError, opt
+from dcem.experiments.common.config import ConfigError, footprint, opt
 from dcem.experiments.mbrl.paired import CONTROLLERS
 from dcem.rl.envs import ENVS, check_env_name, default_action_repeat
 from dcem.rl.ppo import PPO_PARTS
@@ -159,6 +159,18 @@ class MBRLConfig:
     ppo: PPO = field(default_factory=PPO)
     eval: Eval = field(default_factory=Eval)
     report: Report = field(default_factory=Report)
+
+    def memory_bytes(self) -> list[tuple[str, float]]:
+        """Lower bounds of the largest tensors (float32), checked before the run folder exists."""
+        return [footprint(self, ("planner.cem.n_sample", "planner.horizon"), 4,
+                          "the full-CEM plans of one step"),
+                footprint(self, ("planner.cem.n_sample", "model.deter_size"), 4 * 2,
+                          "the model states of one full-CEM rollout step"),
+                footprint(self, ("decoder.batch_size", "planner.dcem.n_sample", "planner.dcem.n_iter",
+                                 "planner.horizon", "model.deter_size"), 4,
+                          "the unrolled latent-DCEM graph of one decoder update"),
+                footprint(self, ("model.batch_size", "model.seq_len", "model.deter_size"), 4,
+                          "the model states of one world-model update")]  # fmt: skip
 
     def validate(self) -> None:
         try:
