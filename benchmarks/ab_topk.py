@@ -16,12 +16,14 @@ import argparse
 import importlib.util
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import dcem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_core import _median_ms  # noqa: E402  (the same timer as the core A/B)
 
 
 def _load_old(root: Path):
@@ -34,17 +36,6 @@ def _load_old(root: Path):
     module = type(sys)("_old_soft_topk")
     exec(compile(src, str(root / "dcem" / "soft_topk.py"), "exec"), module.__dict__)  # noqa: S102
     return module
-
-
-def _median_ms(fn, n: int) -> float:
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from numbers import Real
 from typing import TypeVar
 
 import torch
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from dcem._checks import check_int
 from dcem.optim.cem import CEMConfig, _fresh_state, _loop, _Update
-from dcem.optim.validate import check_generator, check_mean_std, check_values
+from dcem.optim.validate import broadcast_param, check_generator, check_mean_std, check_values
 
 __all__ = ["dcem", "IterCallback"]
 
@@ -195,18 +194,7 @@ def _as_param(
 ) -> Tensor:
     if value is None:
         value = default
-    if isinstance(value, Tensor):
-        if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-        try:
-            return value.to(device=device, dtype=dtype).expand(shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{name} of shape {tuple(value.shape)} does not broadcast to (n_batch, nx) = {shape}"
-            ) from err
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
-    return torch.full(shape, float(value), dtype=dtype, device=device)
+    return broadcast_param(name, value, shape, dtype, device, f"(n_batch, nx) = {shape}")
 
 
 def _config(

@@ -150,6 +150,24 @@ def check_temp(temp: object, name: str = "temp") -> float | Tensor | None:
     return float(real) if real > 0 else None
 
 
+def broadcast_param(
+    name: str, value: object, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, target: str
+) -> Tensor:
+    """``value`` (a real number, or a floating-point tensor broadcastable to ``shape``) as a tensor of
+    ``shape`` with ``dtype`` and ``device`` (a tensor is expanded, not copied); ``target`` names the
+    shape in the message of a tensor that does not broadcast."""
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {value.dtype}")
+        try:
+            return value.to(dtype=dtype, device=device).expand(shape)
+        except RuntimeError as err:
+            raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to {target}") from err
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    return torch.full(shape, float(value), dtype=dtype, device=device)
+
+
 def check_mean_std(
     mu: object, sigma: object, names: tuple[str, str] = ("mu", "sigma")
 ) -> tuple[Tensor, Tensor]:
@@ -158,22 +176,10 @@ def check_mean_std(
     with ``sigma`` expanded to ``mu``'s shape."""
     n_mu, n_sigma = names
     mu = check_tensor(n_mu, mu, min_dim=1, what="(*B, D)")
-    if isinstance(sigma, Tensor):
-        if not sigma.is_floating_point():
-            raise TypeError(f"{n_sigma} must be a float or a floating-point tensor, got dtype {sigma.dtype}")
-        try:
-            sigma = sigma.to(dtype=mu.dtype, device=mu.device).expand(mu.shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{n_sigma} of shape {tuple(sigma.shape)} does not broadcast to {n_mu} {tuple(mu.shape)}"
-            ) from err
-    elif isinstance(sigma, bool) or not isinstance(sigma, Real):
-        raise TypeError(f"{n_sigma} must be a float or a tensor, got {type(sigma).__name__}")
-    else:
-        s = float(sigma)
-        if not (math.isfinite(s) and s >= 0):
+    if not isinstance(sigma, Tensor) and isinstance(sigma, Real) and not isinstance(sigma, bool):
+        if not (math.isfinite(float(sigma)) and float(sigma) >= 0):
             raise ValueError(f"{n_sigma} must be a finite float >= 0, got {sigma!r}")
-        sigma = torch.full_like(mu, s)
+    sigma = broadcast_param(n_sigma, sigma, tuple(mu.shape), mu.dtype, mu.device, f"{n_mu} {tuple(mu.shape)}")
     check_finite(n_mu, mu)
     check_finite(n_sigma, sigma, nonneg=True)
     return mu, sigma
