@@ -56,14 +56,13 @@ def _newton(
     ybuf, col = rows_like(z, n), rows_like(nu, 1)
     if host and ybuf is not None and z.shape[0] <= SCALAR_ROWS:
         return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
+    armed = torch.zeros_like(frozen)  # host: rows that met the tolerance and took their last step
     for _ in range(n_iter):
         nz = nu.to(z.dtype)
         y = torch.sigmoid(z + nz) if ybuf is None else into(ybuf, torch.add, z, nz).sigmoid_()
         s = y.sum(-1, keepdim=True).double()
         r = k - s
-        done = frozen | (r.abs() <= tol)  # a row that meets the tolerance stays where it is
-        if host and bool(done.all()):
-            return nu, done
+        met = r.abs() <= tol
         ds = s - (y * y).sum(-1, keepdim=True).double()  # sum of y (1 - y)
         below = r > 0
         lo = torch.where(below, nu, lo)
@@ -77,10 +76,23 @@ def _newton(
             step = log1p_rows(r / (n - k), col) * (n - s)
         # ds = 0 (saturated rows) gives inf or NaN here, which the bracket test sends to bisection
         cand = nu + step / ds
-        new = torch.where((cand >= lo) & (cand <= hi), cand, torch.lerp(lo, hi, 0.5))
-        nu = torch.where(done, nu, new)
-        frozen = done
-    return nu, frozen
+        inside = (cand >= lo) & (cand <= hi)
+        keep = torch.where(met, nu, torch.lerp(lo, hi, 0.5))
+        if host:
+            # a row that meets the tolerance takes one more (polishing) Newton step, then stays
+            # where it is: its path depends on nothing but itself, and the loop ends once every
+            # row has stopped
+            nu = torch.where(frozen | armed, nu, torch.where(inside, cand, keep))
+            armed = armed | met
+            if bool((frozen | armed).all()):
+                return nu, frozen | armed
+        else:
+            # sync-free: the iteration count is fixed, so a converged row may keep refining below the
+            # tolerance on its own (its path still depends on nothing but itself); only the rows
+            # frozen on entry stay put, and a converged row whose step would leave the bracket keeps
+            # its value instead of bisecting away from its root
+            nu = torch.where(frozen, nu, torch.where(inside, cand, keep))
+    return nu, frozen | armed
 
 
 def _tol(z: Tensor, k: int) -> float:

@@ -97,6 +97,7 @@ def newton_lists(
     n = z.shape[-1]
     logbuf = torch.empty(len(nus), 2, dtype=torch.float64)[:, :1]  # rows_like(nu, 1) on CPU
     nz: float | Tensor
+    armed = [False] * len(nus)  # rows that met the tolerance and took their last (polishing) step
     for _ in range(n_iter):
         if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
             nz = round_f32(nus[0]) if z.dtype == torch.float32 else nus[0]
@@ -104,9 +105,7 @@ def newton_lists(
             nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
         y = torch.add(z, nz, out=ybuf).sigmoid_()
         sums = y.sum(-1).tolist()
-        done = [d or abs(k - s) <= tol for d, s in zip(done, sums)]  # meets the tolerance: stays
-        if all(done):  # the sums of squares are only needed for a step
-            break
+        met = [abs(k - s) <= tol for s in sums]
         squares = (y * y).sum(-1).tolist()
         lower = 2 * k <= n
         # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
@@ -117,7 +116,7 @@ def newton_lists(
             t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
             logs = torch.log1p(t64, out=logbuf).flatten().tolist()
         for i, (s, sq) in enumerate(zip(sums, squares)):
-            if done[i]:
+            if done[i] or armed[i]:
                 continue
             v, ds, r = nus[i], s - sq, k - s
             if r > 0:
@@ -129,6 +128,12 @@ def newton_lists(
                 cand = math.nan
             else:
                 cand = v + logs[i] * (s if lower else n - s) / ds
-            # torch.lerp(lo, hi, 0.5) is hi - (hi - lo) * 0.5
-            nus[i] = cand if los[i] <= cand <= his[i] else his[i] - (his[i] - los[i]) * 0.5
-    return nus, done
+            # torch.lerp(lo, hi, 0.5) is hi - (hi - lo) * 0.5; a row that met the tolerance keeps
+            # its value instead of bisecting (its last, polishing step)
+            if not los[i] <= cand <= his[i]:
+                cand = v if met[i] else his[i] - (his[i] - los[i]) * 0.5
+            nus[i] = cand
+        armed = [a or m for a, m in zip(armed, met)]
+        if all(d or a for d, a in zip(done, armed)):
+            break
+    return nus, [d or a for d, a in zip(done, armed)]

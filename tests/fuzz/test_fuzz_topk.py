@@ -12,7 +12,8 @@ finite gradient tangent to the constraint), and both paths must agree; an invali
 
 Profiles: the default suite runs under the profile loaded by ``tests/conftest.py`` (``dev``: 30
 fixed, derandomised examples per test; ``HYPOTHESIS_PROFILE=ci``: 200 random ones); the tests
-marked slow draw 3,000 random examples each. ``--hypothesis-show-statistics`` prints the counts.
+marked slow draw 3,000 and 1,000 examples (derandomised too unless ``HYPOTHESIS_PROFILE=ci``, so
+that CI is repeatable). ``--hypothesis-show-statistics`` prints the counts.
 """
 
 from __future__ import annotations
@@ -226,7 +227,10 @@ def _check_result(call: Call, y: torch.Tensor) -> None:
     assert (yo[:, :-1] >= yo[:, 1:] - ulp).all(), "lml is not order preserving"
     if x.dtype == torch.float64 and x.shape[-1] <= 13:
         for r, tr, yr in zip(rows.numpy(), trow.tolist(), ys.numpy()):
-            np.testing.assert_allclose(yr, _ref_row(r, k, tr), rtol=0, atol=1e-8)
+            # y depends on x / tau, whose float64 rounding alone moves y by about eps * |x| / tau
+            zmax = float(np.abs(r[np.isfinite(r)]).max(initial=0.0)) / tr
+            atol = 1e-8 + 4 * np.finfo(float).eps * zmax
+            np.testing.assert_allclose(yr, _ref_row(r, k, tr), rtol=0, atol=atol)
             # tau -> 0: the hard top-k wherever the k-th and (k+1)-th finite values are well apart
             fin = np.sort(r[np.isfinite(r)])[::-1]
             kf = k - int((r == np.inf).sum())
@@ -323,14 +327,14 @@ def _rows_tau(tau, x, keep):
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, derandomize=False, **_SETTINGS)
+@settings(max_examples=3000, **_SETTINGS)
 @given(calls())
 def test_fuzz_long_random(call):
     _check_call(call)
 
 
 @pytest.mark.slow
-@settings(max_examples=1000, derandomize=False, **_SETTINGS)
+@settings(max_examples=1000, **_SETTINGS)
 @given(calls())
 def test_fuzz_unreadable_x_long_random(call):
     test_fuzz_unreadable_x_only_turns_refused_rows_to_nan.hypothesis.inner_test(call)
