@@ -43,17 +43,21 @@ def _refused(err, path, marker) -> None:
     assert not marker.exists()
 
 
+def _rerun_refused(main, args, path, tmp_path):
+    """Run ``main(args)``, plant code in the checkpoint ``path``, rerun: refused, nothing ran."""
+    main(args)
+    marker = plant(path, tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        main(args)
+    _refused(err, path, marker)
+
+
 def test_regression_checkpoint_with_code_is_refused(tmp_path):
     from dcem.experiments import regression
 
     args = [f"out_dir={tmp_path / 'r'}", "scale=tiny", "progress=false", "analyse=false", "methods=[dcem]",
             "seeds=[0]", "train.n_updates=4", "train.ckpt_every=2", "train.eval_every=2"]  # fmt: skip
-    regression.main(args)
-    path = tmp_path / "r/dcem/seed0/ckpt.pt"
-    marker = plant(path, tmp_path)
-    with pytest.raises(CheckpointError) as err:
-        regression.main(args)
-    _refused(err, path, marker)
+    _rerun_refused(regression.main, args, tmp_path / "r/dcem/seed0/ckpt.pt", tmp_path)
 
 
 def test_pendulum_checkpoint_with_code_is_refused(tmp_path):
@@ -61,12 +65,7 @@ def test_pendulum_checkpoint_with_code_is_refused(tmp_path):
 
     args = [f"out_dir={tmp_path / 'p'}", "scale=tiny", "progress=false", "animate=false", "n_systems=2",
             "n_steps=4", "ckpt_every=2"]  # fmt: skip
-    pendulum.main(args)
-    path = tmp_path / "p/checkpoint.pt"
-    marker = plant(path, tmp_path)
-    with pytest.raises(CheckpointError) as err:
-        pendulum.main(args)
-    _refused(err, path, marker)
+    _rerun_refused(pendulum.main, args, tmp_path / "p/checkpoint.pt", tmp_path)
 
 
 @pytest.mark.parametrize("name, mode", [("checkpoint.pt", "train"), ("best.pt", "vis")])
