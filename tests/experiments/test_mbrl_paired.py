@@ -235,3 +235,39 @@ def test_report_lists_unfinished_runs_and_their_decoder_curves(tiny_run, tmp_pat
     assert f"| cartpole-swingup | 4 | {d} |" in text and "running / unfinished" in text
     assert "| cartpole-swingup | 4 | 1.5 | 1.5 @ 0, 3.5 @ 20 | 3.5 | 4 / 3.5 | 50.0% |" in text
     assert (tmp_path / "mbrl_decoder_curve.png").stat().st_size > 0
+
+
+def test_paired_planner_state_is_the_filter_of_the_observed_episode(tiny_run):
+    """The hidden state a planner gets at step t is the model's filter of the episode's own observations
+    and actions up to t (a regression test: the observation tensor once aliased the buffer that the
+    environment step overwrote, so the state was filtered with the next observation)."""
+    import torch
+
+    from dcem.experiments.mbrl.trainer import MBRLTrainer
+
+    _, out, _, _ = tiny_run
+    cfg = compose(["scale=test", f"out_dir={out}", "eval.every=0", "eval.episodes=2", "progress=false"])
+    tr = MBRLTrainer(cfg, out)
+    tr.load()
+    tr._load_weights("decoder")
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    plan = tr.cem.plan
+
+    def spy(h, x, generator=None):
+        U = plan(h, x, generator=generator)
+        calls.append((h.clone(), x.clone(), U[:, 0].clone()))
+        return U
+
+    tr.cem.plan = spy
+    try:
+        tr.paired_returns("cem", episode_seeds(0, 2))
+    finally:
+        del tr.cem.plan
+    hs, xs, us = (torch.stack(v, 1) for v in zip(*calls))  # (n, T, D), (n, T, O), (n, T, A)
+    lo, hi = torch.as_tensor(tr.env.u_lower), torch.as_tensor(tr.env.u_upper)
+    acts = torch.maximum(torch.minimum(us, hi), lo)
+    with torch.no_grad():
+        ref = tr.model.filter(xs, acts[:, :-1])  # h[:, t] from x_{<t}, u_{<t}
+    assert hs.shape[1] > 5
+    torch.testing.assert_close(hs, ref, rtol=1e-5, atol=1e-6)
+    tr.close_pool()

@@ -137,7 +137,7 @@ class PairedEvalMixin:
             if planner is None:
                 a = np.stack([r.uniform(lo, hi) for r in rngs]).astype(np.float32)
             else:
-                x = torch.as_tensor(obs, device=dev)
+                x = torch.tensor(obs, device=dev)  # a copy: env.step below writes obs in place
                 with torch.no_grad():
                     U = planner.plan(h, x, generator=gen)
                     if diag is not None:

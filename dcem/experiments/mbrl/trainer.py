@@ -357,7 +357,7 @@ class MBRLTrainer(PhasesMixin, LearnMixin, PairedEvalMixin, EvalMixin, CollectMi
         """One planner-driven step for a batch of tasks: actions ``(B, A)`` (first planned action, plus
         Gaussian exploration ``noise`` from ``rng``, clipped into the bounds) for observations
         ``obs (B, O)`` and hidden states ``h (B, D)``, and the hidden states after the transition."""
-        x = torch.as_tensor(obs, device=self.device)
+        x = torch.tensor(obs, device=self.device)  # a copy: callers may reuse their observation buffer
         a = planner.plan(h, x, generator=gen)[:, 0].cpu().numpy()
         if noise > 0:
             a = a + noise * rng.standard_normal(a.shape).astype(np.float32)
