@@ -271,3 +271,37 @@ def test_paired_planner_state_is_the_filter_of_the_observed_episode(tiny_run):
     assert hs.shape[1] > 5
     torch.testing.assert_close(hs, ref, rtol=1e-5, atol=1e-6)
     tr.close_pool()
+
+
+def test_probe_writes_calibration_by_kind_and_the_report_shows_it(tiny_run, tmp_path):
+    from dcem.experiments.mbrl.probe import KINDS, _execute, probe_starts
+
+    root, out, _, _ = tiny_run
+    work = tmp_path / "root"
+    shutil.copytree(root, work)
+    run_dir = work / out.relative_to(root)
+    cli(["mbrl", "phase=probe", "scale=test", f"out_dir={run_dir}", "eval.every=0", "eval.episodes=3",
+         "progress=false"])  # fmt: skip
+    res = json.loads((run_dir / "probe.json").read_text())
+    assert list(res["kinds"]) == list(KINDS) and res["episode_seeds"] == episode_seeds(0, 3)
+    for k in res["kinds"].values():
+        assert len(k["pred_all"]) == len(k["real_all"]) == 3
+        assert all(math.isfinite(v) for v in k["pred_all"] + k["real_all"])
+    assert res["kinds"]["bang-bang"]["saturated"] == 1.0 and res["kinds"]["uniform"]["saturated"] < 0.2
+    # the received return replays the start state exactly: equal to one uninterrupted rollout
+    env = DMCEnv("cartpole-swingup", seed=5, episode_steps=80)
+    rng = np.random.default_rng(0)
+    starts = probe_starts(env, [11, 12], 4, rng)
+    u = rng.uniform(-1, 1, size=(4, 1)).astype(np.float32)
+    for s in starts:
+        assert 0 <= len(s["act"]) <= env.episode_len - 4 and len(s["obs"]) == len(s["act"]) + 1
+        fresh = DMCEnv("cartpole-swingup", seed=99, episode_steps=80)
+        fresh.reset(s["seed"])
+        for a in s["act"]:
+            fresh.step(a)
+        direct = sum(fresh.step(a)[1] for a in u)
+        assert _execute(env, s, u) == direct
+    page = tmp_path / "page.md"
+    cli(["mbrl", "phase=report", f"report.root={work}", f"report.page={page}"])
+    text = page.read_text()
+    assert "report:mbrl-probe begin" in text and "bang-bang" in text and "decoder, random z" in text

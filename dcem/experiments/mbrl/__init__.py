@@ -94,6 +94,10 @@ def run(cfg: dict):
         for ph in phases:  # eval: every controller on its snapshot, all on the same test episodes
             if ph == "eval":
                 trainer.phase_eval()
+            elif ph == "probe":
+                from dcem.experiments.mbrl.probe import phase_probe
+
+                phase_probe(trainer)
             else:
                 getattr(trainer, f"phase_{ph}")(pbar_factory=tqdm if cfg["progress"] else None)
             trainer.plot()

@@ -46,6 +46,7 @@ from dcem.experiments.mbrl.runinfo import (
     group_of,
     model_error_block,
     ppo_skipped,
+    probe_block,
     unfinished,
 )
 from dcem.experiments.mbrl.stats import compare
@@ -308,6 +309,9 @@ def report(cfg: dict) -> Path:
     err = model_error_block(runs)
     if err is not None:
         blocks["mbrl-model-error"] = err
+    probe = probe_block(runs, root) if root.is_dir() else None
+    if probe is not None:
+        blocks["mbrl-probe"] = probe
     cs = curves(root)
     if cs:
         blocks["mbrl-decoder-curve"] = curve_block(cs)

@@ -1,8 +1,10 @@
 """Run-folder readers of the MBRL report beyond the paired returns: run groups, unfinished runs,
-PPO's skipped minibatches, the planning model's open-loop error and the decoder-training curves."""
+PPO's skipped minibatches, the planning model's open-loop error, the decoder-training curves and the
+calibration probe."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from dcem.experiments.common.runs import CsvLog
 from dcem.experiments.mbrl.paired import CONTROLLERS
 
 __all__ = ["curve_block", "curve_figure", "curves", "group_of", "model_error_block", "ppo_skipped",
-           "unfinished"]
+           "probe_block", "unfinished"]
 
 
 def group_of(root: Path, run_dir: Path, env: str) -> str:
@@ -118,3 +120,25 @@ def curve_figure(curves: dict[tuple[str, str], list[dict]], path: Path) -> Path:
             ax.legend(fontsize=7)
         axes[0].set_ylabel("latent DCEM validation return")
         return plots.save(fig, path, dpi=100)
+
+
+def probe_block(runs: dict[str, list[dict]], root: Path) -> str | None:
+    """The ``phase=probe`` results (``probe.json``) of every run folder under ``root`` that has one:
+    per kind of open-loop action sequence, the model's predicted and the received ``H``-step return."""
+    from dcem.experiments.mbrl.probe import KINDS
+
+    rows = []
+    for path in sorted(Path(root).rglob("probe.json")):
+        res = json.loads(path.read_text())
+        task = group_of(Path(root), path.parent, path.parent.parent.name)
+        for kind in KINDS:
+            k = res["kinds"].get(kind)
+            if k is not None:
+                rows.append([task, path.parent.name, len(k["real_all"]), kind, f"{k['pred']:.3g}",
+                             f"{k['real']:.3g}", f"{k['ratio']:.3g}", f"{100 * k['saturated']:.1f}%",
+                             f"{k['corr']:.2f}"])  # fmt: skip
+    if not rows:
+        return None
+    head = ["task", "run", "start states", "open-loop sequence", "predicted H-step return", "received",
+            "predicted / received", "saturated entries", "corr. over states"]  # fmt: skip
+    return md_table(head, rows)

@@ -142,7 +142,9 @@ class Report:
 @dataclass
 class MBRLConfig:
     phase: str = opt(
-        choices=(*PHASES, "all", "report"), doc="report: regenerate report.page from report.root"
+        choices=(*PHASES, "all", "report", "probe"),
+        doc="report: regenerate report.page from report.root; probe: model calibration by kind of action "
+        "sequence on the decoder snapshot (probe.json)",
     )
     seed: int = opt(ge=0)
     device: str = opt(device=True, choices=("auto",), doc="auto: cuda if available")
