@@ -112,9 +112,9 @@ def phase_probe(tr: Any, snapshot: str = "decoder") -> dict[str, dict]:
         real = np.array([_execute(env, s, u[k]) for k, s in enumerate(starts)])
         sat = float(((u <= env.u_lower + tol) | (u >= env.u_upper - tol)).mean())
         corr = float(np.corrcoef(pred, real)[0, 1]) if len(real) > 2 and real.std() > 0 else float("nan")
-        out[kind] = {"pred": float(pred.mean()), "real": float(real.mean()),
-                     "ratio": float(pred.mean() / real.mean()) if real.mean() != 0 else float("nan"),
-                     "saturated": sat, "corr": corr, "pred_all": pred.tolist(), "real_all": real.tolist()}  # fmt: skip
+        ratio = float(pred.mean() / real.mean()) if real.mean() != 0 else float("nan")
+        out[kind] = {"pred": float(pred.mean()), "real": float(real.mean()), "ratio": ratio, "saturated": sat,
+                     "corr": corr, "pred_all": pred.tolist(), "real_all": real.tolist()}  # fmt: skip
         log.info("probe %s: predicted %.3f received %.3f (%.1f%% saturated)", kind, out[kind]["pred"],
                  out[kind]["real"], 100 * sat)  # fmt: skip
     res = {"snapshot": snapshot, "snapshot_progress": info["progress"], "horizon": H, "episode_seeds": seeds,
