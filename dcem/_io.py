@@ -11,7 +11,9 @@ One helper for the whole project (the RL checkpoints, the experiments' run folde
   unpickles arbitrary objects (``weights_only=True``): a file holding anything but tensors, numbers,
   strings and plain containers is refused with a :class:`CheckpointError` naming it, and nothing in
   it runs. NumPy arrays and scalars (replay buffers, NumPy random states) are stored as tagged byte
-  tensors by :func:`save` and restored bit for bit by :func:`safe_load`.
+  tensors by :func:`save` and restored bit for bit by :func:`safe_load`, which also reads files that
+  pickled them the plain way (``torch.save`` of dcem 0.1), allowing NumPy's array-rebuilding globals
+  and nothing else.
 - :func:`read_json` reads a JSON file, naming the file when it is not JSON.
 
 >>> import tempfile, numpy as np, torch
@@ -160,7 +162,8 @@ def safe_load(
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals(path)):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"(?:GLOBAL|global) ([\w.]+)|[Uu]nsupported class ([\w.]+)", text)
@@ -176,6 +179,38 @@ def safe_load(
     except Exception as err:  # noqa: BLE001 - any other failure to read means unreadable
         raise _unreadable(what, path, err, way_out) from None
     return _decode(obj)
+
+
+#: the globals with which pickle rebuilds NumPy arrays, scalars and dtypes (nothing else runs)
+_NUMPY_GLOBALS = re.compile(r"^numpy\.(dtype|ndarray|(_core|core)\.multiarray\.(_reconstruct|scalar)"
+                            r"|dtypes\.\w+DType)$")  # fmt: skip
+
+
+def _numpy_globals(path: Path) -> list[Any]:
+    """NumPy's array-rebuilding globals that the file ``path`` names, when it names no other: files of
+    ``torch.save`` with plain NumPy values (checkpoints of dcem 0.1) then load with them allowed. An
+    object array's items still go through the safe unpickler, so nothing but data is built."""
+    import importlib
+
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: torch.load reports it below
+        return []
+    if not names or not all(_NUMPY_GLOBALS.match(n) for n in names):
+        return []
+    found = []
+    for n in names:
+        mod, _, attr = n.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(mod), attr))
+        except (ImportError, AttributeError):  # a NumPy of another major version: refused below
+            return []
+    import numpy as np
+
+    dtypes = getattr(np, "dtypes", None)  # the classes of the dtypes (NumPy >= 1.25), rebuilt by np.dtype
+    return found + ([getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes else [])
 
 
 def _unreadable(what: str, path: Path, err: BaseException, way_out: str) -> CheckpointError:

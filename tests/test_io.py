@@ -73,3 +73,26 @@ def test_safe_load_names_a_truncated_file(tmp_path):
     p.write_bytes(p.read_bytes()[:50])
     with pytest.raises(_io.CheckpointError, match=r"checkpoint '.*ck.pt' is unreadable"):
         _io.safe_load(p)
+
+
+class _Boom:
+    """Would run code if unpickled."""
+
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_plainly_pickled_numpy_values_load_and_nothing_else_does(tmp_path):
+    """Checkpoints of dcem 0.1 pickled NumPy values the plain way: they load (only NumPy's
+    array-rebuilding globals are allowed), while a code-running object next to them is refused."""
+    state = {"pcg": np.random.default_rng(3).bit_generator.state, "mt": np.random.RandomState(3).get_state(),
+             "buf": np.arange(6, dtype=np.uint32).reshape(2, 3), "s": np.float32(0.25), "w": torch.ones(2)}  # fmt: skip
+    torch.save(state, tmp_path / "old.pt")
+    back = _io.safe_load(tmp_path / "old.pt")
+    np.testing.assert_array_equal(back["buf"], state["buf"])
+    assert back["buf"].dtype == np.uint32 and back["s"] == np.float32(0.25) and back["pcg"] == state["pcg"]
+    assert all(np.array_equal(a, b) for a, b in zip(back["mt"], state["mt"]))
+    for bad in ({"buf": np.arange(2), "x": _Boom()}, {"obj": np.array([_Boom()], dtype=object)}):
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(_io.CheckpointError, match="refused without running them"):
+            _io.safe_load(tmp_path / "bad.pt")
