@@ -86,7 +86,8 @@ def test_plainly_pickled_numpy_values_load_and_nothing_else_does(tmp_path):
     """Checkpoints of dcem 0.1 pickled NumPy values the plain way: they load (only NumPy's
     array-rebuilding globals are allowed), while a code-running object next to them is refused."""
     state = {"pcg": np.random.default_rng(3).bit_generator.state, "mt": np.random.RandomState(3).get_state(),
-             "buf": np.arange(6, dtype=np.uint32).reshape(2, 3), "s": np.float32(0.25), "w": torch.ones(2)}  # fmt: skip
+             "buf": np.arange(6, dtype=np.uint32).reshape(2, 3), "s": np.float32(0.25),
+             "w": torch.ones(2)}  # fmt: skip
     torch.save(state, tmp_path / "old.pt")
     back = _io.safe_load(tmp_path / "old.pt")
     np.testing.assert_array_equal(back["buf"], state["buf"])

@@ -301,7 +301,63 @@ def test_probe_writes_calibration_by_kind_and_the_report_shows_it(tiny_run, tmp_
             fresh.step(a)
         direct = sum(fresh.step(a)[1] for a in u)
         assert _execute(env, s, u) == direct
+    from dcem.experiments.mbrl.probe import REPLAN_KS, validation_seeds
+
+    assert res["validation_seeds"] == validation_seeds(0, 2)
+    assert not set(res["validation_seeds"]) & set(res["episode_seeds"])
+    assert set(res["replan"]) == {"full_cem", "full_cem_budget", "latent_dcem"}
+    for by_k in res["replan"].values():
+        assert list(by_k) == [str(k) for k in REPLAN_KS]
+        assert all(len(v["returns"]) == 2 for v in by_k.values())
+    # eval.replan_every=k: a paired evaluation of its own, a group of its own in the report
+    cli(["mbrl", "phase=eval", "scale=test", f"out_dir={run_dir}", "eval.every=0", "eval.episodes=3",
+         "progress=false", "eval.replan_every=2",
+         "eval.controllers=[random,full_cem,latent_dcem]"])  # fmt: skip
+    rep2 = json.loads((run_dir / "eval_replan2.json").read_text())
+    assert rep2["replan_every"] == 2 and rep2["controllers"]["full_cem"]["replan_every"] == 2
+    assert rep2["controllers"]["random"]["returns"] == json.loads((run_dir / "eval.json").read_text())[
+        "controllers"]["random"]["returns"]  # fmt: skip
     page = tmp_path / "page.md"
     cli(["mbrl", "phase=report", f"report.root={work}", f"report.page={page}"])
     text = page.read_text()
     assert "report:mbrl-probe begin" in text and "bang-bang" in text and "decoder, random z" in text
+    assert "report:mbrl-replan begin" in text and "re-plan every 12" in text
+    assert "cartpole-swingup (re-plan every 2)" in text
+
+
+def test_replan_every_executes_each_plan_for_k_steps(tiny_run):
+    import torch
+
+    from dcem.experiments.mbrl.trainer import MBRLTrainer
+
+    _, out, _, _ = tiny_run
+    cfg = compose(["scale=test", f"out_dir={out}", "eval.every=0", "eval.episodes=2", "progress=false"])
+    tr = MBRLTrainer(cfg, out)
+    tr.load()
+    tr._load_weights("decoder")
+    plans, acts = [], []
+    plan, step = tr.latent.plan, DMCEnv.step
+
+    def spy(h, x, generator=None):
+        U = plan(h, x, generator=generator)
+        plans.append(U.clone())
+        return U
+
+    def spy_step(self, a):
+        acts.append(np.array(a))
+        return step(self, a)
+
+    tr.latent.plan, DMCEnv.step = spy, spy_step
+    try:
+        tr.paired_returns("dcem", episode_seeds(0, 2), replan_every=3)
+    finally:
+        del tr.latent.plan
+        DMCEnv.step = step
+        tr.close_pool()
+    T = tr.env.episode_len
+    assert len(plans) == -(-T // 3)
+    executed = np.stack(acts).reshape(T, 2, -1)  # (T, episodes, A): the episodes step in turn
+    for t in range(T):
+        want = np.clip(plans[t // 3][:, t % 3].numpy(), tr.env.u_lower, tr.env.u_upper)
+        np.testing.assert_array_equal(executed[t], want)
+    assert torch.isfinite(torch.stack(plans)).all()

@@ -61,7 +61,8 @@ def plan_diagnostics(
     """Is the controller exploiting the model? From one batch of episodes:
 
     - ``pred_return``: the model's predicted ``H``-step return of the executed plans (``pred (T, n)``,
-      NaN for the random policy), averaged over the steps ``t <= T - H`` and episodes;
+      NaN for the random policy and at steps without a new plan), averaged over the steps
+      ``t <= T - H`` at which plans were made, and episodes;
     - ``real_return``: the rewards actually received over the same ``H`` steps (``rews (T, n)``;
       closed loop: the controller re-plans every step and executes only the first action);
     - ``saturated``: the fraction of executed action entries (``acts (T, n, A)``) within 1% of the
@@ -74,7 +75,9 @@ def plan_diagnostics(
     tol = 0.01 * (hi - lo)
     sat = (acts <= lo + tol) | (acts >= hi - tol)
     p = pred[: T - H + 1]
-    return {"pred_return": float(np.mean(p)) if np.isfinite(p).all() else float("nan"),
+    made = np.isfinite(p).all(1)  # the steps at which plans were made (all when re-planning every step)
+    p, real = p[made], real[made] if made.any() else real
+    return {"pred_return": float(np.mean(p)) if made.any() else float("nan"),
             "real_return": float(real.mean()), "saturated": float(sat.mean())}  # fmt: skip
 
 
@@ -104,14 +107,17 @@ class PairedEvalMixin:
         return {"file": SNAPSHOT_FILES[snap], "progress": dict(sd["progress"])}
 
     def paired_returns(
-        self, policy: str, seeds: list[int], video_path: str | Path | None = None, diag: dict | None = None
-    ) -> list[float]:
+        self, policy: str, seeds: list[int], video_path: str | Path | None = None, diag: dict | None = None,
+        replan_every: int = 1,
+    ) -> list[float]:  # fmt: skip
         """Returns of noise-free test episodes, episode ``k`` started from the task seeded ``seeds[k]``.
 
         All episodes run as one batch (one planner call plans for every episode's state, a batch
         ``(n, D)``), so the planner's noise comes from one generator seeded with ``seeds[0]``;
         the random policy draws episode ``k``'s actions from a generator seeded ``seeds[k]``.
         ``diag`` (a dict) receives the model-exploitation diagnostics of :func:`plan_diagnostics`.
+        A planning policy executes ``replan_every`` actions of each plan before it plans again (the
+        predicted return is then that of the plans made, at the steps they were made).
         """
         from dcem.experiments.common import plots
         from dcem.rl.envs import make_env
@@ -133,16 +139,18 @@ class PairedEvalMixin:
         T = envs[0].episode_len
         rets, rews, traj = np.zeros(n), np.zeros((T, n)), [obs.copy()]
         pred, acts = np.full((T, n), np.nan), np.zeros((T, n, len(lo)))
+        every = min(int(replan_every), planner.horizon) if planner is not None else 1
         for t in range(T):
             if planner is None:
                 a = np.stack([r.uniform(lo, hi) for r in rngs]).astype(np.float32)
             else:
                 x = torch.tensor(obs, device=dev)  # a copy: env.step below writes obs in place
-                with torch.no_grad():
-                    U = planner.plan(h, x, generator=gen)
-                    if diag is not None:
-                        pred[t] = self.model.returns(h, x, U).cpu().numpy()
-                a = np.clip(U[:, 0].cpu().numpy(), lo, hi)
+                if t % every == 0:
+                    with torch.no_grad():
+                        U = planner.plan(h, x, generator=gen)
+                        if diag is not None:
+                            pred[t] = self.model.returns(h, x, U).cpu().numpy()
+                a = np.clip(U[:, t % every].cpu().numpy(), lo, hi)
             if frames is not None:
                 frames.append(envs[0].render())
             acts[t] = a
@@ -172,7 +180,8 @@ class PairedEvalMixin:
         return [c for c, (snap, _) in CONTROLLERS.items() if self.snapshot_ready(snap)]
 
     def phase_eval(self, controllers: list[str] | None = None) -> dict[str, dict]:
-        """Paired evaluation over ``eval.episodes`` episodes into ``eval.json`` and ``paired.csv``.
+        """Paired evaluation over ``eval.episodes`` episodes into ``eval.json`` and ``paired.csv``
+        (``eval_replan<k>.json`` and ``paired_replan<k>.csv`` for ``eval.replan_every = k > 1``).
 
         Args:
             controllers: subset of :data:`CONTROLLERS`; default ``eval.controllers`` (every
@@ -220,20 +229,24 @@ class PairedEvalMixin:
         policy = CONTROLLERS[name][1]
         vid = (self.out / f"video_{name}.gif") if self.cfg["eval"]["video"] else None
         diag: dict[str, float] = {}
-        rets = self.paired_returns(policy, seeds, video_path=vid, diag=diag)
+        k = int(self.cfg["eval"].get("replan_every", 1))
+        rets = self.paired_returns(policy, seeds, video_path=vid, diag=diag, replan_every=k)
         mean, ci = mean_ci95(rets)
         log.info(
             "paired eval %s (snapshot %s): %.1f +- %.1f over %d episodes", name, snap, mean, ci, len(rets)
         )
         traj = self.trajectories_per_step(policy)
-        return {"snapshot": snap, "policy": policy, "trajectories_per_step": traj,
+        return {"snapshot": snap, "policy": policy, "trajectories_per_step": traj, "replan_every": k,
                 "returns": rets, "mean": mean, "ci95": ci, "n": len(rets), **diag}  # fmt: skip
 
     def _write_paired(self, results: dict, snaps: dict, seeds: list[int]) -> None:
-        path = self.out / "eval.json"
+        k = int(self.cfg["eval"].get("replan_every", 1))
+        suffix = "" if k == 1 else f"_replan{k}"
+        path = self.out / f"eval{suffix}.json"
         prev = json.loads(path.read_text()) if path.exists() else {}
         if prev.get("format") != "paired-v1" or prev.get("episode_seeds") != seeds:
             prev = {"format": "paired-v1", "episode_seeds": seeds, "snapshots": {}, "controllers": {}}
+        prev["replan_every"] = k
         prev["snapshots"].update(snaps)
         prev["controllers"].update(results)
         prev["env"] = self.cfg["env"]["name"]
@@ -244,4 +257,4 @@ class PairedEvalMixin:
             for c, r in prev["controllers"].items()
             for k, (s, x) in enumerate(zip(seeds, r["returns"]))
         ]
-        CsvLog(self.out / "paired.csv", PAIRED_FIELDS).rewrite(rows)
+        CsvLog(self.out / f"paired{suffix}.csv", PAIRED_FIELDS).rewrite(rows)

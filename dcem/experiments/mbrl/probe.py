@@ -16,7 +16,12 @@ very state (replaying the episode's seed and prefix; MuJoCo is deterministic):
 
 A model that over-rates ``bang-bang`` or ``decoder, random z`` is miscalibrated on those actions before
 any controller searches it; a plan kind over-rated only after search is exploitation by the search.
-Results go to ``probe.json`` in the run folder; ``phase=report`` turns them into a table.
+Second, how often to re-plan: each planning controller on validation episodes (seeds disjoint from the
+paired test episodes), executing ``k`` actions of each plan before it plans again, for ``k`` in
+:data:`REPLAN_KS` (``k = 1`` is the paper's MPC). The paired evaluation then runs at the chosen ``k``
+with ``phase=eval eval.replan_every=k``: the choice is made on episodes it is not scored on.
+
+Results go to ``probe.json`` in the run folder; ``phase=report`` turns them into tables.
 """
 
 from __future__ import annotations
@@ -28,15 +33,41 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcem.experiments.mbrl.paired import episode_seeds
+from dcem.experiments.common.runs import mean_ci95
+from dcem.experiments.mbrl.paired import EVAL_SEED_BASE, episode_seeds
 
-__all__ = ["KINDS", "phase_probe", "probe_starts"]
+__all__ = ["KINDS", "REPLAN_KS", "phase_probe", "probe_starts", "replan_sweep", "validation_seeds"]
 
 log = logging.getLogger("dcem.experiments.mbrl.trainer")
 
 #: the kinds of sequences, in the order of the table
 KINDS = ("uniform", "bang-bang", "decoder, random z", "full_cem", "full_cem_budget", "latent_dcem")
 PROBE_SEED = 777  # offsets the probe's generators from every other stream of the run
+#: actions executed from each plan before re-planning, swept on validation episodes
+REPLAN_KS = (1, 2, 3, 4, 6, 12)
+REPLAN_CONTROLLERS = {"full_cem": "cem", "full_cem_budget": "cem_budget", "latent_dcem": "dcem"}
+
+
+def validation_seeds(seed: int, n: int) -> list[int]:
+    """Env seeds of ``n`` validation episodes of run seed ``seed``: disjoint from the paired test
+    episodes of :func:`~dcem.experiments.mbrl.paired.episode_seeds` (``n`` and those below 500)."""
+    return [EVAL_SEED_BASE + 1000 * int(seed) + 500 + k for k in range(n)]
+
+
+def replan_sweep(tr: Any, n: int, ks: tuple[int, ...] = REPLAN_KS) -> dict[str, dict[str, dict]]:
+    """``{controller: {str(k): {"mean", "ci95", "returns"}}}``: returns of the planning controllers of
+    the loaded snapshot on ``n`` validation episodes, re-planning every ``k`` steps."""
+    seeds = validation_seeds(int(tr.cfg["seed"]), n)
+    out: dict[str, dict[str, dict]] = {}
+    for name, policy in REPLAN_CONTROLLERS.items():
+        out[name] = {}
+        for k in ks:
+            rets = tr.paired_returns(policy, seeds, replan_every=k)
+            mean, ci = mean_ci95(rets)
+            out[name][str(k)] = {"mean": mean, "ci95": ci, "returns": rets}
+            log.info("probe re-plan every %d, %s: %.1f +- %.1f over %d validation episodes", k, name, mean,
+                     ci, len(rets))  # fmt: skip
+    return out
 
 
 def probe_starts(env: Any, seeds: list[int], horizon: int, rng: np.random.Generator) -> list[dict]:
@@ -87,6 +118,8 @@ def phase_probe(tr: Any, snapshot: str = "decoder") -> dict[str, dict]:
     Returns ``{kind: {"pred", "real", "ratio", "saturated", "corr", "pred_all", "real_all"}}``: the mean
     predicted and received ``H``-step returns over the ``eval.episodes`` start states, their ratio,
     the fraction of entries within 1 % of the range from a bound, and the correlation over states.
+    ``probe.json`` also holds the re-planning sweep of :func:`replan_sweep` over ``eval.episodes // 2``
+    validation episodes.
     """
     from dcem.experiments.common.runs import RunError
     from dcem.rl.envs import make_env
@@ -117,7 +150,10 @@ def phase_probe(tr: Any, snapshot: str = "decoder") -> dict[str, dict]:
                      "corr": corr, "pred_all": pred.tolist(), "real_all": real.tolist()}  # fmt: skip
         log.info("probe %s: predicted %.3f received %.3f (%.1f%% saturated)", kind, out[kind]["pred"],
                  out[kind]["real"], 100 * sat)  # fmt: skip
+    n_val = max(2, int(tr.cfg["eval"]["episodes"]) // 2)
     res = {"snapshot": snapshot, "snapshot_progress": info["progress"], "horizon": H, "episode_seeds": seeds,
-           "prefix_lengths": [len(s["act"]) for s in starts], "kinds": out}  # fmt: skip
+           "prefix_lengths": [len(s["act"]) for s in starts], "kinds": out,
+           "validation_seeds": validation_seeds(int(tr.cfg["seed"]), n_val),
+           "replan": replan_sweep(tr, n_val)}  # fmt: skip
     (tr.out / "probe.json").write_text(json.dumps(res, indent=1))
     return out

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from dcem.experiments.mbrl.runinfo import (
     model_error_block,
     ppo_skipped,
     probe_block,
+    replan_block,
     unfinished,
 )
 from dcem.experiments.mbrl.stats import compare
@@ -65,6 +67,7 @@ COMPARISONS = [
     ("full_cem", "random"),
 ]
 N_BOOT = 2000
+EVAL_FILE = re.compile(r"^eval(_replan\d+)?\.json$")
 
 
 def _need(obj: dict, key: str, path: Path, where: str = "") -> object:
@@ -98,19 +101,22 @@ def _check_run(res: dict, path: Path) -> dict:
 
 
 def load_runs(root: str | Path) -> dict[str, list[dict]]:
-    """``{group: [eval.json dicts sorted by seed]}`` of the paired evaluations under ``root``."""
+    """``{group: [eval.json dicts sorted by seed]}`` of the paired evaluations under ``root``; the
+    evaluations re-planning every ``k > 1`` steps (``eval_replan<k>.json``) form groups of their own."""
     root = Path(root)
     if not root.is_dir():
         raise RunError(f"report.root={str(root)!r} is not a folder (run the experiment there first)")
     runs: dict[str, list[dict]] = {}
-    for path in sorted(root.rglob("eval.json")):
+    for path in sorted(p for p in root.rglob("eval*.json") if EVAL_FILE.match(p.name)):
         try:
             res = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise RunError(f"{path}: unreadable ({type(err).__name__}); rerun phase=eval there") from None
         res = _check_run(res, path)
         res["_dir"] = str(path.parent)
-        runs.setdefault(group_of(root, path.parent, str(res["env"])), []).append(res)
+        k = int(res.get("replan_every", 1))
+        group = group_of(root, path.parent, str(res["env"])) + (f" (re-plan every {k})" if k > 1 else "")
+        runs.setdefault(group, []).append(res)
     if not runs:
         raise RunError(f"report.root={str(root)!r}: no eval.json under it (run phase=eval first)")
     for env, rs in runs.items():
@@ -312,6 +318,7 @@ def report(cfg: dict) -> Path:
     probe = probe_block(runs, root) if root.is_dir() else None
     if probe is not None:
         blocks["mbrl-probe"] = probe
+        blocks["mbrl-replan"] = replan_block(root) or ""
     cs = curves(root)
     if cs:
         blocks["mbrl-decoder-curve"] = curve_block(cs)

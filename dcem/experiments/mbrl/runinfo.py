@@ -15,7 +15,7 @@ from dcem.experiments.common.runs import CsvLog
 from dcem.experiments.mbrl.paired import CONTROLLERS
 
 __all__ = ["curve_block", "curve_figure", "curves", "group_of", "model_error_block", "ppo_skipped",
-           "probe_block", "unfinished"]
+           "probe_block", "replan_block", "unfinished"]
 
 
 def group_of(root: Path, run_dir: Path, env: str) -> str:
@@ -142,3 +142,23 @@ def probe_block(runs: dict[str, list[dict]], root: Path) -> str | None:
     head = ["task", "run", "start states", "open-loop sequence", "predicted H-step return", "received",
             "predicted / received", "saturated entries", "corr. over states"]  # fmt: skip
     return md_table(head, rows)
+
+
+def replan_block(root: Path) -> str | None:
+    """The re-planning sweep of ``phase=probe`` (``probe.json``): each planning controller's mean return
+    (± 95% interval over validation episodes) when it executes ``k`` actions of each plan."""
+    rows, ks = [], None
+    for path in sorted(Path(root).rglob("probe.json")):
+        res = json.loads(path.read_text())
+        task = group_of(Path(root), path.parent, path.parent.parent.name)
+        for name, by_k in res.get("replan", {}).items():
+            ks = ks or list(by_k)
+            best = max(by_k, key=lambda k: by_k[k]["mean"])
+            cells = [f"{v['mean']:.1f} ± {v['ci95']:.1f}" for v in by_k.values()]
+            cells = [f"**{c}**" if k == best else c for k, c in zip(by_k, cells)]
+            rows.append([task, path.parent.name, name, len(res["validation_seeds"]), *cells])
+    if not rows:
+        return None
+    head = ["task", "run", "controller", "validation episodes", *(f"re-plan every {k}" for k in ks or [])]
+    note = "bold: the best k of the row (on validation episodes, not the test episodes)"
+    return md_table(head, rows) + "\n\n" + note

@@ -131,6 +131,9 @@ class Eval:
         each=True,
         doc="paired evaluation (phase=eval); []: every one whose snapshot exists",
     )
+    replan_every: int = opt(
+        ge=1, le=1000, doc="phase=eval: actions executed from each plan before re-planning (1: every step)"
+    )
 
 
 @dataclass
