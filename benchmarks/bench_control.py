@@ -37,6 +37,7 @@ from dcem.control import (
     rollout_cost,
     train_step,
 )
+from dcem.planning import PlannerConfig
 
 
 def _sync(dev: torch.device) -> None:
@@ -98,16 +99,8 @@ def main() -> None:
     t = timeit(loop20, max(3, args.repeats // 3), dev, warmup=1) * 50
     rows.append(("rollout 1000 x H=20 (Python loop over samples)", t, 1000 * H, None))
 
-    expert = MPC(
-        H,
-        dx,
-        cartpole_swingup_cost,
-        n_sample=1000,
-        n_elite=100,
-        n_iter=10,
-        warm_start=False,
-        generator=g,
-    )
+    cem = PlannerConfig("cem", 1000, 100, 10, capture="auto")  # MPC's default capture
+    expert = MPC(H, dx, cartpole_swingup_cost, cem, warm_start=False, generator=g)
     with torch.no_grad():
         t = timeit(lambda: expert.plan(x1), args.repeats, dev)
     rows.append(("CEM plan, full space 1000 x 10 it", t, 10 * 1001 * H, None))  # samples + mean per call
@@ -116,7 +109,8 @@ def main() -> None:
     dec = ActionDecoder(2, H, 1, dx.u_lower, dx.u_upper, hidden_sizes=(256, 256, 256), activation="elu").to(
         dev
     )
-    ctrl = LatentDCEMController(dec, dx, cartpole_swingup_cost, n_sample=100, n_elite=10, n_iter=10, temp=1.0)
+    dcem = PlannerConfig("dcem", 100, 10, 10, temp=1.0, select="mean")
+    ctrl = LatentDCEMController(dec, dx, cartpole_swingup_cost, dcem)
     n_eval = 10 * 101 * H  # 10 rollout calls of the samples and the mean
     with torch.no_grad():
         t = timeit(lambda: ctrl.solve(x1, generator=g), args.repeats, dev)

@@ -163,12 +163,14 @@ def _bare(f, B, nx, N, k, T, g, dev):
 def case_cartpole(dev, repeats: int) -> dict:
     """``MPC.plan``, full-space CEM 1000 x 10 (100 elites), H = 20: eager and captured, vs the CPU."""
     from dcem.control import MPC, CartpoleDx, cartpole_swingup_cost
+    from dcem.planning import PlannerConfig
 
     def make(device, capture):
         g = torch.Generator(device=device).manual_seed(0)
         opts = {"graph_backend": "cuda" if device.type == "cuda" else "replay"}
-        return MPC(20, CartpoleDx(), cartpole_swingup_cost, n_sample=1000, n_elite=100, n_iter=10,
-                   generator=g, warm_start=False, capture=capture, capture_options=opts)  # fmt: skip
+        cfg = PlannerConfig("cem", 1000, 100, 10, capture=capture)
+        return MPC(20, CartpoleDx(), cartpole_swingup_cost, cfg, generator=g, warm_start=False,
+                   capture_options=opts)  # fmt: skip
 
     x_cpu = torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0]])
     out = {}
@@ -187,6 +189,7 @@ def case_world_model(dev, repeats: int, obs: int = 17, act: int = 6) -> dict:
     """One planning step at cheetah sizes with the RL planners: full CEM 1000 x 10 (100 elites)
     vs latent DCEM 100 x 10, eager and captured (``capture="graph"``)."""
     from dcem.control import ActionDecoder
+    from dcem.planning import PlannerConfig
     from dcem.rl import FullCEMPlanner, LatentDCEMPlanner, WorldModel
 
     H = 12
@@ -198,8 +201,10 @@ def case_world_model(dev, repeats: int, obs: int = 17, act: int = 6) -> dict:
     opts = {"graph_backend": "cuda" if dev.type == "cuda" else "replay"}
     out = {}
     for mode, capture in (("eager", "none"), ("captured", "graph")):
-        full = FullCEMPlanner(model, H, 1000, 100, 10, capture=capture, capture_options=opts)
-        latent = LatentDCEMPlanner(model, dec, 100, 10, 10, capture=capture, capture_options=opts)
+        cem = PlannerConfig("cem", 1000, 100, 10, select="mean", capture=capture)
+        dcem = PlannerConfig("dcem", 100, 10, 10, select="mean", capture=capture)
+        full = FullCEMPlanner(model, H, cem, capture_options=opts)
+        latent = LatentDCEMPlanner(model, dec, dcem, capture_options=opts)
         for name, p in (("full", full), ("latent", latent)):
             if mode == "captured":
                 out[f"{name}_capture_s"] = first_call_s(lambda p=p: p.plan(h, x, generator=g), dev)

@@ -25,6 +25,7 @@ import time
 import torch
 
 from dcem.control import ActionDecoder
+from dcem.planning import PlannerConfig
 from dcem.rl import FullCEMPlanner, LatentDCEMPlanner, WorldModel
 
 
@@ -60,9 +61,11 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     dec = ActionDecoder(16, H, args.act_dim, -1.0, 1.0, hidden_sizes=(200, 200)).to(dev)
-    cem = FullCEMPlanner(model, H, 1000, 100, 10, -1.0, 1.0)
-    cem_budget = FullCEMPlanner(model, H, 100, 10, 10, -1.0, 1.0)
-    latent = LatentDCEMPlanner(model, dec, 100, 10, 10, temp=1.0)
+    opts = {"select": "mean", "capture": "auto"}  # the RL planners' defaults
+    cem = FullCEMPlanner(model, H, PlannerConfig("cem", 1000, 100, 10, **opts), u_lower=-1.0, u_upper=1.0)
+    budget = PlannerConfig("cem", 100, 10, 10, **opts)  # latent DCEM's samples x iterations
+    cem_budget = FullCEMPlanner(model, H, budget, u_lower=-1.0, u_upper=1.0)
+    latent = LatentDCEMPlanner(model, dec, PlannerConfig("dcem", 100, 10, 10, **opts))
     h = torch.zeros(1, 200, device=dev)
     x = torch.zeros(1, args.obs_dim, device=dev)
     hb = torch.zeros(args.batch, 200, device=dev)

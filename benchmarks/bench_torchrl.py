@@ -33,6 +33,7 @@ from torchrl.objectives.value import TDLambdaEstimator
 
 from dcem.control import CartpoleDx, cartpole_swingup_cost
 from dcem.integrations.torchrl import DynamicsEnv, PlannerModule
+from dcem.planning import PlannerConfig
 
 H, N, ITERS, TOPK = 20, 1000, 10, 100
 OURS = {
@@ -62,7 +63,7 @@ def make_rows(plan_env: DynamicsEnv) -> dict[str, torch.nn.Module]:
         "torchrl mppi": torchrl_mppi(plan_env),
     }
     for name, opts in OURS.items():
-        rows[f"dcem {name}"] = PlannerModule(plan_env, H, n_sample=N, n_iter=ITERS, **opts)
+        rows[f"dcem {name}"] = PlannerModule(plan_env, H, PlannerConfig(n_sample=N, n_iter=ITERS, **opts))
     return rows
 
 

@@ -123,3 +123,15 @@ def test_dcem_ctrl_keeps_the_published_keywords_without_warning():
         out = dcem_ctrl(torch.zeros(2, 5), 4, None, None, 30, 3, 2, cartpole_swingup_cost, 1, 0.5, None,
                         lb=-1.0, ub=1.0, dx=dx, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out["u"].shape == (4, 2, 1) and out["cost"].shape == (2,)
+
+
+def test_the_suite_turns_dcem_deprecations_into_errors():
+    """pyproject's filterwarnings: an older form called outside ``pytest.warns`` fails the test,
+    from a test and from dcem's own code alike (so a regression cannot hide in the log)."""
+    with pytest.raises(DeprecationWarning, match="MPC"):
+        MPC(6, CartpoleDx(), cartpole_swingup_cost, n_sample=40, n_elite=4)
+    with pytest.raises(DeprecationWarning, match="old"):
+        warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="dcem.experiments.x")
+    with warnings.catch_warnings(record=True) as seen:  # the suite's filters, recorded instead of shown
+        warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="thirdparty")  # not ours
+    assert [str(w.message) for w in seen] == ["old"]

@@ -11,16 +11,22 @@ from dcem.control import (
     rollout_cost,
     train_step,
 )
+from dcem.planning import PlannerConfig
 
 pytestmark = pytest.mark.usefixtures("sync_path")
 
 
-def _small(dx, temp=1.0, n_latent=2, H=6, dtype=torch.float32, seed=0, **kw):
+def _small(dx, temp=1.0, n_latent=2, H=6, dtype=torch.float32, seed=0, cost=None, z_lower=-1.0, z_upper=1.0,
+           **config):  # fmt: skip
+    """A small controller; ``temp`` 0 is hard CEM (the controller's "min" selection), ``config``
+    overrides fields of its PlannerConfig."""
     torch.manual_seed(seed)
     dec = ActionDecoder(n_latent, H, dx.n_ctrl, dx.u_lower, dx.u_upper, hidden_sizes=(16,), activation="elu")
-    opts = dict(n_sample=20, n_elite=4, n_iter=3, temp=temp)
-    opts.update(kw)
-    return LatentDCEMController(dec.to(dtype), dx.to(dtype), **opts)
+    hard = not temp
+    opts = {"n_sample": 20, "n_elite": 4, "n_iter": 3, "temp": 1.0 if hard else temp,
+            "select": "min" if hard else "mean", **config}  # fmt: skip
+    cfg = PlannerConfig("cem" if hard else "dcem", **opts)
+    return LatentDCEMController(dec.to(dtype), dx.to(dtype), cost, cfg, z_lower=z_lower, z_upper=z_upper)
 
 
 def test_solve_shapes_bounds_and_cost():
@@ -84,7 +90,9 @@ def test_alg2_training_improves_on_random_decoder():
     dx = CartpoleDx()
     torch.manual_seed(0)
     dec = ActionDecoder(2, 10, 1, dx.u_lower, dx.u_upper, hidden_sizes=(64, 64), activation="elu")
-    ctrl = LatentDCEMController(dec, dx, cartpole_swingup_cost, n_sample=50, n_elite=5, n_iter=5)
+    ctrl = LatentDCEMController(
+        dec, dx, cartpole_swingup_cost, PlannerConfig("dcem", 50, 5, 5, temp=1.0, select="mean")
+    )
     x_val = dx.sample_state(16, torch.Generator().manual_seed(123))
 
     def val():

@@ -13,6 +13,7 @@ from dcem.control import (
     dcem_ctrl,
     rollout_cost,
 )
+from dcem.planning import PlannerConfig
 
 pytestmark = pytest.mark.usefixtures("sync_path")
 
@@ -58,11 +59,7 @@ def test_mpc_matches_lqr_batch():
         H,
         dx,
         cost,
-        n_sample=400,
-        n_elite=20,
-        n_iter=25,
-        sigma_scale=0.2,
-        select="min",
+        PlannerConfig("cem", 400, 20, 25, std_scale=0.2),
         generator=torch.Generator().manual_seed(0),
     )
     x0 = torch.tensor([[1.0, 0.0], [-0.5, 1.0], [0.3, -2.0]], dtype=torch.float64)
@@ -213,9 +210,7 @@ def test_warm_start_shift_and_bounds_per_dim():
         3,
         dx,
         cost,
-        n_sample=64,
-        n_elite=8,
-        n_iter=10,
+        PlannerConfig("cem", 64, 8, 10),
         shift_fill="last",
         generator=torch.Generator().manual_seed(0),
     )
@@ -227,12 +222,14 @@ def test_warm_start_shift_and_bounds_per_dim():
     torch.testing.assert_close(warm[:-1], plan.u[1:])
     torch.testing.assert_close(warm[-1], plan.u[-1])
     for fill, expected in (("zero", torch.tensor([0.0, 0.0])), ("mid", torch.tensor([0.0, 2.5]))):
-        c = MPC(3, dx, cost, n_sample=16, n_elite=4, n_iter=2, shift_fill=fill)
+        c = MPC(3, dx, cost, PlannerConfig("cem", 16, 4, 2), shift_fill=fill)
         p = c.plan(torch.zeros(1, 1))
         torch.testing.assert_close(c.warm_plan[:-1], p.u[1:])
         torch.testing.assert_close(c.warm_plan[-1, 0], expected)
     # the warm start is the next initial mean: with a tiny sigma the plan barely moves
-    c = MPC(3, dx, cost, n_sample=16, n_elite=4, n_iter=1, init_sigma=torch.tensor([1e-6, 1e-6]))
+    c = MPC(
+        3, dx, cost, PlannerConfig("cem", 16, 4, 1), init_sigma=torch.tensor([1e-6, 1e-6])
+    )
     u_init = torch.tensor([[[0.5, 1.0]], [[0.2, 2.0]], [[0.1, 3.0]]])
     p = c.plan(torch.zeros(1, 1), u_init=u_init)
     torch.testing.assert_close(p.u, u_init, atol=1e-4, rtol=0)
@@ -250,11 +247,7 @@ def test_dcem_plan_is_differentiable_and_matches_finite_differences():
         c = MPC(
             5,
             dx,
-            n_sample=30,
-            n_elite=5,
-            n_iter=4,
-            temp=1.0,
-            select="mean",
+            config=PlannerConfig("dcem", 30, 5, 4, temp=1.0, select="mean"),
             warm_start=False,
             generator=torch.Generator().manual_seed(0),
         )
@@ -278,15 +271,12 @@ def test_nan_costs_never_chosen():
 
     ctrl = MPC(
         2,
+        config=PlannerConfig("cem", 50, 5, 5, select="mean"),
         rollout=rollout,
         n_state=1,
         n_ctrl=1,
         u_lower=-1.0,
         u_upper=1.0,
-        n_sample=50,
-        n_elite=5,
-        n_iter=5,
-        select="mean",
         generator=torch.Generator().manual_seed(0),
     )
     p = ctrl.plan(torch.zeros(4, 1))
@@ -299,15 +289,12 @@ def test_nan_costs_never_chosen():
 
     ctrl = MPC(
         1,
+        config=PlannerConfig("cem", 100, 20, 3, select="mean"),
         rollout=holey,
         n_state=1,
         n_ctrl=1,
         u_lower=-1.0,
         u_upper=1.0,
-        n_sample=100,
-        n_elite=20,
-        n_iter=3,
-        select="mean",
         generator=torch.Generator().manual_seed(0),
     )
     p = ctrl.plan(torch.zeros(3, 1))
@@ -316,7 +303,12 @@ def test_nan_costs_never_chosen():
 
 def test_closed_loop_run_shapes():
     dx = PendulumDx()
-    ctrl = MPC(5, dx, n_sample=20, n_elite=4, n_iter=2, generator=torch.Generator().manual_seed(0))
+    ctrl = MPC(
+        5,
+        dx,
+        config=PlannerConfig("cem", 20, 4, 2),
+        generator=torch.Generator().manual_seed(0),
+    )
     out = ctrl.run(dx.sample_state(3, torch.Generator().manual_seed(0)), 4)
     assert out["x"].shape == (5, 3, 3) and out["u"].shape == (4, 3, 1) and out["cost"].shape == (4, 3)
     torch.testing.assert_close(out["x"][1], dx.step(out["x"][0], out["u"][0]))
@@ -325,7 +317,12 @@ def test_closed_loop_run_shapes():
 @pytest.mark.slow
 def test_pendulum_swingup_cem():
     dx = PendulumDx()
-    ctrl = MPC(20, dx, n_sample=300, n_elite=30, n_iter=8, generator=torch.Generator().manual_seed(0))
+    ctrl = MPC(
+        20,
+        dx,
+        config=PlannerConfig("cem", 300, 30, 8),
+        generator=torch.Generator().manual_seed(0),
+    )
     x0 = torch.tensor([[-1.0, 0.0, 0.0], [math.cos(2.5), math.sin(2.5), 0.0]])
     out = ctrl.run(x0, 100)
     assert bool((out["x"][-10:, :, 0] > 0.95).all())  # upright at the end
@@ -338,10 +335,10 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="u_lower"):
         MPC(5, dx, u_lower=torch.zeros(3))
     with pytest.raises(ValueError, match="n_elite"):
-        MPC(5, dx, n_sample=10, n_elite=11)
+        MPC(5, dx, config=PlannerConfig("cem", 10, 11))
     with pytest.raises(ValueError, match="exactly one"):
         MPC(5)
-    c = MPC(3, dx, n_sample=10, n_elite=2, n_iter=1)
+    c = MPC(3, dx, config=PlannerConfig("cem", 10, 2, 1))
     with pytest.raises(ValueError, match="x must have shape"):
         c.plan(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="finite"):
@@ -371,14 +368,12 @@ def test_bad_inputs():
         )
     bad = MPC(
         2,
+        config=PlannerConfig("cem", 4, 2, 1),
         rollout=lambda x, u: torch.zeros(3),
         n_state=1,
         n_ctrl=1,
         u_lower=-1.0,
         u_upper=1.0,
-        n_sample=4,
-        n_elite=2,
-        n_iter=1,
     )
     with pytest.raises(ValueError, match="rollout cost"):
         bad.plan(torch.zeros(1, 1))
@@ -388,9 +383,7 @@ def test_bad_inputs():
 def test_mpc_with_other_planner_rules(rule):
     dx = PendulumDx()
     x = dx.sample_state(3, torch.Generator().manual_seed(0))
-    ctrl = MPC(
-        8, dx, rule=rule, n_sample=100, n_elite=10, n_iter=4, generator=torch.Generator().manual_seed(0)
-    )
+    ctrl = MPC(8, dx, config=PlannerConfig(rule, 100, 10, 4), generator=torch.Generator().manual_seed(0))
     scale = 1.0 if rule in ("mppi", "icem") else 0.5  # the rule's std_scale (RULE_DEFAULTS)
     torch.testing.assert_close(ctrl.init_sigma, scale * (dx.u_upper - dx.u_lower))
     plan = ctrl.plan(x)
@@ -398,7 +391,7 @@ def test_mpc_with_other_planner_rules(rule):
     assert bool((plan.cost <= zero).all())
     torch.testing.assert_close(plan.cost, rollout_cost(dx, dx.quadratic_cost, x, plan.u))
     with pytest.raises(ValueError, match="lam"):
-        MPC(8, dx, rule="mppi", lam=0.0)
+        MPC(8, dx, config=PlannerConfig("mppi", lam=0.0))
 
 
 @pytest.mark.free_path
@@ -410,8 +403,9 @@ def test_captured_mpc_plans_equal_eager_plans(temp):
 
     def make(capture):
         g = torch.Generator().manual_seed(0)
-        return MPC(10, CartpoleDx(), cartpole_swingup_cost, n_sample=64, n_elite=8, n_iter=4, temp=temp,
-                   generator=g, capture=capture, capture_options={"graph_backend": "replay"})  # fmt: skip
+        cfg = PlannerConfig("dcem" if temp else "cem", 64, 8, 4, temp=temp or 1.0, capture=capture)
+        return MPC(10, CartpoleDx(), cartpole_swingup_cost, cfg, generator=g,
+                   capture_options={"graph_backend": "replay"})  # fmt: skip
 
     eager, cap = make("none"), make("graph")
     x = torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0], [0.5, 0.1, -0.9, 0.4, 0.0]])

@@ -9,6 +9,7 @@ from torch import nn
 
 from dcem.control import ActionDecoder
 from dcem.experiments.common.runs import mean_ci95
+from dcem.planning import PlannerConfig
 from dcem.rl import FullCEMPlanner, LatentDCEMPlanner, SequenceReplay, WorldModel
 from dcem.rl.planners import check_planner_sizes
 
@@ -93,7 +94,7 @@ def test_full_cem_improves_and_finds_known_optimum():
     H, A = 4, 2
     target = torch.linspace(-0.8, 0.8, H * A).view(H, A)
     model = QuadraticModel(target)
-    p = FullCEMPlanner(model, horizon=H, n_sample=200, n_elite=20, n_iter=8, u_lower=-1.0, u_upper=1.0)
+    p = FullCEMPlanner(model, H, PlannerConfig("cem", 200, 20, 8, select="mean"), u_lower=-1.0, u_upper=1.0)
     h, x = torch.zeros(3, 1), torch.zeros(3, 2)
     u = p.plan(h, x, generator=torch.Generator().manual_seed(0))
     assert u.shape == (3, H, A)
@@ -111,7 +112,7 @@ def test_latent_dcem_improves_over_initial_distribution_and_is_differentiable():
     target = torch.full((H, A), 0.5)
     model = QuadraticModel(target)
     dec = ActionDecoder(3, H, A, -1.0, 1.0, hidden_sizes=(16,))
-    p = LatentDCEMPlanner(model, dec, n_sample=100, n_elite=10, n_iter=8, temp=1.0)
+    p = LatentDCEMPlanner(model, dec, PlannerConfig("dcem", 100, 10, 8, temp=1.0, select="mean"))
     h, x = torch.zeros(2, 1), torch.zeros(2, 2)
     z, u = p.solve(h, x, generator=torch.Generator().manual_seed(0))
     z0 = torch.randn(2000, 3, generator=torch.Generator().manual_seed(2))
@@ -133,7 +134,7 @@ def test_decoder_training_through_dcem_lowers_cost():
     H, A = 3, 1
     model = QuadraticModel(torch.full((H, A), 0.9))
     dec = ActionDecoder(2, H, A, -1.0, 1.0, hidden_sizes=(16,))
-    p = LatentDCEMPlanner(model, dec, n_sample=20, n_elite=4, n_iter=3, temp=1.0)
+    p = LatentDCEMPlanner(model, dec, PlannerConfig("dcem", 20, 4, 3, temp=1.0, select="mean"))
     opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
     h, x = torch.zeros(4, 1), torch.zeros(4, 1)
     g = torch.Generator().manual_seed(0)
@@ -151,7 +152,7 @@ def test_latent_dcem_gradcheck_float64():
     torch.manual_seed(0)
     m = WorldModel(2, 1, deter_size=6, hidden_size=6).double()
     dec = ActionDecoder(2, 3, 1, -1.0, 1.0, hidden_sizes=(5,)).double()
-    p = LatentDCEMPlanner(m, dec, n_sample=8, n_elite=3, n_iter=2, temp=1.0)
+    p = LatentDCEMPlanner(m, dec, PlannerConfig("dcem", 8, 3, 2, temp=1.0, select="mean"))
     h = torch.randn(2, 6, dtype=torch.float64)
     x = torch.randn(2, 2, dtype=torch.float64)
     name = f"decoder.net.{len(dec.net) - 1}.bias"
@@ -174,7 +175,7 @@ def test_planner_size_validation():
         check_planner_sizes(0, 10, 1, 10)
     model = WorldModel(2, 1, 4, 4)
     with pytest.raises(ValueError, match="n_elite"):
-        FullCEMPlanner(model, 12, n_sample=10, n_elite=100)
+        FullCEMPlanner(model, 12, PlannerConfig("cem", 10, 100, 10, select="mean"))
     with pytest.raises(ValueError, match="n_ctrl"):
         LatentDCEMPlanner(model, ActionDecoder(2, 3, 2, -1.0, 1.0))
 
@@ -215,7 +216,7 @@ def test_full_planner_with_other_rules_finds_known_optimum(rule):
     H, A = 4, 2
     target = torch.linspace(-0.8, 0.8, H * A).view(H, A)
     model = QuadraticModel(target)
-    p = FullCEMPlanner(model, horizon=H, n_sample=200, n_elite=20, n_iter=8, rule=rule, lam=0.3)
+    p = FullCEMPlanner(model, H, PlannerConfig(rule, 200, 20, 8, lam=0.3, select="mean"))
     u = p.plan(torch.zeros(3, 1), torch.zeros(3, 2), generator=torch.Generator().manual_seed(0))
     assert u.shape == (3, H, A)
     torch.testing.assert_close(u, target.expand(3, H, A), atol=0.15, rtol=0)
@@ -225,7 +226,7 @@ def test_latent_mppi_planner_is_differentiable():
     torch.manual_seed(0)
     model = QuadraticModel(torch.full((3, 1), 0.5))
     dec = ActionDecoder(2, 3, 1, -1.0, 1.0, hidden_sizes=(8,))
-    p = LatentDCEMPlanner(model, dec, n_sample=20, n_elite=4, n_iter=3, rule="mppi", lam=0.5)
+    p = LatentDCEMPlanner(model, dec, PlannerConfig("mppi", 20, 4, 3, lam=0.5, select="mean"))
     p.decoder_loss(
         torch.zeros(2, 1), torch.zeros(2, 1), generator=torch.Generator().manual_seed(0)
     ).backward()
@@ -242,10 +243,14 @@ def test_captured_rl_planning_equals_the_eager_sync_free_plan(which):
     model = QuadraticModel(torch.linspace(-0.8, 0.8, H * A).view(H, A))
     opts = {"graph_backend": "replay"}
     if which == "full":
-        make = lambda c: FullCEMPlanner(model, H, 50, 5, 4, capture=c, capture_options=opts)  # noqa: E731
+        make = lambda c: FullCEMPlanner(  # noqa: E731
+            model, H, PlannerConfig("cem", 50, 5, 4, select="mean", capture=c), capture_options=opts
+        )
     else:
         dec = ActionDecoder(3, H, A, -1.0, 1.0, hidden_sizes=(16,))
-        make = lambda c: LatentDCEMPlanner(model, dec, 30, 5, 4, capture=c, capture_options=opts)  # noqa: E731
+        make = lambda c: LatentDCEMPlanner(  # noqa: E731
+            model, dec, PlannerConfig("dcem", 30, 5, 4, select="mean", capture=c), capture_options=opts
+        )
     eager, cap = make("none"), make("graph")
     for seed in (0, 1):
         h, x = torch.zeros(3, 1), torch.full((3, 2), 0.1 * seed)

@@ -17,6 +17,7 @@ from dcem.control import ActionDecoder  # noqa: E402
 from dcem.experiments.common.runs import CheckpointError, save_torch  # noqa: E402
 from dcem.experiments.mbrl import compose, main, run  # noqa: E402
 from dcem.experiments.mbrl.trainer import FORMAT, MBRLTrainer, seed_everything  # noqa: E402
+from dcem.planning import PlannerConfig  # noqa: E402
 from dcem.rl import LatentDCEMPlanner, WorldModel  # noqa: E402
 from dcem.rl.envs import DMCEnv  # noqa: E402
 
@@ -61,7 +62,7 @@ def _tiny_ppo():
     torch.manual_seed(0)
     m = WorldModel(3, 2, deter_size=8, hidden_size=8)
     dec = ActionDecoder(2, 3, 2, -1.0, 1.0, hidden_sizes=(8,))
-    planner = LatentDCEMPlanner(m, dec, n_sample=10, n_elite=3, n_iter=2, temp=1.0)
+    planner = LatentDCEMPlanner(m, dec, PlannerConfig("dcem", 10, 3, 2, temp=1.0, select="mean"))
     return m, dec, PPOFineTuner(planner, parts=["decoder", "reward"], sigma=0.1, minibatch=5, epochs=1)
 
 

@@ -49,7 +49,7 @@ __all__ = ["EXPERIMENT", "main", "load_config"]
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-#: keys added after run folders existed, with the value an older run used (see common.runs.open_run):
+#: keys added after run folders existed, with the value an older run used (see common.rundir.open_run):
 #: runs made before decoder.init existed used PyTorch's default initialisation
 LEGACY = {"decoder.init": "default"}
 EXPERIMENT = Experiment(

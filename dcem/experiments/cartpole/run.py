@@ -23,8 +23,10 @@ from dcem.control import (
     cartpole_swingup_cost,
     train_step,
 )
-from dcem.control.mpc import StepCost
+from dcem.control.latent import LATENT_DEFAULTS
+from dcem.control.mpc import MPC_DEFAULTS, StepCost
 from dcem.experiments.common.distributed import Shard, barrier
+from dcem.experiments.common.planner import planner_config
 from dcem.experiments.common.runs import (
     CsvLog,
     atomic_write_text,
@@ -69,37 +71,16 @@ def make_controller(cfg: DictConfig, dx: Dynamics, n_latent: int | None = None, 
         activation=str(cfg.decoder.activation),
         init=str(cfg.decoder.init),
     )
-    ctrl = LatentDCEMController(
-        dec,
-        dx,
-        make_task(cfg)[1],
-        n_sample=int(cfg.dcem.n_sample),
-        n_elite=int(cfg.dcem.n_elite),
-        n_iter=int(cfg.dcem.n_iter),
-        temp=tau,
-        init_sigma=float(cfg.dcem.init_sigma),
-        z_lower=-float(cfg.dcem.z_bound),
-        z_upper=float(cfg.dcem.z_bound),
-        normalize=bool(cfg.dcem.normalize),
-    )
-    return ctrl
+    config = planner_config(cfg.dcem, defaults=LATENT_DEFAULTS, temp=tau)  # temp 0: hard CEM
+    z = float(cfg.dcem.z_bound)
+    return LatentDCEMController(dec, dx, make_task(cfg)[1], config, init_sigma=float(cfg.dcem.init_sigma),
+                                z_lower=-z, z_upper=z)  # fmt: skip
 
 
 def make_expert(cfg: DictConfig, dx: Dynamics, generator: torch.Generator | None = None) -> MPC:
     """Full-space CEM over the ``horizon x n_ctrl`` action sequence (the expert)."""
-    return MPC(
-        int(cfg.horizon),
-        dx,
-        make_task(cfg)[1],
-        n_sample=int(cfg.expert.n_sample),
-        n_elite=int(cfg.expert.n_elite),
-        n_iter=int(cfg.expert.n_iter),
-        temp=None,
-        sigma_scale=float(cfg.expert.sigma_scale),
-        select="mean",
-        warm_start=False,
-        generator=generator,
-    )
+    config = planner_config(cfg.expert, defaults=MPC_DEFAULTS, rule="cem", select="mean")
+    return MPC(int(cfg.horizon), dx, make_task(cfg)[1], config, warm_start=False, generator=generator)
 
 
 def expert_spec(section: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from dcem.control.decoder import INITS
 from dcem.experiments.common.config import ConfigError, footprint, opt
+from dcem.experiments.common.planner import PlannerSection, check_planner_sections
 
 
 @dataclass
@@ -17,10 +18,9 @@ class Decoder:
 
 
 @dataclass
-class Latent:
-    n_sample: int = opt(ge=2)
-    n_elite: int = opt(ge=1, doc="<= dcem.n_sample")
-    n_iter: int = opt(ge=1)
+class Latent(PlannerSection):
+    """The latent controller: a planner section plus its latent box and initial std."""
+
     temp: float = opt(ge=0, doc="0: hard CEM")
     init_sigma: float = opt(gt=0)
     z_bound: float = opt(gt=0)
@@ -28,12 +28,9 @@ class Latent:
 
 
 @dataclass
-class Expert:
+class Expert(PlannerSection):
     """A full-space CEM (the paper's expert, and the converged baseline of mode=report)."""
 
-    n_sample: int = opt(ge=2)
-    n_elite: int = opt(ge=1, doc="<= n_sample of the same section")
-    n_iter: int = opt(ge=1)
     sigma_scale: float = opt(gt=0)
 
 
@@ -94,11 +91,7 @@ class CartpoleConfig:
     report: Report = field(default_factory=Report)
 
     def validate(self) -> None:
-        sized = (("dcem", self.dcem), ("expert", self.expert), ("report.converged", self.report.converged),
-                 ("report.published", self.report.published))  # fmt: skip
-        for name, c in sized:
-            if c.n_elite > c.n_sample:
-                raise ConfigError(f"{name}.n_elite={c.n_elite}: must be <= {name}.n_sample ({c.n_sample})")
+        check_planner_sections(self, ("dcem", "expert", "report.converged", "report.published"))
         if self.vis.n_states > self.n_val:
             raise ConfigError(f"vis.n_states={self.vis.n_states}: must be <= n_val ({self.n_val})")
 

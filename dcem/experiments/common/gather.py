@@ -24,7 +24,8 @@ from typing import Any
 
 from dcem._io import read_json
 from dcem.experiments.common.report import md_table
-from dcem.experiments.common.runs import CsvLog, RunError, _flat, atomic_write_text, mean_ci95, require_scipy
+from dcem.experiments.common.rundir import RunError, _flat
+from dcem.experiments.common.runs import CsvLog, atomic_write_text, mean_ci95, require_scipy
 
 __all__ = ["gather", "main"]
 

@@ -1,6 +1,6 @@
 """Provenance of run folders: which code, libraries and command made them.
 
-:func:`~dcem.experiments.common.runs.open_run` appends one *session* per run (and per resume) to
+:func:`~dcem.experiments.common.rundir.open_run` appends one *session* per run (and per resume) to
 the folder's ``provenance.json``::
 
     {"format": "dcem-provenance-v1", "sessions": [

@@ -33,7 +33,7 @@ __all__ = ["EXPERIMENT", "compose", "main", "run"]
 
 CONF_DIR = Path(__file__).parent / "conf"
 log = logging.getLogger("dcem.experiments.mbrl")
-#: keys added after run folders existed, with the value an older run used (see common.runs.open_run)
+#: keys added after run folders existed, with the value an older run used (see common.rundir.open_run)
 LEGACY = {"train.collect_workers": 1, "train.schedule": "block", "train.update_interval": 10,
           "decoder.init": "default", "decoder.states": "last", "decoder.freeze_model": False,
           "decoder.action_prior": 0.0, "eval.replan_every": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dcem.experiments.common.config import ConfigError, footprint, opt
+from dcem.experiments.common.planner import PlannerSection, check_planner_sections
 from dcem.experiments.mbrl.paired import CONTROLLERS
 from dcem.rl.envs import ENVS, check_env_name, default_action_repeat
 from dcem.rl.ppo import PPO_PARTS
@@ -63,17 +64,14 @@ class Train:
 
 
 @dataclass
-class CEM:
-    n_sample: int = opt(ge=1)
-    n_elite: int = opt(ge=1, doc="<= n_sample")
-    n_iter: int = opt(ge=1)
+class CEM(PlannerSection):
+    """Full-space CEM (:class:`dcem.rl.FullCEMPlanner`)."""
 
 
 @dataclass
-class DCEM:
-    n_sample: int = opt(ge=1)
-    n_elite: int = opt(ge=1, doc="<= n_sample")
-    n_iter: int = opt(ge=1)
+class DCEM(PlannerSection):
+    """Latent DCEM (:class:`dcem.rl.LatentDCEMPlanner`)."""
+
     temp: float = opt(gt=0)
     latent_bound: float | None = opt(gt=0)
 
@@ -182,11 +180,7 @@ class MBRLConfig:
             check_env_name(self.env.name)
         except (ValueError, ImportError) as err:
             raise ConfigError(f"env.name={self.env.name!r}: {err}") from None
-        for name in ("cem", "dcem"):
-            c = getattr(self.planner, name)
-            if c.n_elite > c.n_sample:
-                raise ConfigError(f"planner.{name}.n_elite={c.n_elite}: must be <= planner.{name}.n_sample "
-                                  f"({c.n_sample})")  # fmt: skip
+        check_planner_sections(self, ("planner.cem", "planner.dcem"))
         ar = self.env.action_repeat or default_action_repeat(self.env.name)
         ep_len = self.env.episode_steps // ar
         if self.model.seq_len > ep_len:

@@ -15,6 +15,7 @@ Phases (each one resumable from the run folder's ``checkpoint.pt``):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import torch
 
 from dcem.control import ActionDecoder
 from dcem.experiments.common.distributed import Shard
+from dcem.experiments.common.planner import planner_config
 from dcem.experiments.common.runs import (
     CsvLog,
     describe_differences,
@@ -42,7 +44,7 @@ from dcem.experiments.mbrl.paired import PairedEvalMixin
 from dcem.experiments.mbrl.phases import PhasesMixin
 from dcem.experiments.mbrl.schema import PHASES
 from dcem.rl.envs import DMCEnv, make_env
-from dcem.rl.planners import FullCEMPlanner, LatentDCEMPlanner
+from dcem.rl.planners import FULL_DEFAULTS, LATENT_DEFAULTS, FullCEMPlanner, LatentDCEMPlanner
 from dcem.rl.replay import SequenceReplay
 from dcem.rl.world_model import WorldModel
 
@@ -123,34 +125,7 @@ class MBRLTrainer(PhasesMixin, LearnMixin, PairedEvalMixin, EvalMixin, CollectMi
             self.device
         )
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=m["lr"], eps=m["adam_eps"])
-        p = cfg["planner"]
-        lo = torch.as_tensor(self.env.u_lower, device=self.device)
-        hi = torch.as_tensor(self.env.u_upper, device=self.device)
-        self.cem = FullCEMPlanner(
-            self.model, p["horizon"], p["cem"]["n_sample"], p["cem"]["n_elite"], p["cem"]["n_iter"], lo, hi
-        )
-        d = cfg["decoder"]
-        self.decoder = ActionDecoder(
-            d["n_latent"],
-            p["horizon"],
-            self.env.act_dim,
-            lo.cpu(),
-            hi.cpu(),
-            hidden_sizes=tuple(d["hidden_sizes"]),
-            init=d.get("init", "default"),
-            generator=torch.Generator().manual_seed(seed),
-        ).to(self.device)
-        self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=d["lr"])
-        pd = p["dcem"]
-        self.latent = LatentDCEMPlanner(
-            self.model,
-            self.decoder,
-            pd["n_sample"],
-            pd["n_elite"],
-            pd["n_iter"],
-            pd["temp"],
-            pd.get("latent_bound"),
-        )
+        self._build_control(cfg)
         self.replay = SequenceReplay(
             self.env.obs_dim, self.env.act_dim, self.env.episode_len, cfg["train"]["replay_capacity"]
         )
@@ -174,6 +149,29 @@ class MBRLTrainer(PhasesMixin, LearnMixin, PairedEvalMixin, EvalMixin, CollectMi
         #: optional ``torch.utils.tensorboard.SummaryWriter`` receiving every logged row
         self.tb = None
 
+    def _build_control(self, cfg: dict) -> None:
+        """The full-CEM planner, the action decoder (its own seeded generator), its optimiser and
+        the latent-DCEM planner, from the ``planner`` and ``decoder`` sections."""
+        p, d = cfg["planner"], cfg["decoder"]
+        lo = torch.as_tensor(self.env.u_lower, device=self.device)
+        hi = torch.as_tensor(self.env.u_upper, device=self.device)
+        self.cem = FullCEMPlanner(self.model, p["horizon"], planner_config(p["cem"], defaults=FULL_DEFAULTS),
+                                  u_lower=lo, u_upper=hi)  # fmt: skip
+        self.decoder = ActionDecoder(
+            d["n_latent"],
+            p["horizon"],
+            self.env.act_dim,
+            lo.cpu(),
+            hi.cpu(),
+            hidden_sizes=tuple(d["hidden_sizes"]),
+            init=d.get("init", "default"),
+            generator=torch.Generator().manual_seed(int(cfg["seed"])),
+        ).to(self.device)
+        self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=d["lr"])
+        pd = p["dcem"]
+        latent = planner_config(pd, defaults=LATENT_DEFAULTS)
+        self.latent = LatentDCEMPlanner(self.model, self.decoder, latent, latent_bound=pd.get("latent_bound"))
+
     FORMAT = FORMAT
 
     @property
@@ -181,15 +179,10 @@ class MBRLTrainer(PhasesMixin, LearnMixin, PairedEvalMixin, EvalMixin, CollectMi
         """Full-space CEM with latent DCEM's sizes (same trajectories per planning step)."""
         if self._cem_budget is None:
             d = self.cfg["planner"]["dcem"]
-            self._cem_budget = FullCEMPlanner(
-                self.model,
-                self.cfg["planner"]["horizon"],
-                d["n_sample"],
-                d["n_elite"],
-                d["n_iter"],
-                self.cem.u_lower,
-                self.cem.u_upper,
-            )
+            sizes = {k: d[k] for k in ("n_sample", "n_elite", "n_iter")}
+            self._cem_budget = FullCEMPlanner(self.model, self.cfg["planner"]["horizon"],
+                                              dataclasses.replace(self.cem.config, **sizes),
+                                              u_lower=self.cem.u_lower, u_upper=self.cem.u_upper)  # fmt: skip
         return self._cem_budget
 
     # -- PPO (built lazily: needs torchrl) --------------------------------------------------------

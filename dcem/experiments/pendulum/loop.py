@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from dcem.experiments.common.planner import planner_config
 from dcem.experiments.common.runs import CsvLog, incompatible, load_torch, note_progress, save_torch
 
 __all__ = ["LOG_FIELDS", "simulate"]
@@ -20,11 +21,11 @@ LOG_FIELDS = ["step", "mean_cost", "mean_plan_cost", "frac_upright", "mean_abs_a
 
 def _controller(cfg: DictConfig, generator: torch.Generator) -> tuple[Any, Any]:
     from dcem.control import MPC, PendulumDx
+    from dcem.control.mpc import MPC_DEFAULTS
 
     dx = PendulumDx()
-    ctrl = MPC(int(cfg.horizon), dx, n_sample=int(cfg.mpc.n_sample), n_elite=int(cfg.mpc.n_elite),
-               n_iter=int(cfg.mpc.n_iter), temp=cfg.mpc.temp, sigma_scale=float(cfg.mpc.sigma_scale),
-               shift_fill=str(cfg.mpc.shift_fill), generator=generator)  # fmt: skip
+    config = planner_config(cfg.mpc, defaults=MPC_DEFAULTS)  # temp null: CEM, else DCEM
+    ctrl = MPC(int(cfg.horizon), dx, config=config, shift_fill=str(cfg.mpc.shift_fill), generator=generator)
     return dx, ctrl
 
 

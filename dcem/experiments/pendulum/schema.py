@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dcem.experiments.common.config import ConfigError, footprint, opt
+from dcem.experiments.common.config import footprint, opt
+from dcem.experiments.common.planner import PlannerSection, check_planner_sections
 
 
 @dataclass
-class MPCConfig:
-    n_sample: int = opt(ge=2)
-    n_elite: int = opt(ge=1, doc="<= mpc.n_sample")
-    n_iter: int = opt(ge=1)
+class MPCConfig(PlannerSection):
     temp: float | None = opt(gt=0, doc="null: CEM")
     sigma_scale: float = opt(gt=0)
     shift_fill: str = opt(choices=("last", "zero", "mid"))
@@ -33,9 +31,7 @@ class PendulumConfig:
     n_animate: int = opt(ge=1)
 
     def validate(self) -> None:
-        if self.mpc.n_elite > self.mpc.n_sample:
-            n, s = self.mpc.n_elite, self.mpc.n_sample
-            raise ConfigError(f"mpc.n_elite={n}: must be <= mpc.n_sample ({s})")
+        check_planner_sections(self, ("mpc",))
 
     def memory_bytes(self) -> list[tuple[str, float]]:
         """Lower bounds of the largest tensors (float32), checked before the run folder exists."""
