@@ -17,11 +17,12 @@ from torch import Tensor
 
 from dcem._checks import check_real
 
-__all__ = ["colored_noise"]
+__all__ = ["colored_noise", "spectrum_scale"]
 
 
-def _spectrum_scale(H: int, beta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, float]:
-    """Amplitudes ``(H // 2 + 1,)`` of the frequencies ``k / H`` and the std of the transform."""
+def spectrum_scale(H: int, beta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, float]:
+    """Amplitudes ``(H // 2 + 1,)`` of the frequencies ``k / H`` and the std of the transform
+    (``spectrum`` of :func:`colored_noise`, for callers drawing many times with one ``H``, ``beta``)."""
     f = torch.arange(H // 2 + 1, dtype=dtype, device=device) / H
     f[0] = 1.0 / H  # the lowest resolvable frequency stands in for the constant term
     s = f.pow(-beta / 2.0)
@@ -41,6 +42,7 @@ def colored_noise(
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    spectrum: tuple[Tensor, float] | None = None,
 ) -> Tensor:
     """Standard-normal noise of ``shape = (..., H, A)``, coloured along the time axis ``H``.
 
@@ -49,6 +51,8 @@ def colored_noise(
         beta: spectral exponent ``>= 0`` (0: independent ``N(0, 1)`` entries).
         generator: ``torch.Generator`` for reproducibility.
         dtype, device: of the result (default: the default dtype, CPU).
+        spectrum: ``spectrum_scale(H, beta, dtype, device)`` if the caller has it (the same
+            result, without recomputing it).
 
     Returns:
         a tensor of ``shape`` with zero mean and unit variance per entry, correlated along
@@ -65,9 +69,8 @@ def colored_noise(
     freq_shape = (*shape[:-2], shape[-1], K)
     re = torch.randn(freq_shape, generator=generator, dtype=dtype, device=device)
     im = torch.randn(freq_shape, generator=generator, dtype=dtype, device=device)
-    im[..., 0] = 0.0  # the constant (and Nyquist) terms are real
-    if H % 2 == 0:
-        im[..., -1] = 0.0
-    s, std = _spectrum_scale(H, beta, dtype, re.device)
-    x = torch.fft.irfft(torch.complex(re * s, im * s), n=H, dim=-1)
-    return (x / std).transpose(-1, -2)
+    # the constant (and Nyquist) terms are real
+    im[..., :: K - 1 if H % 2 == 0 else K].zero_()  # entries 0 and K - 1 (H even) or 0 (H odd)
+    s, std = spectrum_scale(H, beta, dtype, re.device) if spectrum is None else spectrum
+    x = torch.fft.irfft(torch.complex(re.mul_(s), im.mul_(s)), n=H, dim=-1)
+    return x.div_(std).transpose(-1, -2)

@@ -47,6 +47,7 @@ from dcem.optim.validate import check_bound_pair, check_box_defaults
 from dcem.planning.bounds import _check_bound_pair, _search_tensor
 from dcem.planning.capture import LoopCaptures, LoopOutput
 from dcem.planning.config import PlannerConfig
+from dcem.planning.hostloop import HostLoop, host_loop_ok
 from dcem.planning.noise import colored_noise
 from dcem.planning.result import PlanResult, assemble, plain
 from dcem.planning.rules import Gaussian, refit
@@ -312,6 +313,9 @@ class Planner:
         g, kept = Gaussian(mu, sigma, flags, flags), mu.new_zeros(B, 0, D)
         best_f = torch.full((B,), math.inf, dtype=mu.dtype, device=mu.device)
         best_xf = mean_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
+        lean = noises is None and not want and host_loop_ok(mu, host)  # the same plans, fewer operations
+        if lean and not torch.is_grad_enabled():
+            return self._host_loop(evaluate, counter, g, kept, best_xf, (lo, hi), generator, 0)
         with contextlib.ExitStack() as stack:
             for i in range(cfg.n_iter):
                 noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
@@ -323,11 +327,24 @@ class Planner:
                 better = fb < best_f
                 best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
                 best_f = torch.minimum(fb, best_f)
+                if host and cfg.iter_eps and bool(g.done.all()):
+                    break
                 if i == 0 and noises is None and not want and torch.is_grad_enabled():
                     if not any(t is not None and t.requires_grad for t in (fX, mu, sigma, lo, hi)):
                         stack.enter_context(torch.inference_mode())  # nothing is differentiable
-                if host and cfg.iter_eps and bool(g.done.all()):
-                    break
+                        if lean and cfg.n_iter > 1:
+                            return self._host_loop(evaluate, counter, g, kept, best_xf, (lo, hi), generator, 1)
+        return LoopOutput(g, best_xf, mean_xf, counter[0])
+
+    def _host_loop(
+        self, evaluate: Callable[[Tensor], Tensor], counter: list[int], g: Gaussian, kept: Tensor,
+        best_xf: Tensor, bounds: tuple[Tensor | None, Tensor | None], generator: torch.Generator | None,
+        start_it: int,
+    ) -> LoopOutput:  # fmt: skip
+        """Iterations ``start_it, ...`` by :class:`dcem.planning.hostloop.HostLoop` (no autograd, CPU)."""
+        shape = (self.horizon, self.n_ctrl) if self.n_latent is None else None
+        loop = HostLoop(self.config, evaluate, bounds, shape, generator)
+        g, best_xf, mean_xf = loop.run(g, kept, best_xf, start_it)
         return LoopOutput(g, best_xf, mean_xf, counter[0])
 
     def _step(
