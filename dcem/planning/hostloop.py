@@ -45,6 +45,14 @@ def host_loop_ok(mu: Tensor, host: bool) -> bool:
     return host and mu.device.type == "cpu" and mu.dtype in _FLOATS
 
 
+def _scalar(b: Tensor | None) -> Tensor | float | None:
+    """A bound broadcast from one value (strides 0: a float bound) as that value (a cheaper clamp,
+    the same result), else the bound."""
+    if b is None or any(b.stride()):
+        return b
+    return b.reshape(-1)[0].item()
+
+
 def _moments(w3: Tensor, X: Tensor, wsum: Tensor, tiny: float) -> tuple[Tensor, Tensor]:
     """:func:`dcem.optim.weighted_moments` for ``w3 (B, 1, M)`` and ``wsum >= tiny``, in place."""
     mu = torch.bmm(w3, X).squeeze(1).div_(wsum)
@@ -110,7 +118,8 @@ class HostLoop:
         plan_shape: tuple[int, int] | None,
         generator: torch.Generator | None,
     ) -> None:
-        self.cfg, self.evaluate, self.bounds, self.generator = cfg, evaluate, bounds, generator
+        self.cfg, self.evaluate, self.generator = cfg, evaluate, generator
+        self.bounds = tuple(_scalar(b) for b in bounds)
         self.clamp = bounds[0] is not None or bounds[1] is not None
         self.beta = cfg.noise_beta if plan_shape is not None else 0.0
         self.plan_shape = plan_shape

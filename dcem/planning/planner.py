@@ -51,7 +51,8 @@ from dcem.planning.hostloop import HostLoop, host_loop_ok
 from dcem.planning.noise import colored_noise
 from dcem.planning.result import PlanResult, assemble, plain
 from dcem.planning.rules import Gaussian, refit
-from dcem.sync import host_reads_free, resolve_sync
+from dcem.planning.start import StartCache, initial
+from dcem.sync import resolve_sync
 
 __all__ = ["Planner", "PlanResult", "IterCallback"]
 
@@ -119,6 +120,7 @@ class Planner:
         self.decoder, self.z_lower, self.z_upper = decoder, z_lower, z_upper
         self.capture_options = dict(capture_options or {})
         self._captures = LoopCaptures(self.capture_options)  # captured loops by objective and layout
+        self._starts = StartCache()  # default starts by shape, dtype and device
 
     @property
     def search_shape(self) -> tuple[int, ...]:
@@ -161,9 +163,7 @@ class Planner:
         """
         if not callable(cost):
             raise TypeError(f"cost must be callable, got {type(cost).__name__}")
-        box = (self.lower, self.upper, "") if self.n_latent is None else (self.z_lower, self.z_upper, "z_")
-        check_box_defaults(box[0], box[1], init_mean, init_std, box[2])  # shared validation (dcem.optim)
-        mu, sigma, lo, hi, batch = self._initial(batch_shape, init_mean, init_std, dtype, device)
+        mu, sigma, lo, hi, batch = self._start(batch_shape, init_mean, init_std, dtype, device)
         start = (mu, sigma, lo, hi)
         mode = resolve_capture(self.config.capture, mu, compile_with_grad=False)
         if mode != "none":
@@ -180,7 +180,7 @@ class Planner:
         return plain(res)
 
     # -- set-up -------------------------------------------------------------------------
-    def _initial(
+    def _start(
         self,
         batch_shape: tuple[int, ...] | None,
         init_mean: Tensor | None,
@@ -188,46 +188,19 @@ class Planner:
         dtype: torch.dtype | None,
         device: torch.device | str | None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, tuple[int, ...]]:
-        S = self.search_shape
-        if init_mean is not None:
-            if not isinstance(init_mean, Tensor) or not init_mean.is_floating_point():
-                raise TypeError("init_mean must be a floating-point tensor of shape (*B, *search_shape)")
-            if init_mean.dim() < len(S) or tuple(init_mean.shape[init_mean.dim() - len(S) :]) != S:
-                raise ValueError(
-                    f"init_mean must have shape (*B, {', '.join(map(str, S))}), got {tuple(init_mean.shape)}"
-                )
-            inferred = tuple(init_mean.shape[: init_mean.dim() - len(S)])
-            if batch_shape is not None and tuple(batch_shape) != inferred:
-                raise ValueError(
-                    f"init_mean has batch shape {inferred}, but batch_shape = {tuple(batch_shape)}"
-                )
-            batch, like = inferred, init_mean
-        else:
-            batch = tuple(check_int("batch_shape", b, 1) for b in (batch_shape or ()))
-            like = torch.empty(0, dtype=dtype or torch.get_default_dtype(), device=device)
-        full = (*batch, *S)
-        lo_b, hi_b = (self.lower, self.upper) if self.n_latent is None else (self.z_lower, self.z_upper)
-        names = ("lower", "upper") if self.n_latent is None else ("z_lower", "z_upper")
-        lo = _search_tensor(lo_b, names[0], full, like)
-        hi = _search_tensor(hi_b, names[1], full, like)
-        if init_mean is None:
-            mid = torch.zeros(full, dtype=like.dtype, device=like.device)
-            if lo is not None and hi is not None:
-                mid = 0.5 * (lo + hi)
-            elif lo is not None or hi is not None:
-                mid = torch.clamp(mid, lo, hi)
-            init_mean = mid
-        if init_std is None:
-            std_scale = cast(float, self.config.std_scale)  # a float after PlannerConfig.__post_init__
-            init_std = std_scale * (hi - lo) if lo is not None and hi is not None else 1.0
-        sigma = _search_tensor(init_std, "init_std", full, init_mean)
-        if host_reads_free(sigma) and not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
-            raise ValueError("init_std must be finite and >= 0")
-        if host_reads_free(init_mean) and not bool(torch.isfinite(init_mean).all()):
-            raise ValueError("init_mean must be finite")
-        B, D = math.prod(batch), math.prod(S)
-        flat = lambda t: None if t is None else t.reshape(B, 1, D)  # noqa: E731
-        return init_mean.reshape(B, D), sigma.reshape(B, D), flat(lo), flat(hi), batch
+        """The checked start (:func:`dcem.planning.start.initial`); a default one built once per shape."""
+        prefix = "" if self.n_latent is None else "z_"
+        box = (self.lower, self.upper) if self.n_latent is None else (self.z_lower, self.z_upper)
+        S, std_scale = self.search_shape, cast(float, self.config.std_scale)  # a float after __post_init__
+
+        def build() -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, tuple[int, ...]]:
+            check_box_defaults(box[0], box[1], init_mean, init_std, prefix)  # shared validation (dcem.optim)
+            names = (f"{prefix}lower", f"{prefix}upper")
+            return initial(S, (*box, names), std_scale, batch_shape, init_mean, init_std, dtype, device)
+
+        key = None if init_mean is not None else self._starts.key(box, std_scale, init_std, batch_shape,
+                                                                   dtype, device, S)  # fmt: skip
+        return self._starts.get_or_build(key, build)
 
     def _evaluator(
         self, cost: Callable[[Tensor], Tensor], batch: tuple[int, ...]
@@ -333,7 +306,8 @@ class Planner:
                     if not any(t is not None and t.requires_grad for t in (fX, mu, sigma, lo, hi)):
                         stack.enter_context(torch.inference_mode())  # nothing is differentiable
                         if lean and cfg.n_iter > 1:
-                            return self._host_loop(evaluate, counter, g, kept, best_xf, (lo, hi), generator, 1)
+                            bounds = (lo, hi)
+                            return self._host_loop(evaluate, counter, g, kept, best_xf, bounds, generator, 1)
         return LoopOutput(g, best_xf, mean_xf, counter[0])
 
     def _host_loop(
