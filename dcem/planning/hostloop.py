@@ -203,10 +203,17 @@ class HostLoop:
         tiny = _tiny(X.dtype)
         if cfg.rule is Rule.CEM or cfg.rule is Rule.ICEM:
             part = a.argpartition(k - 1, axis=-1)[:, :k]
-            if not (a[self.rows, part] < math.inf).all():
-                return None
+            # the k-th smallest cost sits at k - 1, the other elites' costs are <= it, NaN last
+            if B == 1:
+                if not a[0, part[0, k - 1]] < math.inf:
+                    return None
+                Xe = X.select(0, 0).index_select(0, torch.from_numpy(part[0])).unsqueeze(0)
+            else:
+                if not (a[self.rows[:, 0], part[:, k - 1]] < math.inf).all():
+                    return None
+                Xe = gather_rows(X, torch.from_numpy(np.ascontiguousarray(part)))
             w3, wsum = self._ones(B, k, X.dtype)
-            return _moments(w3, gather_rows(X, torch.from_numpy(np.ascontiguousarray(part))), wsum, tiny)
+            return _moments(w3, Xe, wsum, tiny)
         if not np.isfinite(a).all():
             return None
         if cfg.rule is Rule.DCEM:
