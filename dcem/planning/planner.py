@@ -385,4 +385,3 @@ class Planner:
         return torch.clamp(
             P, _search_tensor(self.lower, "lower", S, P), _search_tensor(self.upper, "upper", S, P)
         )
-

@@ -158,7 +158,7 @@ def test_the_cached_default_start_is_reused_and_never_written(monkeypatch):
     seen: list = []
     with torch.no_grad():
         r1 = p.plan(quadratic(seen=seen), batch_shape=(2,), generator=torch.Generator().manual_seed(0))
-    (key, start), = p._starts.items()
+    ((key, start),) = p._starts.items()
     before = [t.clone() for t in start[:4]]
     with torch.no_grad():
         r2 = p.plan(quadratic(), batch_shape=(2,), generator=torch.Generator().manual_seed(0))
