@@ -22,6 +22,7 @@ the functions of the general loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -129,23 +130,30 @@ class HostLoop:
 
     def run(
         self, g: Gaussian, kept: Tensor, best_xf: Tensor, start_it: int
-    ) -> tuple[Gaussian, Tensor, Tensor]:
+    ) -> tuple[tuple[Gaussian, Tensor, Tensor] | None, tuple[Tensor, Tensor] | None]:
         """From the state before iteration ``start_it``: the final Gaussian, the best candidate
-        and the last mean candidate, each with its cost appended ``(B, D + 1)``."""
+        and the last mean candidate, each with its cost appended ``(B, D + 1)``; or, when the
+        first objective values require gradients (grad mode on), ``None`` and that iteration's
+        candidates and costs ``(X, fX)``, for the differentiable loop to go on from."""
         cfg, best = self.cfg, _Best(best_xf)
         self.rows = best.rows[:, None]
-        last = best_xf  # the mean candidate of the last iteration, with its cost
-        for i in range(start_it, cfg.n_iter):
-            X = self._sample(g, kept, i)
-            fX = self.evaluate(X)
-            a = (fX if not fX.requires_grad else fX.detach()).numpy()
-            g, kept = self._refit(g, X, fX, a, i)
-            best.update(X, a)
-            last = X, fX
-            if cfg.iter_eps and bool(g.done.all()):
-                break
-        mean_xf = torch.cat((last[0][:, -1], last[1][:, -1:]), -1) if isinstance(last, tuple) else last
-        return g, best.result(), mean_xf
+        last: Tensor | tuple[Tensor, Tensor] = best_xf  # the mean candidate of the last iteration
+        with contextlib.ExitStack() as stack:
+            for i in range(start_it, cfg.n_iter):
+                X = self._sample(g, kept, i)
+                fX = self.evaluate(X)
+                if i == start_it and torch.is_grad_enabled():
+                    if fX.requires_grad:
+                        return None, (X, fX)
+                    stack.enter_context(torch.inference_mode())  # nothing is differentiable
+                a = (fX if not fX.requires_grad else fX.detach()).numpy()
+                g, kept = self._refit(g, X, fX, a, i)
+                best.update(X, a)
+                last = X, fX
+                if cfg.iter_eps and bool(g.done.all()):
+                    break
+            mean_xf = torch.cat((last[0][:, -1], last[1][:, -1:]), -1) if isinstance(last, tuple) else last
+            return (g, best.result(), mean_xf), None
 
     def _noise(self, B: int, N: int, D: int, like: Tensor, out: Tensor) -> Tensor:
         """The draws of :meth:`Planner.noise` (``(B, N, D)``), into ``out`` where they are white."""

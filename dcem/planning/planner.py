@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from dcem._checks import check_int
 from dcem.optim import best_sample
 from dcem.optim.capture import resolve_capture
-from dcem.optim.validate import check_bound_pair, check_box_defaults
+from dcem.optim.validate import check_bound_pair
 from dcem.planning.bounds import _check_bound_pair, _search_tensor
 from dcem.planning.capture import LoopCaptures, LoopOutput
 from dcem.planning.config import PlannerConfig
@@ -51,7 +51,7 @@ from dcem.planning.hostloop import HostLoop, host_loop_ok
 from dcem.planning.noise import colored_noise
 from dcem.planning.result import PlanResult, assemble, plain
 from dcem.planning.rules import Gaussian, refit
-from dcem.planning.start import StartCache, initial
+from dcem.planning.start import StartCache, plan_start
 from dcem.sync import resolve_sync
 
 __all__ = ["Planner", "PlanResult", "IterCallback"]
@@ -60,6 +60,10 @@ Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
 """``iter_cb(i, X, fX, I, X_I, mu, sigma)`` with flattened candidates ``X (B, M, D)``, costs
 ``fX (B, M)``, weights ``I (B, M, 1)``, ``X_I = I * X`` and the refit ``mu, sigma (B, D)``."""
+
+
+def _requires_grad(ts: tuple[Tensor | None, ...]) -> list[bool]:
+    return [t is not None and t.requires_grad for t in ts]
 
 
 class Planner:
@@ -163,7 +167,7 @@ class Planner:
         """
         if not callable(cost):
             raise TypeError(f"cost must be callable, got {type(cost).__name__}")
-        mu, sigma, lo, hi, batch = self._start(batch_shape, init_mean, init_std, dtype, device)
+        mu, sigma, lo, hi, batch = plan_start(self, batch_shape, init_mean, init_std, dtype, device)
         start = (mu, sigma, lo, hi)
         mode = resolve_capture(self.config.capture, mu, compile_with_grad=False)
         if mode != "none":
@@ -180,28 +184,6 @@ class Planner:
         return plain(res)
 
     # -- set-up -------------------------------------------------------------------------
-    def _start(
-        self,
-        batch_shape: tuple[int, ...] | None,
-        init_mean: Tensor | None,
-        init_std: float | Tensor | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, tuple[int, ...]]:
-        """The checked start (:func:`dcem.planning.start.initial`); a default one built once per shape."""
-        prefix = "" if self.n_latent is None else "z_"
-        box = (self.lower, self.upper) if self.n_latent is None else (self.z_lower, self.z_upper)
-        S, std_scale = self.search_shape, cast(float, self.config.std_scale)  # a float after __post_init__
-
-        def build() -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, tuple[int, ...]]:
-            check_box_defaults(box[0], box[1], init_mean, init_std, prefix)  # shared validation (dcem.optim)
-            names = (f"{prefix}lower", f"{prefix}upper")
-            return initial(S, (*box, names), std_scale, batch_shape, init_mean, init_std, dtype, device)
-
-        key = None if init_mean is not None else self._starts.key(box, std_scale, init_std, batch_shape,
-                                                                   dtype, device, S)  # fmt: skip
-        return self._starts.get_or_build(key, build)
-
     def _evaluator(
         self, cost: Callable[[Tensor], Tensor], batch: tuple[int, ...]
     ) -> tuple[Callable[[Tensor], Tensor], list[int]]:
@@ -286,13 +268,18 @@ class Planner:
         g, kept = Gaussian(mu, sigma, flags, flags), mu.new_zeros(B, 0, D)
         best_f = torch.full((B,), math.inf, dtype=mu.dtype, device=mu.device)
         best_xf = mean_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
-        lean = noises is None and not want and host_loop_ok(mu, host)  # the same plans, fewer operations
-        if lean and not torch.is_grad_enabled():
-            return self._host_loop(evaluate, counter, g, kept, best_xf, (lo, hi), generator, 0)
+        lean, pre = noises is None and not want and host_loop_ok(mu, host), None  # fewer operations
+        if lean and not (torch.is_grad_enabled() and (cfg.checkpoint or any(_requires_grad(start)))):
+            out, pre = self._host_loop(evaluate, counter, g, kept, best_xf, (lo, hi), generator, 0)
+            if out is not None:
+                return out
         with contextlib.ExitStack() as stack:
             for i in range(cfg.n_iter):
-                noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
-                step = self._step(evaluate, g, kept, noise, (lo, hi), host, i, want)
+                if i == 0 and pre is not None:
+                    noise = mu  # unused: the first candidates are evaluated already
+                else:
+                    noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
+                step = self._step(evaluate, g, kept, noise, (lo, hi), host, i, want, None if i else pre)
                 g, kept, xf, fb, mean_xf, X, fX, w = step
                 if iter_cb is not None:  # outside the checkpointed region: called once per iteration
                     w = w.unsqueeze(-1)
@@ -303,23 +290,26 @@ class Planner:
                 if host and cfg.iter_eps and bool(g.done.all()):
                     break
                 if i == 0 and noises is None and not want and torch.is_grad_enabled():
-                    if not any(t is not None and t.requires_grad for t in (fX, mu, sigma, lo, hi)):
+                    if not fX.requires_grad and not any(_requires_grad(start)):
                         stack.enter_context(torch.inference_mode())  # nothing is differentiable
-                        if lean and cfg.n_iter > 1:
+                        if lean and cfg.n_iter > 1:  # (with checkpoint): the rest in the host loop
                             bounds = (lo, hi)
-                            return self._host_loop(evaluate, counter, g, kept, best_xf, bounds, generator, 1)
+                            out, _ = self._host_loop(
+                                evaluate, counter, g, kept, best_xf, bounds, generator, 1
+                            )
+                            return cast(LoopOutput, out)
         return LoopOutput(g, best_xf, mean_xf, counter[0])
 
     def _host_loop(
         self, evaluate: Callable[[Tensor], Tensor], counter: list[int], g: Gaussian, kept: Tensor,
         best_xf: Tensor, bounds: tuple[Tensor | None, Tensor | None], generator: torch.Generator | None,
         start_it: int,
-    ) -> LoopOutput:  # fmt: skip
-        """Iterations ``start_it, ...`` by :class:`dcem.planning.hostloop.HostLoop` (no autograd, CPU)."""
+    ) -> tuple[LoopOutput | None, tuple[Tensor, Tensor] | None]:  # fmt: skip
+        """Iterations ``start_it, ...`` by :class:`dcem.planning.hostloop.HostLoop` (no autograd,
+        CPU); or ``None`` and the first candidates and costs if these require gradients."""
         shape = (self.horizon, self.n_ctrl) if self.n_latent is None else None
-        loop = HostLoop(self.config, evaluate, bounds, shape, generator)
-        g, best_xf, mean_xf = loop.run(g, kept, best_xf, start_it)
-        return LoopOutput(g, best_xf, mean_xf, counter[0])
+        out, pre = HostLoop(self.config, evaluate, bounds, shape, generator).run(g, kept, best_xf, start_it)
+        return (None, pre) if out is None else (LoopOutput(*out, counter[0]), None)
 
     def _step(
         self,
@@ -331,6 +321,7 @@ class Planner:
         host: bool,
         i: int,
         want: bool,
+        pre: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Any, ...]:
         """One iteration (recomputed in the backward pass with ``config.checkpoint``): the new
         Gaussian and kept elites, this iteration's best and mean candidates, ``X``, ``fX``, weights."""
@@ -342,7 +333,7 @@ class Planner:
         if self.config.checkpoint and torch.is_grad_enabled():
             out = _checkpoint(it, *g, kept, noise, use_reentrant=False)
         else:
-            out = self._iteration(evaluate, g, kept, noise, *bounds, host, i, want)
+            out = self._iteration(evaluate, g, kept, noise, *bounds, host, i, want, pre)
         return (Gaussian(*out[:4]), *out[4:])
 
     def _iteration(
@@ -356,13 +347,18 @@ class Planner:
         host: bool,
         i: int,
         want_weights: bool,
+        pre: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, ...]:
-        """Sample, evaluate (one call), refit: the new state, this iteration's best and its candidates."""
-        X = torch.addcmul(g.mu.unsqueeze(1), g.sigma.unsqueeze(1), noise)
-        X = torch.cat((X, kept, g.mu.unsqueeze(1)), 1)  # the current mean is the last candidate
-        if lo is not None or hi is not None:
-            X = torch.clamp(X, lo, hi)
-        fX = evaluate(X)
+        """Sample, evaluate (one call), refit: the new state, this iteration's best and its
+        candidates (``pre``: the candidates and costs, already evaluated)."""
+        if pre is None:
+            X = torch.addcmul(g.mu.unsqueeze(1), g.sigma.unsqueeze(1), noise)
+            X = torch.cat((X, kept, g.mu.unsqueeze(1)), 1)  # the current mean is the last candidate
+            if lo is not None or hi is not None:
+                X = torch.clamp(X, lo, hi)
+            fX = evaluate(X)
+        else:
+            X, fX = pre
         r = refit(self.config, g, X, fX, host, i, want_weights=want_weights)
         Xf = torch.cat((X, fX.unsqueeze(-1)), -1)  # carries each candidate's cost (with its gradient)
         xf, fb = best_sample(Xf, fX)

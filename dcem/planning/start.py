@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from dcem._checks import check_int
+from dcem.optim.validate import check_box_defaults
 from dcem.planning.bounds import _search_tensor
 from dcem.sync import host_reads_free
 
-__all__ = ["StartCache", "initial"]
+__all__ = ["StartCache", "initial", "plan_start"]
 
 Start = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None", tuple[int, ...]]
 
@@ -102,3 +103,31 @@ def initial(
     B, D = math.prod(batch), math.prod(S)
     flat = lambda t: None if t is None else t.reshape(B, 1, D)  # noqa: E731
     return init_mean.reshape(B, D), sigma.reshape(B, D), flat(lo), flat(hi), batch
+
+
+def plan_start(
+    planner: Any,
+    batch_shape: tuple[int, ...] | None,
+    init_mean: Tensor | None,
+    init_std: float | Tensor | None,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> Start:
+    """The checked start of a plan of ``planner`` (a :class:`dcem.planning.Planner`, its bounds,
+    search shape, ``config.std_scale`` and ``_starts`` cache): :func:`initial`, a default start
+    built once per shape."""
+    latent = planner.n_latent is not None
+    prefix = "z_" if latent else ""
+    box = (planner.z_lower, planner.z_upper) if latent else (planner.lower, planner.upper)
+    S, std_scale = planner.search_shape, float(planner.config.std_scale)  # a float after __post_init__
+
+    def build() -> Start:
+        check_box_defaults(box[0], box[1], init_mean, init_std, prefix)  # shared validation (dcem.optim)
+        names = (f"{prefix}lower", f"{prefix}upper")
+        return initial(S, (*box, names), std_scale, batch_shape, init_mean, init_std, dtype, device)
+
+    cache: StartCache = planner._starts
+    key = (
+        None if init_mean is not None else cache.key(box, std_scale, init_std, batch_shape, dtype, device, S)
+    )
+    return cache.get_or_build(key, build)
