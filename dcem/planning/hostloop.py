@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcem.optim import gather_rows, settle_refit, soft_elite_weights, standardize
+from dcem.optim import gather_rows, settle_refit
 from dcem.optim.weights import _tiny
 from dcem.planning.config import PlannerConfig, Rule
 from dcem.planning.noise import colored_noise, spectrum_scale
 from dcem.planning.rules import Gaussian, _kept, refit
+from dcem.soft_topk import lml
 
 __all__ = ["HostLoop", "host_loop_ok"]
 
@@ -52,6 +53,16 @@ def _scalar(b: Tensor | None) -> Tensor | float | None:
     if b is None or any(b.stride()):
         return b
     return b.reshape(-1)[0].item()
+
+
+def _standardize(v: Tensor, count: Tensor, dof: Tensor, tiny: float) -> Tensor:
+    """:func:`dcem.optim.standardize` of ``v (B, M)`` without a mask, in place where it can be
+    (``count``, ``dof``: ``M`` and ``max(M - 1, 1)`` as ``(B, 1)`` tensors, the divisors there)."""
+    dev = v - v.sum(-1, keepdim=True).div_(count)
+    m = dev.abs().amax(-1, keepdim=True).clamp_min_(tiny)
+    t = dev / m
+    var = t.mul_(t).sum(-1, keepdim=True).div_(dof)
+    return dev.div_(var.clamp_min_(tiny).sqrt_().mul_(m).add_(1e-6))
 
 
 def _moments(w3: Tensor, X: Tensor, wsum: Tensor, tiny: float) -> tuple[Tensor, Tensor]:
@@ -74,6 +85,13 @@ class _Best:
     def update(self, X: Tensor, a: np.ndarray) -> None:
         """As :func:`dcem.optim.best_sample` and the general loop's ``torch.where``: each row's
         first lowest valid cost of ``a (B, M)`` replaces the tracked one where it is lower."""
+        if len(self.f) == 1:  # one problem: argmin is the first lowest cost unless a NaN comes first
+            j = int(a[0].argmin())
+            fj = a[0, j]
+            if fj == fj:
+                if fj < self.f[0]:
+                    self.f[0], self.ref = fj, (X, j)
+                return
         if np.isnan(a).any():
             a = np.where(np.isnan(a), math.inf, a)
         arg = a.argmin(-1)
@@ -126,6 +144,7 @@ class HostLoop:
         self.plan_shape = plan_shape
         self.spectrum: tuple[Tensor, float] | None = None
         self.ones: dict[int, tuple[Tensor, Tensor]] = {}
+        self.divisors: dict[int, tuple[Tensor, ...]] = {}
         self.rows = np.zeros((0, 1), dtype=np.intp)
 
     def run(
@@ -225,10 +244,21 @@ class HostLoop:
         if not np.isfinite(a).all():
             return None
         if cfg.rule is Rule.DCEM:
-            w = soft_elite_weights(fX, k, cfg.temp, cfg.normalize, all_valid=True, sync=cfg.sync)
+            # soft_elite_weights(fX, k, temp, normalize, all_valid=True, sync) with the lean standardize
+            v = self._standardize(fX, tiny) if cfg.normalize else fX
+            w = lml(v / -cfg.temp, k, 1.0, sync=cfg.sync)
         else:  # MPPI: softmax(-cost / lam), as mppi_weights computes an all-finite row
-            w = torch.softmax((standardize(fX) if cfg.normalize else fX) / -cfg.lam, -1)
+            w = torch.softmax((self._standardize(fX, tiny) if cfg.normalize else fX) / -cfg.lam, -1)
         return _moments(w.unsqueeze(1), X, w.sum(-1, keepdim=True), tiny)
+
+    def _standardize(self, v: Tensor, tiny: float) -> Tensor:
+        B, M = v.shape
+        div = self.divisors.get(M)
+        if div is None:
+            div = self.divisors[M] = tuple(
+                torch.full((B, 1), float(n), dtype=v.dtype) for n in (M, max(M - 1, 1))
+            )
+        return _standardize(v, *div, tiny)
 
     def _ones(self, B: int, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Weights ``(B, 1, k)`` of all-valid elites (ones) and their sum ``(B, 1)``."""
