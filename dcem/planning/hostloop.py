@@ -52,7 +52,7 @@ def _scalar(b: Tensor | None) -> Tensor | float | None:
     the same result), else the bound."""
     if b is None or any(b.stride()):
         return b
-    return b.reshape(-1)[0].item()
+    return float(b.detach().numpy().flat[0])
 
 
 def _standardize(v: Tensor, count: Tensor, dof: Tensor, tiny: float) -> Tensor:
@@ -73,12 +73,20 @@ def _moments(w3: Tensor, X: Tensor, wsum: Tensor, tiny: float) -> tuple[Tensor, 
     return mu, var.clamp_min_(tiny).sqrt_()
 
 
+def _mean_candidate(last: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """The last candidate (the mean) of ``X (B, M, D)`` with its cost of ``fX (B, M)``: ``(B, D + 1)``."""
+    if not isinstance(last, tuple):
+        return last
+    X, fX = last
+    return torch.cat((X.select(1, -1), fX.narrow(1, fX.shape[1] - 1, 1)), -1)
+
+
 class _Best:
     """The best candidate so far with its cost, ``(B, D + 1)``, and its costs as a host array."""
 
     def __init__(self, best_xf: Tensor) -> None:
         self.xf = best_xf.clone() if best_xf.shape[0] > 1 else best_xf  # updated in place
-        self.f = best_xf[:, -1].numpy().copy()
+        self.f = best_xf.select(1, -1).numpy().copy()
         self.rows = np.arange(best_xf.shape[0])
         self.ref: tuple[Tensor, int] | None = None  # one problem: its best is candidate ref[1] of ref[0]
 
@@ -115,7 +123,7 @@ class _Best:
         if self.ref is None:
             return self.xf
         X, j = self.ref
-        return torch.cat((X[0, j], torch.from_numpy(self.f))).unsqueeze(0)
+        return torch.cat((X.select(0, 0).select(0, j), torch.from_numpy(self.f))).unsqueeze(0)
 
 
 class HostLoop:
@@ -144,6 +152,7 @@ class HostLoop:
         self.plan_shape = plan_shape
         self.spectrum: tuple[Tensor, float] | None = None
         self.ones: dict[int, tuple[Tensor, Tensor]] = {}
+        self.n_keep = cfg.n_keep
         self.divisors: dict[int, tuple[Tensor, ...]] = {}
         self.rows = np.zeros((0, 1), dtype=np.intp)
 
@@ -166,12 +175,12 @@ class HostLoop:
                         return None, (X, fX)
                     stack.enter_context(torch.inference_mode())  # nothing is differentiable
                 a = (fX if not fX.requires_grad else fX.detach()).numpy()
-                g, kept = self._refit(g, X, fX, a, i)
+                g, kept = self._refit(g, X, fX, a, i), kept if not self.n_keep else _kept(cfg, X, fX)
                 best.update(X, a)
                 last = X, fX
                 if cfg.iter_eps and bool(g.done.all()):
                     break
-            mean_xf = torch.cat((last[0][:, -1], last[1][:, -1:]), -1) if isinstance(last, tuple) else last
+            mean_xf = _mean_candidate(last)
             return (g, best.result(), mean_xf), None
 
     def _noise(self, B: int, N: int, D: int, like: Tensor, out: Tensor) -> Tensor:
@@ -204,13 +213,13 @@ class HostLoop:
             X.clamp_(*self.bounds)
         return X
 
-    def _refit(self, g: Gaussian, X: Tensor, fX: Tensor, a: np.ndarray, it: int) -> tuple[Gaussian, Tensor]:
-        """:func:`dcem.planning.rules.refit` of the host path: the new Gaussian and kept elites."""
+    def _refit(self, g: Gaussian, X: Tensor, fX: Tensor, a: np.ndarray, it: int) -> Gaussian:
+        """:func:`dcem.planning.rules.refit` of the host path: the new Gaussian (kept elites: the caller)."""
         cfg = self.cfg
         lean = self._weighted(X, fX, a)
         if lean is None:  # an invalid cost: the general refit (which raises where it must)
             r = refit(cfg, g, X, fX, True, it)
-            return r.state, r.kept
+            return r.state
         mu, sigma = lean
         if cfg.momentum:
             m = cfg.momentum
@@ -220,7 +229,7 @@ class HostLoop:
             mu, sigma, done, failed = settle_refit(
                 (g.mu, g.sigma), (mu, sigma), None, done, failed, host=True, iter_eps=cfg.iter_eps, it=it
             )
-        return Gaussian(mu, sigma, done, failed), _kept(cfg, X, fX)
+        return Gaussian(mu, sigma, done, failed)
 
     def _weighted(self, X: Tensor, fX: Tensor, a: np.ndarray) -> tuple[Tensor, Tensor] | None:
         """The rule's refit ``(mu, sigma)`` when every weighted cost is valid, else ``None``."""

@@ -53,9 +53,9 @@ def assemble(
     the best one (a non-finite mean is always replaced by a finite best), shaped to ``batch``;
     latents decoded by ``decode`` (None: the search space is the plans)."""
     g, best_xf, mean_xf, n_evals = out
-    D = g.mu.shape[-1]
-    best_f = best_xf[:, D].detach()
-    mean_f = mean_xf[:, D].detach()
+    D = g.mu.shape[-1]  # select/narrow below: the same views as indexing, for less dispatch
+    best_f = best_xf.select(1, D).detach()
+    mean_f = mean_xf.select(1, D).detach()
     if select == "best":
         use_best = torch.ones_like(best_f, dtype=torch.bool)
     elif select == "min":
@@ -65,13 +65,13 @@ def assemble(
     use_best = use_best & (best_f < math.inf)
     chosen = torch.where(use_best.unsqueeze(-1), best_xf, mean_xf)
     S = search_shape
-    x_sel, x_best = chosen[:, :D].reshape(*batch, *S), best_xf[:, :D].reshape(*batch, *S)
+    x_sel, x_best = chosen.narrow(1, 0, D).reshape(*batch, *S), best_xf.narrow(1, 0, D).reshape(*batch, *S)
     z = zb = None
     if decode is not None:
         z, zb = x_sel, x_best
         x_sel, x_best = decode(z), decode(zb)
     return PlanResult(
-        x_sel, chosen[:, D].reshape(batch), x_best, best_xf[:, D].reshape(batch),
+        x_sel, chosen.select(1, D).reshape(batch), x_best, best_xf.select(1, D).reshape(batch),
         g.mu.reshape(*batch, *S), g.sigma.reshape(*batch, *S), z, zb, g.failed.reshape(batch), n_evals,
     )  # fmt: skip
 
@@ -79,4 +79,4 @@ def assemble(
 def plain(res: PlanResult) -> PlanResult:
     """``res`` with inference tensors (of a plan run under ``torch.inference_mode``) copied into
     normal ones, which callers may use in autograd and in-place like any other tensor."""
-    return PlanResult._make(t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res)
+    return PlanResult._make([t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res])
