@@ -81,6 +81,18 @@ def _mean_candidate(last: Tensor | tuple[Tensor, Tensor]) -> Tensor:
     return torch.cat((X.select(1, -1), fX.narrow(1, fX.shape[1] - 1, 1)), -1)
 
 
+def _use_best(select: str, mean_f: np.ndarray, best_f: np.ndarray) -> np.ndarray:
+    """Rows whose plan is the best candidate rather than the last mean one (``select``), from the
+    costs on the host: the comparisons of :func:`dcem.planning.result.assemble`."""
+    if select == "best":
+        use = np.ones(best_f.shape, dtype=bool)
+    elif select == "min":
+        use = ~(mean_f <= best_f)
+    else:
+        use = ~(mean_f < math.inf)
+    return use & (best_f < math.inf)
+
+
 class _Best:
     """The best candidate so far with its cost, ``(B, D + 1)``, and its costs as a host array."""
 
@@ -158,15 +170,19 @@ class HostLoop:
 
     def run(
         self, g: Gaussian, kept: Tensor, best_xf: Tensor, start_it: int
-    ) -> tuple[tuple[Gaussian, Tensor, Tensor] | None, tuple[Tensor, Tensor] | None]:
+    ) -> tuple[tuple[Gaussian, Tensor, Tensor, np.ndarray] | None, tuple[Tensor, Tensor] | None]:
         """From the state before iteration ``start_it``: the final Gaussian, the best candidate
-        and the last mean candidate, each with its cost appended ``(B, D + 1)``; or, when the
-        first objective values require gradients (grad mode on), ``None`` and that iteration's
-        candidates and costs ``(X, fX)``, for the differentiable loop to go on from."""
+        and the last mean candidate, each with its cost appended ``(B, D + 1)``, and per row
+        whether ``config.select`` returns the best one (as :func:`dcem.planning.result.assemble`
+        decides); or, when the first objective values require gradients (grad mode on), ``None``
+        and that iteration's candidates and costs ``(X, fX)``, for the differentiable loop."""
         cfg, best = self.cfg, _Best(best_xf)
         self.rows = best.rows[:, None]
         last: Tensor | tuple[Tensor, Tensor] = best_xf  # the mean candidate of the last iteration
+        mean_f = best.f  # and its cost
         with contextlib.ExitStack() as stack:
+            if not torch.is_grad_enabled():
+                stack.enter_context(torch.inference_mode())  # no autograd bookkeeping at all
             for i in range(start_it, cfg.n_iter):
                 X = self._sample(g, kept, i)
                 fX = self.evaluate(X)
@@ -177,11 +193,10 @@ class HostLoop:
                 a = (fX if not fX.requires_grad else fX.detach()).numpy()
                 g, kept = self._refit(g, X, fX, a, i), kept if not self.n_keep else _kept(cfg, X, fX)
                 best.update(X, a)
-                last = X, fX
+                last, mean_f = (X, fX), a[:, -1]
                 if cfg.iter_eps and bool(g.done.all()):
                     break
-            mean_xf = _mean_candidate(last)
-            return (g, best.result(), mean_xf), None
+        return (g, best.result(), _mean_candidate(last), _use_best(cfg.select, mean_f, best.f)), None
 
     def _noise(self, B: int, N: int, D: int, like: Tensor, out: Tensor) -> Tensor:
         """The draws of :meth:`Planner.noise` (``(B, N, D)``), into ``out`` where they are white."""

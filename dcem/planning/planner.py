@@ -177,11 +177,8 @@ class Planner:
             if out is not None:
                 return self._result(out, batch)
         call = cost if not cost_args else (lambda P: cost(P, *cost_args))
-        # without gradients (and no callback to hand tensors to), no autograd bookkeeping at all
-        fast = not torch.is_grad_enabled() and iter_cb is None
-        with torch.inference_mode() if fast else contextlib.nullcontext():
-            res = self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
-        return plain(res)
+        res = self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
+        return plain(res)  # inference tensors (of a loop without autograd) copied into ordinary ones
 
     # -- set-up -------------------------------------------------------------------------
     def _evaluator(
@@ -274,6 +271,8 @@ class Planner:
             if out is not None:
                 return out
         with contextlib.ExitStack() as stack:
+            if noises is None and not want and not torch.is_grad_enabled():
+                stack.enter_context(torch.inference_mode())  # no autograd bookkeeping at all
             for i in range(cfg.n_iter):
                 if i == 0 and pre is not None:
                     noise = mu  # unused: the first candidates are evaluated already
@@ -309,7 +308,7 @@ class Planner:
         CPU); or ``None`` and the first candidates and costs if these require gradients."""
         shape = (self.horizon, self.n_ctrl) if self.n_latent is None else None
         out, pre = HostLoop(self.config, evaluate, bounds, shape, generator).run(g, kept, best_xf, start_it)
-        return (None, pre) if out is None else (LoopOutput(*out, counter[0]), None)
+        return (None, pre) if out is None else (LoopOutput(*out[:3], counter[0], out[3]), None)
 
     def _step(
         self,

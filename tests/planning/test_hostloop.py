@@ -71,6 +71,8 @@ def assert_same(a, b) -> None:
 
 CASES = [
     ("cem", {}, {}),
+    ("cem", {"select": "best"}, {}),
+    ("mppi", {"select": "mean"}, {}),
     ("cem", {"iter_eps": 1e-3, "n_iter": 30}, {}),
     ("cem", {"momentum": 0.3, "pop_decay": 1.3}, {"bounds": "tensor"}),
     ("dcem", {}, {}),
@@ -102,8 +104,9 @@ def test_host_loop_plans_equal_the_general_loop_bit_for_bit(rule, opts, extra, b
 
 @pytest.mark.parametrize("rule", ["cem", "dcem", "mppi", "icem"])
 @pytest.mark.parametrize("bad", ["some", "neg", "mean_nan"])
-def test_invalid_costs_take_the_general_refit_with_the_same_plans(rule, bad, monkeypatch):
-    p = Planner(H, A, PlannerConfig(rule, 30, 3, 5), lower=-1.0, upper=1.0)
+@pytest.mark.parametrize("select", ["min", "mean", "best"])
+def test_invalid_costs_take_the_general_refit_with_the_same_plans(rule, bad, select, monkeypatch):
+    p = Planner(H, A, PlannerConfig(rule, 30, 3, 5, select=select), lower=-1.0, upper=1.0)
     a, b = both(p, quadratic(bad=bad), monkeypatch, batch_shape=(3,))
     assert_same(a, b)
 
@@ -173,3 +176,16 @@ def test_the_cached_default_start_is_reused_and_never_written(monkeypatch):
     with torch.no_grad():
         p.plan(quadratic(seen=seen), batch_shape=(2,), generator=torch.Generator().manual_seed(0))
     assert len(p._starts) == 2 and float(seen[-1].abs().max()) <= 0.5
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_results_are_ordinary_tensors_that_share_no_memory(grad):
+    p = Planner(H, A, PlannerConfig("cem", 20, 3, 3, select="best"), lower=-1.0, upper=1.0)
+    with torch.set_grad_enabled(grad):
+        res = p.plan(quadratic(), batch_shape=(1,), generator=torch.Generator().manual_seed(0))
+    tensors = [t for t in res if isinstance(t, torch.Tensor)]
+    assert not any(t.is_inference() or t.requires_grad for t in tensors)
+    torch.testing.assert_close(res.plan, res.best_plan, rtol=0, atol=0)
+    best = res.best_plan.clone()
+    res.plan.add_(1.0)  # in place: no other field changes
+    torch.testing.assert_close(res.best_plan, best, rtol=0, atol=0)
