@@ -252,15 +252,16 @@ OVERHEAD_REV = "096ff66"  # the planner before the no-autograd path (issue 20)
 
 
 def old_planner_class() -> type:
-    """``Planner`` of revision ``OVERHEAD_REV``: its planner, rules and capture modules copied
-    from git at run time into a temporary package (the rest of dcem is today's)."""
+    """``Planner`` of revision ``OVERHEAD_REV``: its planner, rules, capture and noise modules
+    copied from git at run time into a temporary package (the rest of dcem is today's)."""
     tmp = Path(tempfile.mkdtemp()) / "_old_planning"
     tmp.mkdir()
     (tmp / "__init__.py").write_text("")
-    for mod in ("planner", "rules", "capture"):
+    mods = ("planner", "rules", "capture", "noise")
+    for mod in mods:
         src = subprocess.run(["git", "show", f"{OVERHEAD_REV}:dcem/planning/{mod}.py"], check=True,
                              capture_output=True, text=True, cwd=Path(__file__).parent).stdout  # fmt: skip
-        for m in ("planner", "rules", "capture"):
+        for m in mods:
             src = src.replace(f"dcem.planning.{m} import", f"_old_planning.{m} import")
         (tmp / f"{mod}.py").write_text(src)
     sys.path.insert(0, str(tmp.parent))

@@ -31,10 +31,10 @@ import torch
 from torch import Tensor
 
 from dcem.optim import gather_rows, settle_refit
-from dcem.optim.weights import _tiny
+from dcem.optim.weights import _invalid_last, _tiny
 from dcem.planning.config import PlannerConfig, Rule
 from dcem.planning.noise import colored_noise, spectrum_scale
-from dcem.planning.rules import Gaussian, _kept, refit
+from dcem.planning.rules import Gaussian, refit
 from dcem.soft_topk import lml
 
 __all__ = ["HostLoop", "host_loop_ok"]
@@ -66,11 +66,19 @@ def _standardize(v: Tensor, count: Tensor, dof: Tensor, tiny: float) -> Tensor:
 
 
 def _moments(w3: Tensor, X: Tensor, wsum: Tensor, tiny: float) -> tuple[Tensor, Tensor]:
-    """:func:`dcem.optim.weighted_moments` for ``w3 (B, 1, M)`` and ``wsum >= tiny``, in place."""
-    mu = torch.bmm(w3, X).squeeze(1).div_(wsum)
-    dev = X - mu.unsqueeze(1)
-    var = torch.bmm(w3, dev.mul_(dev)).squeeze(1).div_(wsum)
-    return mu, var.clamp_min_(tiny).sqrt_()
+    """:func:`dcem.optim.weighted_moments` for ``w3 (B, 1, M)`` and ``wsum (B, 1, 1) >= tiny``,
+    in place where it can be (the same operations on the same values)."""
+    mu = torch.bmm(w3, X).div_(wsum)
+    dev = X - mu
+    var = torch.bmm(w3, dev.mul_(dev)).div_(wsum)
+    return mu.squeeze(1), var.clamp_min_(tiny).sqrt_().squeeze(1)
+
+
+def _kept_host(n: int, X: Tensor, fX: Tensor, a: np.ndarray) -> Tensor:
+    """:func:`dcem.planning.rules._kept` (``n >= 1``), without the NaN replacement when there is none."""
+    v = fX if fX.is_contiguous() and not np.isnan(a).any() else _invalid_last(fX)
+    idx = torch.topk(v, n, dim=-1, largest=False, sorted=False).indices
+    return gather_rows(X, idx)
 
 
 def _mean_candidate(last: Tensor | tuple[Tensor, Tensor]) -> Tensor:
@@ -191,7 +199,7 @@ class HostLoop:
                         return None, (X, fX)
                     stack.enter_context(torch.inference_mode())  # nothing is differentiable
                 a = (fX if not fX.requires_grad else fX.detach()).numpy()
-                g, kept = self._refit(g, X, fX, a, i), kept if not self.n_keep else _kept(cfg, X, fX)
+                g, kept = self._refit(g, X, fX, a, i), kept if not self.n_keep else self._kept(X, fX, a)
                 best.update(X, a)
                 last, mean_f = (X, fX), a[:, -1]
                 if cfg.iter_eps and bool(g.done.all()):
@@ -273,7 +281,11 @@ class HostLoop:
             w = lml(v / -cfg.temp, k, 1.0, sync=cfg.sync)
         else:  # MPPI: softmax(-cost / lam), as mppi_weights computes an all-finite row
             w = torch.softmax((self._standardize(fX, tiny) if cfg.normalize else fX) / -cfg.lam, -1)
-        return _moments(w.unsqueeze(1), X, w.sum(-1, keepdim=True), tiny)
+        w3 = w.unsqueeze(1)
+        return _moments(w3, X, w3.sum(-1, keepdim=True), tiny)
+
+    def _kept(self, X: Tensor, fX: Tensor, a: np.ndarray) -> Tensor:
+        return _kept_host(min(self.n_keep, X.shape[1]), X, fX, a)
 
     def _standardize(self, v: Tensor, tiny: float) -> Tensor:
         B, M = v.shape
@@ -285,8 +297,11 @@ class HostLoop:
         return _standardize(v, *div, tiny)
 
     def _ones(self, B: int, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Weights ``(B, 1, k)`` of all-valid elites (ones) and their sum ``(B, 1)``."""
+        """Weights ``(B, 1, k)`` of all-valid elites (ones) and their sum ``(B, 1, 1)``."""
         got = self.ones.get(k)
         if got is None:
-            got = self.ones[k] = (torch.ones(B, 1, k, dtype=dtype), torch.full((B, 1), float(k), dtype=dtype))
+            got = self.ones[k] = (
+                torch.ones(B, 1, k, dtype=dtype),
+                torch.full((B, 1, 1), float(k), dtype=dtype),
+            )
         return got
