@@ -14,7 +14,7 @@ the same bits (``tests/planning/test_hostloop.py`` compares the two loops bit fo
   valid their weights are ones, so the moments reuse one weight tensor;
 - DCEM/MPPI rows whose costs are all finite skip the masks of the general weights (every
   ``torch.where`` there selects the unmasked value);
-- the coloured-noise spectrum is computed once per plan.
+- the coloured-noise spectrum is computed once per horizon and exponent (:mod:`dcem.planning.noise`).
 
 Anything else (an invalid cost: the general refit, which also raises its errors) goes through
 the functions of the general loop.
@@ -33,7 +33,7 @@ from torch import Tensor
 from dcem.optim import gather_rows, settle_refit
 from dcem.optim.weights import _invalid_last, _tiny
 from dcem.planning.config import PlannerConfig, Rule
-from dcem.planning.noise import colored_noise, spectrum_scale
+from dcem.planning.noise import colored_noise
 from dcem.planning.rules import Gaussian, refit
 from dcem.soft_topk import lml
 
@@ -170,7 +170,6 @@ class HostLoop:
         self.clamp = bounds[0] is not None or bounds[1] is not None
         self.beta = cfg.noise_beta if plan_shape is not None else 0.0
         self.plan_shape = plan_shape
-        self.spectrum: tuple[Tensor, float] | None = None
         self.ones: dict[int, tuple[Tensor, Tensor]] = {}
         self.n_keep = cfg.n_keep
         self.divisors: dict[int, tuple[Tensor, ...]] = {}
@@ -206,15 +205,12 @@ class HostLoop:
                     break
         return (g, best.result(), _mean_candidate(last), _use_best(cfg.select, mean_f, best.f)), None
 
-    def _noise(self, B: int, N: int, D: int, like: Tensor, out: Tensor) -> Tensor:
+    def _noise(self, B: int, N: int, D: int, like: Tensor, out: Tensor | None) -> Tensor:
         """The draws of :meth:`Planner.noise` (``(B, N, D)``), into ``out`` where they are white."""
         if not self.beta:
             return torch.randn(B, N, D, generator=self.generator, dtype=like.dtype, out=out)
         H, A = self.plan_shape  # type: ignore[misc]
-        if self.spectrum is None:
-            self.spectrum = spectrum_scale(H, self.beta, like.dtype, like.device)
-        x = colored_noise((B, N, H, A), self.beta, generator=self.generator, dtype=like.dtype,
-                          spectrum=self.spectrum)  # fmt: skip
+        x = colored_noise((B, N, H, A), self.beta, generator=self.generator, dtype=like.dtype)
         return x.reshape(B, N, D)
 
     def _sample(self, g: Gaussian, kept: Tensor, it: int) -> Tensor:
@@ -227,7 +223,7 @@ class HostLoop:
         if B == 1 and not self.beta:  # contiguous: the draws land in place (the same stream)
             noise = self._noise(B, N, D, mu, Xn)
         else:
-            noise = self._noise(B, N, D, mu, None)  # type: ignore[arg-type]
+            noise = self._noise(B, N, D, mu, None)
         torch.addcmul(mu.unsqueeze(1), g.sigma.unsqueeze(1), noise, out=Xn)
         if K:
             X.narrow(1, N, K).copy_(kept)

@@ -10,6 +10,7 @@ variance of the transform is known in closed form), so ``sigma`` keeps its meani
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -17,12 +18,11 @@ from torch import Tensor
 
 from dcem._checks import check_real
 
-__all__ = ["colored_noise", "spectrum_scale"]
+__all__ = ["colored_noise"]
 
 
-def spectrum_scale(H: int, beta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, float]:
-    """Amplitudes ``(H // 2 + 1,)`` of the frequencies ``k / H`` and the std of the transform
-    (``spectrum`` of :func:`colored_noise`, for callers drawing many times with one ``H``, ``beta``)."""
+def _spectrum_scale(H: int, beta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, float]:
+    """Amplitudes ``(H // 2 + 1,)`` of the frequencies ``k / H`` and the std of the transform."""
     f = torch.arange(H // 2 + 1, dtype=dtype, device=device) / H
     f[0] = 1.0 / H  # the lowest resolvable frequency stands in for the constant term
     s = f.pow(-beta / 2.0)
@@ -35,6 +35,13 @@ def spectrum_scale(H: int, beta: float, dtype: torch.dtype, device: torch.device
     return s, std
 
 
+@functools.lru_cache(maxsize=64)
+def _spectrum(H: int, beta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, float]:
+    """:func:`_spectrum_scale`, computed once per arguments (an ordinary tensor, only ever read)."""
+    with torch.inference_mode(False):
+        return _spectrum_scale(H, beta, dtype, device)
+
+
 def colored_noise(
     shape: tuple[int, ...],
     beta: float,
@@ -42,7 +49,6 @@ def colored_noise(
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    spectrum: tuple[Tensor, float] | None = None,
 ) -> Tensor:
     """Standard-normal noise of ``shape = (..., H, A)``, coloured along the time axis ``H``.
 
@@ -51,8 +57,6 @@ def colored_noise(
         beta: spectral exponent ``>= 0`` (0: independent ``N(0, 1)`` entries).
         generator: ``torch.Generator`` for reproducibility.
         dtype, device: of the result (default: the default dtype, CPU).
-        spectrum: ``spectrum_scale(H, beta, dtype, device)`` if the caller has it (the same
-            result, without recomputing it).
 
     Returns:
         a tensor of ``shape`` with zero mean and unit variance per entry, correlated along
@@ -71,6 +75,6 @@ def colored_noise(
     im = torch.randn(freq_shape, generator=generator, dtype=dtype, device=device)
     # the constant (and Nyquist) terms are real
     im[..., :: K - 1 if H % 2 == 0 else K].zero_()  # entries 0 and K - 1 (H even) or 0 (H odd)
-    s, std = spectrum_scale(H, beta, dtype, re.device) if spectrum is None else spectrum
+    s, std = _spectrum(H, beta, dtype, re.device)
     x = torch.fft.irfft(torch.complex(re.mul_(s), im.mul_(s)), n=H, dim=-1)
     return x.div_(std).transpose(-1, -2)
