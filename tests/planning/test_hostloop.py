@@ -131,6 +131,24 @@ def test_grad_enabled_plans_hand_over_after_the_first_iteration(monkeypatch):
     assert_same(res, ref)
 
 
+@pytest.mark.parametrize("rule", ["cem", "icem"])
+def test_checkpointed_grad_enabled_plans_hand_over_after_one_general_iteration(rule, monkeypatch):
+    p = Planner(H, A, PlannerConfig(rule, 30, 3, 5, checkpoint=True), lower=-1.0, upper=1.0)
+    starts: list = []
+    run = HostLoop.run
+    monkeypatch.setattr(
+        HostLoop,
+        "run",
+        lambda self, g, k, b, start_it: starts.append(start_it) or run(self, g, k, b, start_it),
+    )
+    res = p.plan(quadratic(), batch_shape=(2,), generator=torch.Generator().manual_seed(3))
+    assert starts == [1] and not res.plan.is_inference()
+    with torch.no_grad():
+        ref = p.plan(quadratic(), batch_shape=(2,), generator=torch.Generator().manual_seed(3))
+    assert starts == [1, 0]
+    assert_same(res, ref)
+
+
 def test_every_invalid_row_raises_the_general_error(monkeypatch):
     p = Planner(H, A, PlannerConfig("cem", 20, 3, 3), lower=-1.0, upper=1.0)
     cost = lambda U: torch.full(U.shape[:-2], math.nan, dtype=U.dtype)  # noqa: E731
