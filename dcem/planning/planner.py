@@ -15,9 +15,9 @@ Planning is differentiable by default, but a plan made without gradients (under
 ``torch.no_grad``, or one whose start and first objective values require none) runs under
 ``torch.inference_mode``: no autograd bookkeeping at all, the same plans, and the returned
 tensors are ordinary ones. On CPU (host-checked path) such a plan runs the leaner loop of
-:mod:`dcem.planning.hostloop`, again with the same plans bit for bit. ``config.capture`` captures the loop once per shape; on CPU the
-default stays eager (``torch.compile`` is faster at steady state but compiles for minutes on
-its first call, see :class:`dcem.optim.Solver`).
+:mod:`dcem.planning.hostloop`, again with the same plans bit for bit. ``config.capture``
+captures the loop once per shape; on CPU the default stays eager (``torch.compile`` is faster
+at steady state but compiles for minutes on its first call, see :class:`dcem.optim.Solver`).
 
 Example:
     >>> import torch
