@@ -172,6 +172,8 @@ class HostLoop:
         self.plan_shape = plan_shape
         self.ones: dict[int, tuple[Tensor, Tensor]] = {}
         self.n_keep = cfg.n_keep
+        self.hard = cfg.rule is Rule.CEM or cfg.rule is Rule.ICEM
+        self.pops = [cfg.population(i) for i in range(cfg.n_iter)]  # candidates drawn per iteration
         self.divisors: dict[int, tuple[Tensor, ...]] = {}
         self.rows = np.zeros((0, 1), dtype=np.intp)
 
@@ -217,7 +219,7 @@ class HostLoop:
         """The candidates ``(B, N + n_kept + 1, D)`` of iteration ``it``: samples, kept elites, mean."""
         mu = g.mu
         B, D = mu.shape
-        N, K = self.cfg.population(it), kept.shape[1]
+        N, K = self.pops[it], kept.shape[1]
         X = torch.empty(B, N + K + 1, D, dtype=mu.dtype)
         Xn = X.narrow(1, 0, N)
         if B == 1 and not self.beta:  # contiguous: the draws land in place (the same stream)
@@ -256,7 +258,7 @@ class HostLoop:
         B, M, _ = X.shape
         k = min(cfg.n_elite, M)
         tiny = _tiny(X.dtype)
-        if cfg.rule is Rule.CEM or cfg.rule is Rule.ICEM:
+        if self.hard:
             part = a.argpartition(k - 1, axis=-1)[:, :k]
             # the k-th smallest cost sits at k - 1, the other elites' costs are <= it, NaN last
             if B == 1:
