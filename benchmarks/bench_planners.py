@@ -50,7 +50,9 @@ from torch import Tensor
 
 import dcem
 from dcem.control import MPC, CartpoleDx, cartpole_swingup_cost
-from dcem.planning import Planner, PlannerConfig, rollout_objective
+from dcem.optim import standardize
+from dcem.planning import Planner, PlannerConfig, Rule, rollout_objective
+from dcem.planning.noise import colored_noise
 
 H, N, ITERS, ELITES = 20, 1000, 10, 100
 
@@ -250,49 +252,80 @@ OVERHEAD_REV = "096ff66"  # the planner before the no-autograd path (issue 20)
 
 
 def old_planner_class() -> type:
-    """``Planner`` of revision ``OVERHEAD_REV``: its planner, rules and capture modules copied
-    from git at run time into a temporary package (the rest of dcem is today's)."""
+    """``Planner`` of revision ``OVERHEAD_REV``: its planner, rules, capture and noise modules
+    copied from git at run time into a temporary package (the rest of dcem is today's)."""
     tmp = Path(tempfile.mkdtemp()) / "_old_planning"
     tmp.mkdir()
     (tmp / "__init__.py").write_text("")
-    for mod in ("planner", "rules", "capture"):
+    mods = ("planner", "rules", "capture", "noise")
+    for mod in mods:
         src = subprocess.run(["git", "show", f"{OVERHEAD_REV}:dcem/planning/{mod}.py"], check=True,
                              capture_output=True, text=True, cwd=Path(__file__).parent).stdout  # fmt: skip
-        for m in ("planner", "rules", "capture"):
+        for m in mods:
             src = src.replace(f"dcem.planning.{m} import", f"_old_planning.{m} import")
         (tmp / f"{mod}.py").write_text(src)
     sys.path.insert(0, str(tmp.parent))
     return importlib.import_module("_old_planning.planner").Planner
 
 
+def floor_plan(cfg: PlannerConfig, cost: Callable[[Tensor], Tensor], g: torch.Generator) -> Tensor:
+    """The unavoidable work of one plan as a bare loop: the planner's draws (``cfg.noise_beta``),
+    the candidates ``mu + sigma * noise`` clamped to the box, one objective call, the rule's
+    selection (NumPy introselect, soft top-k, softmax) and the mean/std update; no mean candidate,
+    kept elites, best tracking, checks or result."""
+    n, k, beta = cfg.n_sample, cfg.n_elite, float(cfg.noise_beta or 0.0)
+    mu, sigma = torch.zeros(1, H), torch.full((1, H), 2.0 * float(cfg.std_scale or 0.5))
+    with torch.inference_mode():
+        for _ in range(ITERS):
+            noise = (colored_noise((1, n, H, 1), beta, generator=g).reshape(1, n, H) if beta
+                     else torch.randn(1, n, H, generator=g))  # fmt: skip
+            X = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), noise).clamp_(-1.0, 1.0)
+            fX = cost(X.view(1, n, H, 1))
+            if cfg.rule in (Rule.CEM, Rule.ICEM):
+                idx = torch.from_numpy(fX.numpy()[0].argpartition(k - 1)[:k])
+                var, mu = torch.var_mean(X[0].index_select(0, idx), 0, correction=0, keepdim=True)
+            else:
+                s = standardize(fX) / -(cfg.temp if cfg.rule is Rule.DCEM else cfg.lam)
+                w = dcem.lml(s, k, 1.0) if cfg.rule is Rule.DCEM else torch.softmax(s, -1)
+                w = w / w.sum()
+                mu = w @ X[0]
+                var = w @ (X[0] - mu).square()
+            sigma = var.sqrt()
+    return mu
+
+
 def overhead_table(repeats: int) -> None:
     """Per-plan time with a near-zero-cost objective (one sum): the planner's own work, old and
-    new module timed alternately, with and without ``torch.no_grad``; plans compared bit for bit."""
+    new module and the bare-loop floor (:func:`floor_plan`) timed alternately, with and without
+    ``torch.no_grad``; old and new plans compared bit for bit."""
     Old = old_planner_class()
     cost = lambda P: P.sum((-1, -2))  # noqa: E731 - (B, N, H, A) -> (B, N), a few microseconds
     print(f"\nper-plan overhead: objective = one sum, H = {H}, A = 1, {ITERS} iterations, batch 1 "
           f"(old = planner of {OVERHEAD_REV}); best of {repeats} plans, thread CPU ms")  # fmt: skip
-    print(f"{'rule':5s} {'N':>5s} {'grad mode':>10s} {'old ms':>7s} {'new ms':>7s} {'new/old':>7s} "
-          f"{'same plan':>9s}")
+    print(f"{'rule':5s} {'N':>5s} {'grad mode':>10s} {'old ms':>7s} {'new ms':>7s} {'floor':>7s} "
+          f"{'new/old':>7s} {'floor/old':>9s} {'new/floor':>9s} {'same plan':>9s}")  # fmt: skip
     for rule, n in [(r, n) for r in ("cem", "dcem", "mppi", "icem") for n in (100, 1000)]:
         cfg = PlannerConfig(rule, n, n // 10, ITERS)
         planners = [cls(H, 1, cfg, lower=-1.0, upper=1.0) for cls in (Old, Planner)]
         for grad in (False, True):
-            ts: list[list[float]] = [[], []]
+            ts: list[list[float]] = [[], [], []]
             plans = []
             for r in range(repeats + 3):
-                for j, p in enumerate(planners):
+                for j, p in enumerate([*planners, None]):
                     g = torch.Generator().manual_seed(r)
                     with torch.set_grad_enabled(grad):
                         t = time.thread_time()  # CPU time of this thread: not the other processes' load
-                        res = p.plan(cost, batch_shape=(1,), generator=g)
+                        res = p.plan(cost, batch_shape=(1,), generator=g) if p is not None else None
+                        if p is None:
+                            floor_plan(cfg, cost, g)
                         ts[j].append(time.thread_time() - t)
-                    if r == 0:
+                    if r == 0 and res is not None:
                         plans.append(res.plan)
-            old, new = (1e3 * min(v[3:]) for v in ts)  # best of: the least disturbed by machine load
+            old, new, low = (1e3 * min(v[3:]) for v in ts)  # best of: the least disturbed by machine load
             same = bool(torch.equal(plans[0], plans[1]))
             mode = "enabled" if grad else "no_grad"
-            print(f"{rule:5s} {n:5d} {mode:>10s} {old:7.2f} {new:7.2f} {new / old:7.2f} {str(same):>9s}")
+            print(f"{rule:5s} {n:5d} {mode:>10s} {old:7.2f} {new:7.2f} {low:7.2f} {new / old:7.2f} "
+                  f"{low / old:9.2f} {new / low:9.2f} {str(same):>9s}")  # fmt: skip
 
 
 TUNE_SEED, HELDOUT_SEED = 0, 1  # the seeds of the two sets of start states (dx.sample_state)

@@ -39,6 +39,7 @@ class LoopOutput(NamedTuple):
     best_xf: Tensor
     mean_xf: Tensor
     n_evals: int
+    use_best: Any = None  # rows returning the best candidate, when decided on the host (NumPy, (B,))
 
 
 class Loopable(Protocol):

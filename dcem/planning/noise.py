@@ -10,6 +10,7 @@ variance of the transform is known in closed form), so ``sigma`` keeps its meani
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -32,6 +33,13 @@ def _spectrum_scale(H: int, beta: float, dtype: torch.dtype, device: torch.devic
         w[-1] = 1.0
     std = math.sqrt(float((w * s * s).sum())) / H
     return s, std
+
+
+@functools.lru_cache(maxsize=64)
+def _spectrum(H: int, beta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, float]:
+    """:func:`_spectrum_scale`, computed once per arguments (an ordinary tensor, only ever read)."""
+    with torch.inference_mode(False):
+        return _spectrum_scale(H, beta, dtype, device)
 
 
 def colored_noise(
@@ -65,9 +73,8 @@ def colored_noise(
     freq_shape = (*shape[:-2], shape[-1], K)
     re = torch.randn(freq_shape, generator=generator, dtype=dtype, device=device)
     im = torch.randn(freq_shape, generator=generator, dtype=dtype, device=device)
-    im[..., 0] = 0.0  # the constant (and Nyquist) terms are real
-    if H % 2 == 0:
-        im[..., -1] = 0.0
-    s, std = _spectrum_scale(H, beta, dtype, re.device)
-    x = torch.fft.irfft(torch.complex(re * s, im * s), n=H, dim=-1)
-    return (x / std).transpose(-1, -2)
+    # the constant (and Nyquist) terms are real
+    im[..., :: K - 1 if H % 2 == 0 else K].zero_()  # entries 0 and K - 1 (H even) or 0 (H odd)
+    s, std = _spectrum(H, beta, dtype, re.device)
+    x = torch.fft.irfft(torch.complex(re.mul_(s), im.mul_(s)), n=H, dim=-1)
+    return x.div_(std).transpose(-1, -2)

@@ -14,9 +14,10 @@ the final distribution (``PlanResult.mean``/``std``) for warm starts.
 Planning is differentiable by default, but a plan made without gradients (under
 ``torch.no_grad``, or one whose start and first objective values require none) runs under
 ``torch.inference_mode``: no autograd bookkeeping at all, the same plans, and the returned
-tensors are ordinary ones. ``config.capture`` captures the loop once per shape; on CPU the
-default stays eager (``torch.compile`` is faster at steady state but compiles for minutes on
-its first call, see :class:`dcem.optim.Solver`).
+tensors are ordinary ones. On CPU (host-checked path) such a plan runs the leaner loop of
+:mod:`dcem.planning.hostloop`, again with the same plans bit for bit. ``config.capture``
+captures the loop once per shape; on CPU the default stays eager (``torch.compile`` is faster
+at steady state but compiles for minutes on its first call, see :class:`dcem.optim.Solver`).
 
 Example:
     >>> import torch
@@ -43,14 +44,16 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from dcem._checks import check_int
 from dcem.optim import best_sample
 from dcem.optim.capture import resolve_capture
-from dcem.optim.validate import check_bound_pair, check_box_defaults
+from dcem.optim.validate import check_bound_pair
 from dcem.planning.bounds import _check_bound_pair, _search_tensor
 from dcem.planning.capture import LoopCaptures, LoopOutput
 from dcem.planning.config import PlannerConfig
+from dcem.planning.hostloop import HostLoop, host_loop_ok
 from dcem.planning.noise import colored_noise
 from dcem.planning.result import PlanResult, assemble, plain
 from dcem.planning.rules import Gaussian, refit
-from dcem.sync import host_reads_free, resolve_sync
+from dcem.planning.start import StartCache, plan_start
+from dcem.sync import resolve_sync
 
 __all__ = ["Planner", "PlanResult", "IterCallback"]
 
@@ -58,6 +61,10 @@ Bound = float | Tensor | None
 IterCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
 """``iter_cb(i, X, fX, I, X_I, mu, sigma)`` with flattened candidates ``X (B, M, D)``, costs
 ``fX (B, M)``, weights ``I (B, M, 1)``, ``X_I = I * X`` and the refit ``mu, sigma (B, D)``."""
+
+
+def _requires_grad(ts: tuple[Tensor | None, ...]) -> list[bool]:
+    return [t is not None and t.requires_grad for t in ts]
 
 
 class Planner:
@@ -118,6 +125,7 @@ class Planner:
         self.decoder, self.z_lower, self.z_upper = decoder, z_lower, z_upper
         self.capture_options = dict(capture_options or {})
         self._captures = LoopCaptures(self.capture_options)  # captured loops by objective and layout
+        self._starts = StartCache()  # default starts by shape, dtype and device
 
     @property
     def search_shape(self) -> tuple[int, ...]:
@@ -160,9 +168,7 @@ class Planner:
         """
         if not callable(cost):
             raise TypeError(f"cost must be callable, got {type(cost).__name__}")
-        box = (self.lower, self.upper, "") if self.n_latent is None else (self.z_lower, self.z_upper, "z_")
-        check_box_defaults(box[0], box[1], init_mean, init_std, box[2])  # shared validation (dcem.optim)
-        mu, sigma, lo, hi, batch = self._initial(batch_shape, init_mean, init_std, dtype, device)
+        mu, sigma, lo, hi, batch = plan_start(self, batch_shape, init_mean, init_std, dtype, device)
         start = (mu, sigma, lo, hi)
         mode = resolve_capture(self.config.capture, mu, compile_with_grad=False)
         if mode != "none":
@@ -172,62 +178,10 @@ class Planner:
             if out is not None:
                 return self._result(out, batch)
         call = cost if not cost_args else (lambda P: cost(P, *cost_args))
-        # without gradients (and no callback to hand tensors to), no autograd bookkeeping at all
-        fast = not torch.is_grad_enabled() and iter_cb is None
-        with torch.inference_mode() if fast else contextlib.nullcontext():
-            res = self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
-        return plain(res)
+        res = self._result(self.iterate(call, start, batch, generator=generator, iter_cb=iter_cb), batch)
+        return plain(res)  # inference tensors (of a loop without autograd) copied into ordinary ones
 
     # -- set-up -------------------------------------------------------------------------
-    def _initial(
-        self,
-        batch_shape: tuple[int, ...] | None,
-        init_mean: Tensor | None,
-        init_std: float | Tensor | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, tuple[int, ...]]:
-        S = self.search_shape
-        if init_mean is not None:
-            if not isinstance(init_mean, Tensor) or not init_mean.is_floating_point():
-                raise TypeError("init_mean must be a floating-point tensor of shape (*B, *search_shape)")
-            if init_mean.dim() < len(S) or tuple(init_mean.shape[init_mean.dim() - len(S) :]) != S:
-                raise ValueError(
-                    f"init_mean must have shape (*B, {', '.join(map(str, S))}), got {tuple(init_mean.shape)}"
-                )
-            inferred = tuple(init_mean.shape[: init_mean.dim() - len(S)])
-            if batch_shape is not None and tuple(batch_shape) != inferred:
-                raise ValueError(
-                    f"init_mean has batch shape {inferred}, but batch_shape = {tuple(batch_shape)}"
-                )
-            batch, like = inferred, init_mean
-        else:
-            batch = tuple(check_int("batch_shape", b, 1) for b in (batch_shape or ()))
-            like = torch.empty(0, dtype=dtype or torch.get_default_dtype(), device=device)
-        full = (*batch, *S)
-        lo_b, hi_b = (self.lower, self.upper) if self.n_latent is None else (self.z_lower, self.z_upper)
-        names = ("lower", "upper") if self.n_latent is None else ("z_lower", "z_upper")
-        lo = _search_tensor(lo_b, names[0], full, like)
-        hi = _search_tensor(hi_b, names[1], full, like)
-        if init_mean is None:
-            mid = torch.zeros(full, dtype=like.dtype, device=like.device)
-            if lo is not None and hi is not None:
-                mid = 0.5 * (lo + hi)
-            elif lo is not None or hi is not None:
-                mid = torch.clamp(mid, lo, hi)
-            init_mean = mid
-        if init_std is None:
-            std_scale = cast(float, self.config.std_scale)  # a float after PlannerConfig.__post_init__
-            init_std = std_scale * (hi - lo) if lo is not None and hi is not None else 1.0
-        sigma = _search_tensor(init_std, "init_std", full, init_mean)
-        if host_reads_free(sigma) and not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
-            raise ValueError("init_std must be finite and >= 0")
-        if host_reads_free(init_mean) and not bool(torch.isfinite(init_mean).all()):
-            raise ValueError("init_mean must be finite")
-        B, D = math.prod(batch), math.prod(S)
-        flat = lambda t: None if t is None else t.reshape(B, 1, D)  # noqa: E731
-        return init_mean.reshape(B, D), sigma.reshape(B, D), flat(lo), flat(hi), batch
-
     def _evaluator(
         self, cost: Callable[[Tensor], Tensor], batch: tuple[int, ...]
     ) -> tuple[Callable[[Tensor], Tensor], list[int]]:
@@ -312,10 +266,20 @@ class Planner:
         g, kept = Gaussian(mu, sigma, flags, flags), mu.new_zeros(B, 0, D)
         best_f = torch.full((B,), math.inf, dtype=mu.dtype, device=mu.device)
         best_xf = mean_xf = torch.cat((mu, best_f.unsqueeze(-1)), -1)
+        lean, pre = noises is None and not want and host_loop_ok(mu, host), None  # fewer operations
+        if lean and not (torch.is_grad_enabled() and (cfg.checkpoint or any(_requires_grad(start)))):
+            out, pre = self._host_loop(evaluate, counter, g, kept, best_xf, (lo, hi), generator, 0)
+            if out is not None:
+                return out
         with contextlib.ExitStack() as stack:
+            if noises is None and not want and not torch.is_grad_enabled():
+                stack.enter_context(torch.inference_mode())  # no autograd bookkeeping at all
             for i in range(cfg.n_iter):
-                noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
-                step = self._step(evaluate, g, kept, noise, (lo, hi), host, i, want)
+                if i == 0 and pre is not None:
+                    noise = mu  # unused: the first candidates are evaluated already
+                else:
+                    noise = self.noise(i, B, D, mu, generator) if noises is None else noises[i]
+                step = self._step(evaluate, g, kept, noise, (lo, hi), host, i, want, None if i else pre)
                 g, kept, xf, fb, mean_xf, X, fX, w = step
                 if iter_cb is not None:  # outside the checkpointed region: called once per iteration
                     w = w.unsqueeze(-1)
@@ -323,12 +287,29 @@ class Planner:
                 better = fb < best_f
                 best_xf = torch.where(better.unsqueeze(-1), xf, best_xf)
                 best_f = torch.minimum(fb, best_f)
-                if i == 0 and noises is None and not want and torch.is_grad_enabled():
-                    if not any(t is not None and t.requires_grad for t in (fX, mu, sigma, lo, hi)):
-                        stack.enter_context(torch.inference_mode())  # nothing is differentiable
                 if host and cfg.iter_eps and bool(g.done.all()):
                     break
+                if i == 0 and noises is None and not want and torch.is_grad_enabled():
+                    if not fX.requires_grad and not any(_requires_grad(start)):
+                        stack.enter_context(torch.inference_mode())  # nothing is differentiable
+                        if lean and cfg.n_iter > 1:  # (with checkpoint): the rest in the host loop
+                            bounds = (lo, hi)
+                            out, _ = self._host_loop(
+                                evaluate, counter, g, kept, best_xf, bounds, generator, 1
+                            )
+                            return cast(LoopOutput, out)
         return LoopOutput(g, best_xf, mean_xf, counter[0])
+
+    def _host_loop(
+        self, evaluate: Callable[[Tensor], Tensor], counter: list[int], g: Gaussian, kept: Tensor,
+        best_xf: Tensor, bounds: tuple[Tensor | None, Tensor | None], generator: torch.Generator | None,
+        start_it: int,
+    ) -> tuple[LoopOutput | None, tuple[Tensor, Tensor] | None]:  # fmt: skip
+        """Iterations ``start_it, ...`` by :class:`dcem.planning.hostloop.HostLoop` (no autograd,
+        CPU); or ``None`` and the first candidates and costs if these require gradients."""
+        shape = (self.horizon, self.n_ctrl) if self.n_latent is None else None
+        out, pre = HostLoop(self.config, evaluate, bounds, shape, generator).run(g, kept, best_xf, start_it)
+        return (None, pre) if out is None else (LoopOutput(*out[:3], counter[0], out[3]), None)
 
     def _step(
         self,
@@ -340,6 +321,7 @@ class Planner:
         host: bool,
         i: int,
         want: bool,
+        pre: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Any, ...]:
         """One iteration (recomputed in the backward pass with ``config.checkpoint``): the new
         Gaussian and kept elites, this iteration's best and mean candidates, ``X``, ``fX``, weights."""
@@ -351,7 +333,7 @@ class Planner:
         if self.config.checkpoint and torch.is_grad_enabled():
             out = _checkpoint(it, *g, kept, noise, use_reentrant=False)
         else:
-            out = self._iteration(evaluate, g, kept, noise, *bounds, host, i, want)
+            out = self._iteration(evaluate, g, kept, noise, *bounds, host, i, want, pre)
         return (Gaussian(*out[:4]), *out[4:])
 
     def _iteration(
@@ -365,13 +347,18 @@ class Planner:
         host: bool,
         i: int,
         want_weights: bool,
+        pre: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, ...]:
-        """Sample, evaluate (one call), refit: the new state, this iteration's best and its candidates."""
-        X = torch.addcmul(g.mu.unsqueeze(1), g.sigma.unsqueeze(1), noise)
-        X = torch.cat((X, kept, g.mu.unsqueeze(1)), 1)  # the current mean is the last candidate
-        if lo is not None or hi is not None:
-            X = torch.clamp(X, lo, hi)
-        fX = evaluate(X)
+        """Sample, evaluate (one call), refit: the new state, this iteration's best and its
+        candidates (``pre``: the candidates and costs, already evaluated)."""
+        if pre is None:
+            X = torch.addcmul(g.mu.unsqueeze(1), g.sigma.unsqueeze(1), noise)
+            X = torch.cat((X, kept, g.mu.unsqueeze(1)), 1)  # the current mean is the last candidate
+            if lo is not None or hi is not None:
+                X = torch.clamp(X, lo, hi)
+            fX = evaluate(X)
+        else:
+            X, fX = pre
         r = refit(self.config, g, X, fX, host, i, want_weights=want_weights)
         Xf = torch.cat((X, fX.unsqueeze(-1)), -1)  # carries each candidate's cost (with its gradient)
         xf, fb = best_sample(Xf, fX)
@@ -394,4 +381,3 @@ class Planner:
         return torch.clamp(
             P, _search_tensor(self.lower, "lower", S, P), _search_tensor(self.upper, "upper", S, P)
         )
-

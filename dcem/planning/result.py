@@ -50,28 +50,34 @@ def assemble(
     decode: Callable[[Tensor], Tensor] | None,
 ) -> PlanResult:
     """The :class:`PlanResult` of a finished loop: ``select`` between the last mean candidate and
-    the best one (a non-finite mean is always replaced by a finite best), shaped to ``batch``;
-    latents decoded by ``decode`` (None: the search space is the plans)."""
-    g, best_xf, mean_xf, n_evals = out
-    D = g.mu.shape[-1]
-    best_f = best_xf[:, D].detach()
-    mean_f = mean_xf[:, D].detach()
-    if select == "best":
-        use_best = torch.ones_like(best_f, dtype=torch.bool)
-    elif select == "min":
-        use_best = ~(mean_f <= best_f)
+    the best one (a non-finite mean is always replaced by a finite best; ``out.use_best``: the
+    choice already made on the host), shaped to ``batch``; latents decoded by ``decode`` (None:
+    the search space is the plans)."""
+    g, best_xf, mean_xf, n_evals, host_use = out
+    D = g.mu.shape[-1]  # select/narrow below: the same views as indexing, for less dispatch
+    if host_use is not None and len(host_use) == 1:  # decided on the host: no selection to compute
+        chosen = best_xf.clone() if host_use[0] else mean_xf
     else:
-        use_best = invalid_mask(mean_f)
-    use_best = use_best & (best_f < math.inf)
-    chosen = torch.where(use_best.unsqueeze(-1), best_xf, mean_xf)
+        if host_use is not None:
+            use_best = torch.from_numpy(host_use).to(best_xf.device)
+        else:
+            best_f, mean_f = best_xf.select(1, D).detach(), mean_xf.select(1, D).detach()
+            if select == "best":
+                use_best = torch.ones_like(best_f, dtype=torch.bool)
+            elif select == "min":
+                use_best = ~(mean_f <= best_f)
+            else:
+                use_best = invalid_mask(mean_f)
+            use_best = use_best & (best_f < math.inf)
+        chosen = torch.where(use_best.unsqueeze(-1), best_xf, mean_xf)
     S = search_shape
-    x_sel, x_best = chosen[:, :D].reshape(*batch, *S), best_xf[:, :D].reshape(*batch, *S)
+    x_sel, x_best = chosen.narrow(1, 0, D).reshape(*batch, *S), best_xf.narrow(1, 0, D).reshape(*batch, *S)
     z = zb = None
     if decode is not None:
         z, zb = x_sel, x_best
         x_sel, x_best = decode(z), decode(zb)
     return PlanResult(
-        x_sel, chosen[:, D].reshape(batch), x_best, best_xf[:, D].reshape(batch),
+        x_sel, chosen.select(1, D).reshape(batch), x_best, best_xf.select(1, D).reshape(batch),
         g.mu.reshape(*batch, *S), g.sigma.reshape(*batch, *S), z, zb, g.failed.reshape(batch), n_evals,
     )  # fmt: skip
 
@@ -79,4 +85,4 @@ def assemble(
 def plain(res: PlanResult) -> PlanResult:
     """``res`` with inference tensors (of a plan run under ``torch.inference_mode``) copied into
     normal ones, which callers may use in autograd and in-place like any other tensor."""
-    return PlanResult._make(t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res)
+    return PlanResult._make([t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in res])
