@@ -2,9 +2,11 @@
 
 The old ``dcem/soft_topk.py`` and ``dcem/_lml_dual.py`` are loaded from ``--old`` (e.g. a
 ``git worktree`` or ``git archive`` of an earlier commit) next to the current package; both are
-timed in alternating rounds (medians per round, one thread) on the LML cases of
-``bench_core.py`` (forward + backward, n = 100, k = 10) and a few more, so machine noise hits
-both alike. Prints new/old per round and the median ratio (< 1: the current code is faster).
+timed in alternating rounds (one thread) on the LML cases of ``bench_core.py`` (forward +
+backward, n = 100, k = 10) and a few more, so machine noise hits both alike: within a round the
+two alternate call by call, each call timed in CPU time of this thread (time spent descheduled
+on a loaded machine is not counted), and the round's figure is the median per call. Prints
+new/old per round and the median ratio (< 1: the current code is faster).
 
     mkdir /tmp/old && git archive 096ff66 dcem | tar -x -C /tmp/old
     python benchmarks/ab_topk.py --old /tmp/old
@@ -16,14 +18,29 @@ import argparse
 import importlib.util
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 import dcem
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_core import _median_ms  # noqa: E402  (the same timer as the core A/B)
+
+def _paired_ms(fa, fb, n: int) -> tuple[float, float]:
+    """Median thread CPU milliseconds of ``fa`` and ``fb``, called alternately ``n`` times each."""
+    for _ in range(3):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(n):
+        t0 = time.thread_time()
+        fa()
+        t1 = time.thread_time()
+        fb()
+        t2 = time.thread_time()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
 
 
 def _load_old(root: Path):
@@ -58,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         def run(lml, x=x, g=g, sync=sync):
             lml(x, 10, sync=sync).backward(g)
 
-        pairs = [(_median_ms(lambda: run(old.lml), n), _median_ms(lambda: run(dcem.lml), n))
-                 for _ in range(args.rounds)]  # fmt: skip
+        pairs = [_paired_ms(lambda: run(old.lml), lambda: run(dcem.lml), n) for _ in range(args.rounds)]
         ratio = statistics.median(b / a for a, b in pairs)
         rows = " ".join(f"{b / a:.2f}" for a, b in pairs)
         name = f"lml fwd+bwd B={B} n=100 k=10 {str(dt)[6:]} {sync}"
