@@ -96,27 +96,29 @@ def newton_lists(
     tol: float, ybuf: Tensor,
 ) -> tuple[list[float], list[bool]]:  # fmt: skip
     """:func:`newton_rows` on Python lists (``nu``, ``lo``, ``hi``, ``frozen`` per row; changed in place)."""
-    n = z.shape[-1]
-    logbuf = torch.empty(len(nus), 2, dtype=torch.float64)[:, :1]  # rows_like(nu, 1) on CPU
-    nz: float | Tensor
-    armed = [False] * len(nus)  # rows that met the tolerance and took their last (polishing) step
+    B, n = len(nus), z.shape[-1]
+    lower = 2 * k <= n
+    # outputs of the kernels the batched code runs, read back through NumPy views
+    sbuf, nzbuf = torch.empty(B, 2, dtype=z.dtype), torch.empty(B, 1, dtype=z.dtype)
+    s_out, q_out, sview, nzview = sbuf[:, :1], sbuf[:, 1:], sbuf.numpy(), nzbuf.numpy()
+    logbuf = torch.empty(B, 2, dtype=torch.float64)[:, :1]  # rows_like(nu, 1) on CPU
+    lview = logbuf.numpy()
+    nz: float | Tensor = nzbuf
+    armed = [False] * B  # rows that met the tolerance and took their last (polishing) step
     for _ in range(n_iter):
-        if len(nus) == 1:  # a Python scalar holding the value nu rounds to in z's dtype
+        if B == 1:  # a Python scalar holding the value nu rounds to in z's dtype
             nz = round_f32(nus[0]) if z.dtype == torch.float32 else nus[0]
-        else:
-            nz = torch.tensor(nus, dtype=z.dtype).unsqueeze(1)
+        else:  # as torch.tensor(nus, dtype=z.dtype): rounded to nearest
+            nzview[:, 0] = nus
         y = torch.add(z, nz, out=ybuf).sigmoid_()
-        sums = y.sum(-1).tolist()
+        torch.sum(y, -1, keepdim=True, out=s_out)
+        torch.sum(y * y, -1, keepdim=True, out=q_out)
+        sums, squares = sview[:, 0].tolist(), sview[:, 1].tolist()
         met = [abs(k - s) <= tol for s in sums]
-        squares = (y * y).sum(-1).tolist()
-        lower = 2 * k <= n
         # t of the log-Newton step; its log1p through the tensor kernel the batched code uses
         ts = [(k - s) / s if lower and s != 0 else (k - s) / (n - k) for s in sums]
-        if len(ts) == 1:  # the same (scalar) kernel on the same one-entry buffer, fewer dispatches
-            logs = [logbuf.fill_(ts[0]).log1p_().item()]
-        else:
-            t64 = torch.tensor(ts, dtype=torch.float64).unsqueeze(1)
-            logs = torch.log1p(t64, out=logbuf).flatten().tolist()
+        lview[:, 0] = ts
+        logs = logbuf.log1p_().numpy()[:, 0].tolist()
         for i, (s, sq) in enumerate(zip(sums, squares)):
             if done[i] or armed[i]:
                 continue
@@ -160,6 +162,7 @@ def newton_arrays(
     rows = None  # original indices of the rows still in the passes (None: all of them)
     zc, ybuf = z, rows_like(z, n)
     logbuf = torch.empty(len(nu_a), 2, dtype=torch.float64)[:, :1]
+    lview = logbuf.numpy()[:, 0]
     with np.errstate(all="ignore"):  # inf / NaN cases leave the bracket, as in the tensor loop
         for _ in range(n_iter):
             y = torch.add(zc, torch.from_numpy(nu_a.astype(_NP[z.dtype])).unsqueeze(1), out=ybuf).sigmoid_()
@@ -169,9 +172,9 @@ def newton_arrays(
             met = np.abs(r) <= tol
             below = r > 0
             lo_a, hi_a = np.where(below, nu_a, lo_a), np.where(below, hi_a, nu_a)
-            t = logbuf.numpy()[:, 0]
-            np.divide(r, s if lower else float(n - k), out=t)
-            step = logbuf.log1p_().numpy()[:, 0] * (s if lower else n - s)
+            np.divide(r, s if lower else float(n - k), out=lview)
+            logbuf.log1p_()
+            step = lview * (s if lower else n - s)
             cand = nu_a + step / ds
             inside = (cand >= lo_a) & (cand <= hi_a)
             keep = np.where(met, nu_a, hi_a - (hi_a - lo_a) * 0.5)  # torch.lerp(lo, hi, 0.5)
@@ -179,7 +182,7 @@ def newton_arrays(
             if not host:
                 continue
             stop_a = stop_a | met
-            left = int(np.count_nonzero(~stop_a))
+            left = len(stop_a) - int(np.count_nonzero(stop_a))
             if left == 0 or 2 * left <= len(nu_a):  # write back, keep the rows still moving
                 nu_all, stop_all, rows = _write_back(nu_all, stop_all, rows, nu_a, stop_a)
                 if left == 0:
@@ -190,6 +193,7 @@ def newton_arrays(
                 stop_a = stop_a[keep_rows]
                 zc = rows_like(ybuf[: len(keep_rows)], n).copy_(zc[torch.from_numpy(keep_rows)])
                 ybuf, logbuf = rows_like(zc, n), logbuf[: len(keep_rows)]
+                lview = logbuf.numpy()[:, 0]
         nu_all, stop_all, _ = _write_back(nu_all, stop_all, rows, nu_a, stop_a if host else fro_a)
     return torch.from_numpy(nu_all).unsqueeze(1), torch.from_numpy(stop_all).unsqueeze(1)
 
