@@ -15,7 +15,6 @@ new/old per round and the median ratio (< 1: the current code is faster).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -44,12 +43,23 @@ def _paired_ms(fa, fb, n: int) -> tuple[float, float]:
 
 
 def _load_old(root: Path):
-    """The old soft_topk with its own _lml_dual (registered under a private name)."""
-    spec = importlib.util.spec_from_file_location("_old_lml_dual", root / "dcem" / "_lml_dual.py")
-    dual = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dual)
-    sys.modules["_old_lml_dual"] = dual
-    src = (root / "dcem" / "soft_topk.py").read_text().replace("from dcem._lml_dual", "from _old_lml_dual")
+    """The old soft_topk with its own private solver modules (``_lml_dual`` and, where the old
+    checkout has it, ``_lml_rows``), registered under private names."""
+    renames = {}
+    for name in ("_lml_rows", "_lml_dual"):  # _lml_dual imports _lml_rows
+        path = root / "dcem" / f"{name}.py"
+        if not path.exists():
+            continue
+        src = path.read_text()
+        for old, new in renames.items():
+            src = src.replace(f"from dcem.{old}", f"from {new}")
+        module = type(sys)(f"_old{name}")
+        exec(compile(src, str(path), "exec"), module.__dict__)  # noqa: S102
+        sys.modules[module.__name__] = module
+        renames[name] = module.__name__
+    src = (root / "dcem" / "soft_topk.py").read_text()
+    for old, new in renames.items():
+        src = src.replace(f"from dcem.{old}", f"from {new}")
     module = type(sys)("_old_soft_topk")
     exec(compile(src, str(root / "dcem" / "soft_topk.py"), "exec"), module.__dict__)  # noqa: S102
     return module
