@@ -195,9 +195,10 @@ def newton_arrays(
                 rows = keep_rows if rows is None else rows[keep_rows]
                 nu_a, lo_a, hi_a = nu_a[keep_rows], lo_a[keep_rows], hi_a[keep_rows]
                 stop_a = stop_a[keep_rows]
-                zc = rows_like(ybuf[: len(keep_rows)], n).copy_(zc[torch.from_numpy(keep_rows)])
-                ybuf, logbuf = rows_like(zc, n), logbuf[: len(keep_rows)]
-                lview, sbuf = logbuf.numpy()[:, 0], sbuf[: len(keep_rows)]
+                m = len(keep_rows)  # the kept rows of z into ybuf's first rows (z itself is the caller's)
+                zc = ybuf[:m].copy_(zc[torch.from_numpy(keep_rows)])
+                ybuf, logbuf = rows_like(zc, n), logbuf[:m]
+                lview, sbuf = logbuf.numpy()[:, 0], sbuf[:m]
         nu_all, stop_all, _ = _write_back(nu_all, stop_all, rows, nu_a, stop_a if host else fro_a)
     return torch.from_numpy(nu_all).unsqueeze(1), torch.from_numpy(stop_all).unsqueeze(1)
 
