@@ -54,6 +54,11 @@ def _newton(
     """
     tol = _tol(z, k)
     if z.device.type == "cpu" and not _tracing():
+        if z.shape[0] == 1:  # one row: nothing to do if frozen, else the Python-float loop
+            if frozen.item():
+                return nu, frozen
+            one, done = newton_one(z, nu.item(), lo.item(), hi.item(), k, n_iter, tol, host)
+            return torch.tensor([[one]], dtype=torch.float64), torch.tensor([[done]])
         if host and z.shape[0] <= SCALAR_ROWS:
             return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, rows_like(z, z.shape[-1]))
         return newton_arrays(z, nu, lo, hi, frozen, k, n_iter, tol, host)

@@ -214,7 +214,7 @@ def _write_back(nu_all, stop_all, rows, nu_a, stop_a):  # noqa: ANN001, ANN202
 
 
 def newton_one(
-    z: Tensor, nu: float, lo: float, hi: float, k: int, n_iter: int, tol: float
+    z: Tensor, nu: float, lo: float, hi: float, k: int, n_iter: int, tol: float, host: bool = True
 ) -> tuple[float, bool]:
     """:func:`newton_lists` for one unfrozen row ``z`` (``(1, n)``, CPU) with fewer dispatches: the sums
     and the ``log1p`` go through the same kernels on the same layouts, read through NumPy views."""
@@ -248,6 +248,6 @@ def newton_one(
         if not lo <= cand <= hi:  # bisect (torch.lerp(lo, hi, 0.5)), or keep nu once met
             cand = nu if met else hi - (hi - lo) * 0.5
         nu = cand
-        if met:  # this was the polishing step
+        if met and host:  # this was the polishing step (sync-free: all n_iter iterations run)
             return nu, True
     return nu, False
