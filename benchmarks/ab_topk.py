@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", required=True, help="an older checkout (dcem/soft_topk.py, dcem/_lml_dual.py)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     old = _load_old(Path(args.old))
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     for B, dt, sync in cases:
         x = torch.randn(B, 100, generator=gen, dtype=dt).requires_grad_()
         g = torch.randn(B, 100, generator=gen, dtype=dt)
+        name = f"lml fwd+bwd B={B} n=100 k=10 {str(dt)[6:]} {sync}"
+        if args.only not in name:
+            continue
         n = 40 if B >= 1000 else 300
 
         def run(lml, x=x, g=g, sync=sync):
@@ -88,7 +92,6 @@ def main(argv: list[str] | None = None) -> None:
         pairs = [_paired_ms(lambda: run(old.lml), lambda: run(dcem.lml), n) for _ in range(args.rounds)]
         ratio = statistics.median(b / a for a, b in pairs)
         rows = " ".join(f"{b / a:.2f}" for a, b in pairs)
-        name = f"lml fwd+bwd B={B} n=100 k=10 {str(dt)[6:]} {sync}"
         old_ms = statistics.median(a for a, _ in pairs)
         new_ms = statistics.median(b for _, b in pairs)
         sys.stdout.write(f"{name:44s} old {old_ms:7.3f} ms new {new_ms:7.3f} ms  new/old per round: "
