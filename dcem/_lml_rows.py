@@ -163,15 +163,11 @@ def newton_arrays(
     zc, ybuf = z, rows_like(z, n)
     logbuf = torch.empty(len(nu_a), 2, dtype=torch.float64)[:, :1]
     lview = logbuf.numpy()[:, 0]
-    sbuf = torch.empty(len(nu_a), 2, dtype=z.dtype)  # the two sums of every row
     with np.errstate(all="ignore"):  # inf / NaN cases leave the bracket, as in the tensor loop
         for _ in range(n_iter):
             y = torch.add(zc, torch.from_numpy(nu_a.astype(_NP[z.dtype])).unsqueeze(1), out=ybuf).sigmoid_()
-            torch.sum(y, -1, keepdim=True, out=sbuf[:, :1])
-            torch.sum(y * y, -1, keepdim=True, out=sbuf[:, 1:])
-            sums = sbuf.numpy().astype(np.float64)
-            s = sums[:, 0]
-            ds = s - sums[:, 1]
+            s = y.sum(-1).numpy().astype(np.float64)
+            ds = s - (y * y).sum(-1).numpy().astype(np.float64)
             r = k - s
             met = np.abs(r) <= tol
             below = r > 0
@@ -198,7 +194,7 @@ def newton_arrays(
                 m = len(keep_rows)  # the kept rows of z into ybuf's first rows (z itself is the caller's)
                 zc = ybuf[:m].copy_(zc[torch.from_numpy(keep_rows)])
                 ybuf, logbuf = rows_like(zc, n), logbuf[:m]
-                lview, sbuf = logbuf.numpy()[:, 0], sbuf[:m]
+                lview = logbuf.numpy()[:, 0]
         nu_all, stop_all, _ = _write_back(nu_all, stop_all, rows, nu_a, stop_a if host else fro_a)
     return torch.from_numpy(nu_all).unsqueeze(1), torch.from_numpy(stop_all).unsqueeze(1)
 
