@@ -22,6 +22,7 @@ from torch import Tensor
 from dcem._lml_rows import (
     SCALAR_ROWS,
     alloc,
+    cpu_rows,
     into,
     log1p_rows,
     newton_arrays,
@@ -60,7 +61,7 @@ def _newton(
             one, done = newton_one(z, nu.item(), lo.item(), hi.item(), k, n_iter, tol, host)
             return torch.tensor([[one]], dtype=torch.float64), torch.tensor([[done]])
         if host and z.shape[0] <= SCALAR_ROWS:
-            return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, rows_like(z, z.shape[-1]))
+            return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, cpu_rows(z, z.shape[-1]))
         return newton_arrays(z, nu, lo, hi, frozen, k, n_iter, tol, host)
     return _newton_tensors(z, nu, lo, hi, frozen, k, n_iter, host)
 

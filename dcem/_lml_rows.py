@@ -21,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "SCALAR_ROWS",
     "alloc",
+    "cpu_rows",
     "into",
     "log1p_rows",
     "newton_arrays",
@@ -44,6 +45,11 @@ def rows_like(x: Tensor, width: int) -> Tensor | None:
     """
     if x.device.type != "cpu" or torch._C._are_functorch_transforms_active():
         return None
+    return cpu_rows(x, width)
+
+
+def cpu_rows(x: Tensor, width: int) -> Tensor:
+    """:func:`rows_like` where the caller knows it runs on CPU outside ``torch.func``."""
     return torch.empty(x.shape[0], width + 1, dtype=x.dtype, device=x.device)[:, :width]
 
 
@@ -160,7 +166,7 @@ def newton_arrays(
     stop_all = frozen.numpy().reshape(-1).copy()  # frozen on entry, or met the tolerance (host)
     fro_a, stop_a = stop_all, stop_all
     rows = None  # original indices of the rows still in the passes (None: all of them)
-    zc, ybuf = z, rows_like(z, n)
+    zc, ybuf = z, cpu_rows(z, n)
     logbuf = torch.empty(len(nu_a), 2, dtype=torch.float64)[:, :1]
     lview = logbuf.numpy()[:, 0]
     with np.errstate(all="ignore"):  # inf / NaN cases leave the bracket, as in the tensor loop
@@ -193,7 +199,7 @@ def newton_arrays(
                 stop_a = stop_a[keep_rows]
                 m = len(keep_rows)  # the kept rows of z into ybuf's first rows (z itself is the caller's)
                 zc = ybuf[:m].copy_(zc[torch.from_numpy(keep_rows)])
-                ybuf, logbuf = rows_like(zc, n), logbuf[:m]
+                ybuf, logbuf = cpu_rows(zc, n), logbuf[:m]
                 lview = logbuf.numpy()[:, 0]
         nu_all, stop_all, _ = _write_back(nu_all, stop_all, rows, nu_a, stop_a if host else fro_a)
     return torch.from_numpy(nu_all).unsqueeze(1), torch.from_numpy(stop_all).unsqueeze(1)
