@@ -2,9 +2,11 @@
 
 The old ``dcem/soft_topk.py`` and ``dcem/_lml_dual.py`` are loaded from ``--old`` (e.g. a
 ``git worktree`` or ``git archive`` of an earlier commit) next to the current package; both are
-timed in alternating rounds (medians per round, one thread) on the LML cases of
-``bench_core.py`` (forward + backward, n = 100, k = 10) and a few more, so machine noise hits
-both alike. Prints new/old per round and the median ratio (< 1: the current code is faster).
+timed in alternating rounds (one thread) on the LML cases of ``bench_core.py`` (forward +
+backward, n = 100, k = 10) and a few more, so machine noise hits both alike: within a round the
+two alternate call by call, each call timed in CPU time of this thread (time spent descheduled
+on a loaded machine is not counted), and the round's figure is the median per call. Prints
+new/old per round and the median ratio (< 1: the current code is faster).
 
     mkdir /tmp/old && git archive 096ff66 dcem | tar -x -C /tmp/old
     python benchmarks/ab_topk.py --old /tmp/old
@@ -13,26 +15,51 @@ both alike. Prints new/old per round and the median ratio (< 1: the current code
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 import dcem
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_core import _median_ms  # noqa: E402  (the same timer as the core A/B)
+
+def _paired_ms(fa, fb, n: int) -> tuple[float, float]:
+    """Median thread CPU milliseconds of ``fa`` and ``fb``, called alternately ``n`` times each."""
+    for _ in range(3):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(n):
+        t0 = time.thread_time()
+        fa()
+        t1 = time.thread_time()
+        fb()
+        t2 = time.thread_time()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
 
 
 def _load_old(root: Path):
-    """The old soft_topk with its own _lml_dual (registered under a private name)."""
-    spec = importlib.util.spec_from_file_location("_old_lml_dual", root / "dcem" / "_lml_dual.py")
-    dual = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dual)
-    sys.modules["_old_lml_dual"] = dual
-    src = (root / "dcem" / "soft_topk.py").read_text().replace("from dcem._lml_dual", "from _old_lml_dual")
+    """The old soft_topk with its own private solver modules (``_lml_dual`` and, where the old
+    checkout has it, ``_lml_rows``), registered under private names."""
+    renames = {}
+    for name in ("_lml_rows", "_lml_dual"):  # _lml_dual imports _lml_rows
+        path = root / "dcem" / f"{name}.py"
+        if not path.exists():
+            continue
+        src = path.read_text()
+        for old, new in renames.items():
+            src = src.replace(f"from dcem.{old}", f"from {new}")
+        module = type(sys)(f"_old{name}")
+        exec(compile(src, str(path), "exec"), module.__dict__)  # noqa: S102
+        sys.modules[module.__name__] = module
+        renames[name] = module.__name__
+    src = (root / "dcem" / "soft_topk.py").read_text()
+    for old, new in renames.items():
+        src = src.replace(f"from dcem.{old}", f"from {new}")
     module = type(sys)("_old_soft_topk")
     exec(compile(src, str(root / "dcem" / "soft_topk.py"), "exec"), module.__dict__)  # noqa: S102
     return module
@@ -42,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", required=True, help="an older checkout (dcem/soft_topk.py, dcem/_lml_dual.py)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     old = _load_old(Path(args.old))
@@ -53,16 +81,17 @@ def main(argv: list[str] | None = None) -> None:
     for B, dt, sync in cases:
         x = torch.randn(B, 100, generator=gen, dtype=dt).requires_grad_()
         g = torch.randn(B, 100, generator=gen, dtype=dt)
+        name = f"lml fwd+bwd B={B} n=100 k=10 {str(dt)[6:]} {sync}"
+        if args.only not in name:
+            continue
         n = 40 if B >= 1000 else 300
 
         def run(lml, x=x, g=g, sync=sync):
             lml(x, 10, sync=sync).backward(g)
 
-        pairs = [(_median_ms(lambda: run(old.lml), n), _median_ms(lambda: run(dcem.lml), n))
-                 for _ in range(args.rounds)]  # fmt: skip
+        pairs = [_paired_ms(lambda: run(old.lml), lambda: run(dcem.lml), n) for _ in range(args.rounds)]
         ratio = statistics.median(b / a for a, b in pairs)
         rows = " ".join(f"{b / a:.2f}" for a, b in pairs)
-        name = f"lml fwd+bwd B={B} n=100 k=10 {str(dt)[6:]} {sync}"
         old_ms = statistics.median(a for a, _ in pairs)
         new_ms = statistics.median(b for _, b in pairs)
         sys.stdout.write(f"{name:44s} old {old_ms:7.3f} ms new {new_ms:7.3f} ms  new/old per round: "

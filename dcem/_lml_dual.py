@@ -22,9 +22,11 @@ from torch import Tensor
 from dcem._lml_rows import (
     SCALAR_ROWS,
     alloc,
+    cpu_rows,
     into,
     log1p_rows,
-    newton_lists,
+    newton_arrays,
+    newton_one,
     newton_rows,
     round_f32,
     rows_like,
@@ -51,11 +53,27 @@ def _newton(
     once every row is frozen, else it runs ``n_iter`` iterations without reading anything on the
     host. Returns ``nu`` and the frozen mask.
     """
+    tol = _tol(z, k)
+    if z.device.type == "cpu" and not _tracing():
+        if z.shape[0] == 1:  # one row: nothing to do if frozen, else the Python-float loop
+            if frozen.item():
+                return nu, frozen
+            one, done = newton_one(z, nu.item(), lo.item(), hi.item(), k, n_iter, tol, host)
+            return torch.tensor([[one]], dtype=torch.float64), torch.tensor([[done]])
+        if host and z.shape[0] <= SCALAR_ROWS:
+            return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, cpu_rows(z, z.shape[-1]))
+        return newton_arrays(z, nu, lo, hi, frozen, k, n_iter, tol, host)
+    return _newton_tensors(z, nu, lo, hi, frozen, k, n_iter, host)
+
+
+def _newton_tensors(
+    z: Tensor, nu: Tensor, lo: Tensor, hi: Tensor, frozen: Tensor, k: int, n_iter: int, host: bool
+) -> tuple[Tensor, Tensor]:
+    """:func:`_newton` on tensors only (accelerators, ``torch.compile``, ``torch.func``); on CPU
+    outside those, :func:`dcem._lml_rows.newton_arrays` does the same operations, bit for bit."""
     n = z.shape[-1]
     tol = _tol(z, k)
     ybuf, col = rows_like(z, n), rows_like(nu, 1)
-    if host and ybuf is not None and z.shape[0] <= SCALAR_ROWS:
-        return newton_rows(z, nu, lo, hi, frozen, k, n_iter, tol, ybuf)
     armed = torch.zeros_like(frozen)  # host: rows that met the tolerance and took their last step
     for _ in range(n_iter):
         nz = nu.to(z.dtype)
@@ -131,10 +149,6 @@ def _from_max(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[Tens
     """
     n = x.shape[-1]
     z = _scaled(x, x.amax(-1, keepdim=True), tau)
-    if x.shape[0] == 1 and x.dtype in (torch.float32, torch.float64):
-        ybuf = rows_like(z, n)
-        if ybuf is not None:  # what _newton runs on one row (newton_rows), without its tensor state
-            return _from_max_row(z, k, n_iter, ybuf)
     lo = torch.full((x.shape[0], 1), math.log(k / (n - k)), dtype=torch.float64, device=x.device)
     hi = (lo - z.amin(-1, keepdim=True).double()).clamp_max(torch.finfo(x.dtype).max)
     frozen = torch.zeros_like(lo, dtype=torch.bool)
@@ -142,17 +156,20 @@ def _from_max(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[Tens
     return z.add_(nu.to(z.dtype)), frozen
 
 
-def _from_max_row(z: Tensor, k: int, n_iter: int, ybuf: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`_from_max`'s bracket, start and Newton iterations for one float32/float64 row on Python
-    floats: the same IEEE float64 operations as the tensor code, so the same bits."""
-    n = z.shape[-1]
+def _from_max_row(x: Tensor, tau: float | Tensor, k: int, n_iter: int) -> tuple[Tensor, bool]:
+    """:func:`_from_max` for one float32/float64 CPU row: the same kernels on the same layout for
+    ``z``, the bracket, start and Newton updates on Python floats (the same IEEE float64 operations
+    as the tensor code, so the same bits)."""
+    n = x.shape[-1]
+    z = torch.sub(x, x.amax(-1, keepdim=True), out=torch.empty(1, n + 1, dtype=x.dtype)[:, :n])
+    if not (isinstance(tau, float) and tau == 1.0):
+        z.div_(tau)
     lo = math.log(k / (n - k))
     hi = min(lo - z.amin().item(), torch.finfo(z.dtype).max)  # clamp_max (a NaN stays NaN)
-    nus, done = newton_lists(z, [lo if 2 * k <= n else hi], [lo], [hi], [False], k, n_iter, _tol(z, k), ybuf)
-    nu = nus[0]
+    nu, done = newton_one(z, lo if 2 * k <= n else hi, lo, hi, k, n_iter, _tol(z, k))
     if z.dtype == torch.float32:  # nu rounded to z's dtype, as nu.to(z.dtype)
         nu = round_f32(nu)
-    return z.add_(nu), torch.tensor(done).unsqueeze(1)
+    return z.add_(nu), done
 
 
 def _from_kth(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -> tuple[Tensor, Tensor]:
@@ -188,6 +205,15 @@ def _from_kth(x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool) -
     return z.add_(nu.to(z.dtype)), frozen
 
 
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def _one_row(x: Tensor) -> bool:
+    """Whether the cheap start of one row can run on Python floats (:func:`_from_max_row`)."""
+    return x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and not _tracing()
+
+
 def solve(
     x: Tensor, tau: float | Tensor, k: int, n_iter: int, host: bool, all_finite: bool
 ) -> tuple[Tensor, bool]:
@@ -206,6 +232,12 @@ def solve(
         first = None
     else:
         first = torch.isfinite(x).all(-1).nonzero().squeeze(1)
+    if first is None and x.shape[0] == 1 and _one_row(x):
+        u1, done1 = _from_max_row(x, tau, k, min(n_iter, _MAX_FIRST))
+        if done1:
+            return u1, True
+        u1, done = _from_kth(x, tau, k, n_iter, True)
+        return u1, bool(done.all())
     if first is None or first.numel():
         xf = x if first is None else x[first]
         tf = tau[first] if isinstance(tau, Tensor) and first is not None else tau

@@ -291,3 +291,24 @@ def test_unreadable_nan_row_with_exactly_k_plus_inf_is_nan(monkeypatch, sync_pat
     monkeypatch.setattr(soft_topk, "host_reads_free", lambda t: False)
     y = lml(x, 3, 1.5)
     assert torch.isnan(y[0]).all() and torch.isfinite(y[1]).all()
+
+
+@pytest.mark.parametrize("n,k", [(100, 10), (9, 7)])
+def test_cpu_loops_equal_the_tensor_loop_bitwise(monkeypatch, dtype, sync_path, n, k):
+    # on CPU the Newton state lives in NumPy (and one row on Python floats); accelerators,
+    # torch.compile and torch.func run the tensor loop: the same operations, so the same bits
+    from dcem import _lml_dual
+
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(60, n, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-3, 4, (60, 1))).to(
+        dtype
+    )
+    x[3, :2], x[4, k - n :] = INF, -INF
+    tau = torch.rand(60, 1, generator=g, dtype=dtype) + 0.05
+    inputs = [(x, tau)] + [(x[i : i + 1], tau[i : i + 1]) for i in (0, 3, 4, 59)]  # one row: Python floats
+    cpu = [_rows_and_grads(xi, k, ti, sync_path) for xi, ti in inputs]
+    monkeypatch.setattr(_lml_dual, "_newton", _lml_dual._newton_tensors)
+    monkeypatch.setattr(_lml_dual, "_one_row", lambda x: False)
+    for (xi, ti), (y, gr) in zip(inputs, cpu):
+        yt, gt = _rows_and_grads(xi, k, ti, sync_path)
+        assert torch.equal(y, yt) and torch.equal(gr, gt)

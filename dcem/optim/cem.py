@@ -51,7 +51,7 @@ from dcem.optim.validate import (
 from dcem.optim.weights import (
     best_sample,
     gather_rows,
-    hard_elites,
+    hard_elites_checked,
     settle_refit,
     soft_elite_weights,
     weighted_moments,
@@ -296,9 +296,15 @@ def _tell2d(
     mu, sigma, done, failed, best_x, best_f = state
     weights, elites = None, None
     if cfg.hard:
-        idx, w_e = elites = hard_elites(fX, cfg.n_elite, host)
-        wsum = w_e.sum(-1, keepdim=True)
-        new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
+        idx, w_e, all_valid = hard_elites_checked(fX, cfg.n_elite, host)
+        elites = idx, w_e
+        if all_valid:  # every weight 1: the total is exactly n_elite (as w_e.sum), no row to check
+            total = torch.full((X.shape[0], 1), float(cfg.n_elite), dtype=w_e.dtype, device=w_e.device)
+            new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), total)
+            wsum: Tensor | None = None
+        else:
+            wsum = w_e.sum(-1, keepdim=True)
+            new_mu, new_sigma = weighted_moments(w_e, gather_rows(X, idx), wsum)
     else:
         all_valid = host and bool(torch.isfinite(fX).all())  # the same bits either way (faster)
         tau = cast("float | Tensor", temp)  # not None: cfg.hard is False

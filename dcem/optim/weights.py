@@ -25,6 +25,7 @@ __all__ = [
     "invalid_mask",
     "standardize",
     "hard_elites",
+    "hard_elites_checked",
     "soft_elite_weights",
     "weighted_moments",
     "best_sample",
@@ -98,15 +99,25 @@ def hard_elites(fX: Tensor, n_elite: int, host: bool) -> tuple[Tensor, Tensor]:
     ``torch.topk`` for short rows); otherwise ``torch.topk``, which is what accelerators and
     ``torch.compile`` run. Both order NaN last; ties may be broken differently.
     """
+    idx, w, _ = hard_elites_checked(fX, n_elite, host)
+    return idx, w
+
+
+def hard_elites_checked(fX: Tensor, n_elite: int, host: bool) -> tuple[Tensor, Tensor, bool]:
+    """:func:`hard_elites` and whether every elite is known to be valid (then every weight is 1 and
+    each row's total weight is exactly ``n_elite``; ``False`` when unknown: not read on the host)."""
     v = fX.detach()
     if host and v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64):
         a = v.numpy()
         part = np.ascontiguousarray(a.argpartition(n_elite - 1, axis=-1)[:, :n_elite])
+        if bool((a < math.inf).all()):  # every value valid (NaN compares false), so every elite
+            return torch.from_numpy(part), torch.ones(part.shape, dtype=v.dtype), True
         valid = np.take_along_axis(a, part, -1) < math.inf  # NaN and +inf are invalid
-        return torch.from_numpy(part), torch.from_numpy(valid.astype(a.dtype))  # weights 0 and 1 exactly
+        w = torch.from_numpy(valid.astype(a.dtype))  # weights 0 and 1 exactly
+        return torch.from_numpy(part), w, bool(valid.all())
     v = _invalid_last(v)  # NaN last, infinities kept
     vals, idx = torch.topk(v, n_elite, dim=-1, largest=False, sorted=False)
-    return idx, (vals < math.inf).to(fX.dtype)  # NaN and +inf are invalid
+    return idx, (vals < math.inf).to(fX.dtype), False  # NaN and +inf are invalid
 
 
 def soft_elite_weights(
