@@ -184,9 +184,11 @@ class _GlobalDraws(TorchFunctionMode):
                 f"the per-process batch ({s.n_local}); cannot shard it"
             )
         full = (s.n_global, *shape[1:])
-        kw = {k: v for k, v in kwargs.items() if k != "size"}
+        kw = {k: v for k, v in kwargs.items() if k not in ("size", "out")}
         self.shapes.append((func, full, kw))
-        return func(full, **kw).narrow(0, s.lo, s.n_local)
+        rows = func(full, **kw).narrow(0, s.lo, s.n_local)
+        out = kwargs.get("out")
+        return rows if out is None else out.copy_(rows)  # a draw into ``out=``: the same rows, written there
 
 
 @dataclass(frozen=True)
