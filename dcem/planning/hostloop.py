@@ -174,7 +174,7 @@ class HostLoop:
         self.n_keep = cfg.n_keep
         self.hard = cfg.rule is Rule.CEM or cfg.rule is Rule.ICEM
         self.pops = [cfg.population(i) for i in range(cfg.n_iter)]  # candidates drawn per iteration
-        self.divisors: dict[int, tuple[Tensor, ...]] = {}
+        self.divisors: dict[int, tuple[Tensor, Tensor]] = {}
         self.rows = np.zeros((0, 1), dtype=np.intp)
 
     def run(
@@ -231,7 +231,7 @@ class HostLoop:
             X.narrow(1, N, K).copy_(kept)
         X.select(1, N + K).copy_(mu)
         if self.clamp:
-            X.clamp_(*self.bounds)
+            X.clamp_(*self.bounds)  # type: ignore[arg-type]  # float or tensor bounds (``_scalar``)
         return X
 
     def _refit(self, g: Gaussian, X: Tensor, fX: Tensor, a: np.ndarray, it: int) -> Gaussian:
@@ -289,10 +289,9 @@ class HostLoop:
         B, M = v.shape
         div = self.divisors.get(M)
         if div is None:
-            div = self.divisors[M] = tuple(
-                torch.full((B, 1), float(n), dtype=v.dtype) for n in (M, max(M - 1, 1))
-            )
-        return _standardize(v, *div, tiny)
+            div = self.divisors[M] = (torch.full((B, 1), float(M), dtype=v.dtype),
+                                      torch.full((B, 1), float(max(M - 1, 1)), dtype=v.dtype))  # fmt: skip
+        return _standardize(v, div[0], div[1], tiny)
 
     def _ones(self, B: int, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Weights ``(B, 1, k)`` of all-valid elites (ones) and their sum ``(B, 1, 1)``."""

@@ -43,7 +43,7 @@ class StartCache(dict):
         batch = tuple(batch_shape or ())
         if not all(type(b) is int for b in batch):
             return None
-        dev = torch.device(device) if device is not None else torch.empty(0).device  # the default device
+        dev = torch.device(device) if device is not None else torch.empty(0).device  # type: ignore[call-overload]
         return (batch, dtype or torch.get_default_dtype(), dev, box, std_scale, init_std, S)
 
     def get_or_build(self, key: tuple | None, build: Any) -> Start:
