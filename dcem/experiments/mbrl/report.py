@@ -284,7 +284,8 @@ def _figure(runs: dict[str, list[dict]], sums: dict[str, dict], path: Path) -> P
             ax.bar(range(len(names)), m, yerr=e, capsize=3, color=[f"C{k}" for k in range(len(names))])
             ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
             n_ep = len(runs[env][0]["episode_seeds"])
-            ax.set_title(f"{env} ({len(s['seeds'])} seeds × {n_ep} ep.)", fontsize=9)
+            title = env.replace("/", "/\n").replace(" (", "\n(")  # long group names: one part per line
+            ax.set_title(f"{title}\n{len(s['seeds'])} seed(s) × {n_ep} ep.", fontsize=8)
         axes[0].set_ylabel("test return (paired episodes)")
         return plots.save(fig, path, dpi=100)
 
