@@ -156,14 +156,11 @@ def safe_load(
     """
     import pickle
 
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
-        with torch.serialization.safe_globals(_numpy_globals(path)):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = _weights_load(path, map_location)
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"(?:GLOBAL|global) ([\w.]+)|[Uu]nsupported class ([\w.]+)", text)
@@ -179,6 +176,23 @@ def safe_load(
     except Exception as err:  # noqa: BLE001 - any other failure to read means unreadable
         raise _unreadable(what, path, err, way_out) from None
     return _decode(obj)
+
+
+def _weights_load(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)``; only when it refuses a global does it look at the file's
+    globals, and retries once with NumPy's array-rebuilding ones allowed if those are all it names."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        allowed = _numpy_globals(path)
+        if not allowed:
+            raise
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 #: the globals with which pickle rebuilds NumPy arrays, scalars and dtypes (nothing else runs)

@@ -48,6 +48,7 @@ from dcem.experiments.mbrl.runinfo import (
     model_error_block,
     ppo_skipped,
     probe_block,
+    probes,
     replan_block,
     unfinished,
 )
@@ -316,10 +317,11 @@ def report(cfg: dict) -> Path:
     err = model_error_block(runs)
     if err is not None:
         blocks["mbrl-model-error"] = err
-    probe = probe_block(runs, root) if root.is_dir() else None
+    found = probes(root) if root.is_dir() else []
+    probe = probe_block(found)
     if probe is not None:
         blocks["mbrl-probe"] = probe
-        blocks["mbrl-replan"] = replan_block(root) or ""
+        blocks["mbrl-replan"] = replan_block(found) or ""
     cs = curves(root)
     if cs:
         blocks["mbrl-decoder-curve"] = curve_block(cs)

@@ -15,7 +15,7 @@ from dcem.experiments.common.runs import CsvLog
 from dcem.experiments.mbrl.paired import CONTROLLERS
 
 __all__ = ["curve_block", "curve_figure", "curves", "group_of", "model_error_block", "ppo_skipped",
-           "probe_block", "replan_block", "unfinished"]
+           "probe_block", "probes", "replan_block", "unfinished"]
 
 
 def group_of(root: Path, run_dir: Path, env: str) -> str:
@@ -122,19 +122,25 @@ def curve_figure(curves: dict[tuple[str, str], list[dict]], path: Path) -> Path:
         return plots.save(fig, path, dpi=100)
 
 
-def probe_block(runs: dict[str, list[dict]], root: Path) -> str | None:
-    """The ``phase=probe`` results (``probe.json``) of every run folder under ``root`` that has one:
-    per kind of open-loop action sequence, the model's predicted and the received ``H``-step return."""
+def probes(root: Path) -> list[tuple[str, str, dict]]:
+    """``(task group, run folder name, probe.json contents)`` of every run folder under ``root`` that has
+    a ``phase=probe`` result, read once for both of its blocks."""
+    root = Path(root)
+    return [(group_of(root, p.parent, p.parent.parent.name), p.parent.name, json.loads(p.read_text()))
+            for p in sorted(root.rglob("probe.json"))]  # fmt: skip
+
+
+def probe_block(found: list[tuple[str, str, dict]]) -> str | None:
+    """Per kind of open-loop action sequence of the probes ``found`` (:func:`probes`), the model's
+    predicted and the received ``H``-step return."""
     from dcem.experiments.mbrl.probe import KINDS
 
     rows = []
-    for path in sorted(Path(root).rglob("probe.json")):
-        res = json.loads(path.read_text())
-        task = group_of(Path(root), path.parent, path.parent.parent.name)
+    for task, run, res in found:
         for kind in KINDS:
             k = res["kinds"].get(kind)
             if k is not None:
-                rows.append([task, path.parent.name, len(k["real_all"]), kind, f"{k['pred']:.3g}",
+                rows.append([task, run, len(k["real_all"]), kind, f"{k['pred']:.3g}",
                              f"{k['real']:.3g}", f"{k['ratio']:.3g}", f"{100 * k['saturated']:.1f}%",
                              f"{k['corr']:.2f}"])  # fmt: skip
     if not rows:
@@ -144,19 +150,17 @@ def probe_block(runs: dict[str, list[dict]], root: Path) -> str | None:
     return md_table(head, rows)
 
 
-def replan_block(root: Path) -> str | None:
-    """The re-planning sweep of ``phase=probe`` (``probe.json``): each planning controller's mean return
-    (± 95% interval over validation episodes) when it executes ``k`` actions of each plan."""
+def replan_block(found: list[tuple[str, str, dict]]) -> str | None:
+    """The re-planning sweeps of the probes ``found`` (:func:`probes`): each planning controller's mean
+    return (± 95% interval over validation episodes) when it executes ``k`` actions of each plan."""
     rows, ks = [], None
-    for path in sorted(Path(root).rglob("probe.json")):
-        res = json.loads(path.read_text())
-        task = group_of(Path(root), path.parent, path.parent.parent.name)
+    for task, run, res in found:
         for name, by_k in res.get("replan", {}).items():
             ks = ks or list(by_k)
             best = max(by_k, key=lambda k: by_k[k]["mean"])
             cells = [f"{v['mean']:.1f} ± {v['ci95']:.1f}" for v in by_k.values()]
             cells = [f"**{c}**" if k == best else c for k, c in zip(by_k, cells)]
-            rows.append([task, path.parent.name, name, len(res["validation_seeds"]), *cells])
+            rows.append([task, run, name, len(res["validation_seeds"]), *cells])
     if not rows:
         return None
     head = ["task", "run", "controller", "validation episodes", *(f"re-plan every {k}" for k in ks or [])]
