@@ -233,7 +233,7 @@ def test_report_lists_unfinished_runs_and_their_decoder_curves(tiny_run, tmp_pat
     main(["phase=report", f"report.root={root}", f"report.page={page}"])
     text = page.read_text()
     assert f"| cartpole-swingup | 4 | {d} |" in text and "running / unfinished" in text
-    assert "| cartpole-swingup | 4 | 1.5 | 1.5 @ 0, 3.5 @ 20 | 3.5 | 4 / 3.5 | 50.0% |" in text
+    assert "| cartpole-swingup | 4 | 1 | 1.5 | 1.5 @ 0, 3.5 @ 20 | 3.5 | 4 / 3.5 | 50.0% |" in text
     assert (tmp_path / "mbrl_decoder_curve.png").stat().st_size > 0
 
 

@@ -13,9 +13,12 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 pytest.importorskip("dm_control")
 pytest.importorskip("hydra")
 
+from dcem.experiments.common.config import ConfigError  # noqa: E402
 from dcem.experiments.common.runs import CsvLog  # noqa: E402
 from dcem.experiments.mbrl import collect, compose  # noqa: E402
+from dcem.experiments.mbrl.learning import VAL_SEED_BASE  # noqa: E402
 from dcem.experiments.mbrl.paired import plan_diagnostics  # noqa: E402
+from dcem.experiments.mbrl.runinfo import curve_block  # noqa: E402
 from dcem.experiments.mbrl.trainer import MBRLTrainer, seed_everything  # noqa: E402
 from dcem.rl.env_pool import EnvPool  # noqa: E402
 
@@ -126,6 +129,35 @@ def test_decoder_curve_is_written_and_resumed(tmp_path):
     b = _trainer(tmp_path, "decoder.val_every=1", "decoder.val_episodes=2", "decoder.episodes=2")
     b.load()
     assert b.decoder_curve == tr.decoder_curve
+
+
+def test_decoder_curve_at_several_replanning_intervals(tmp_path):
+    """One row per k and validation point; the k = 1 rows are the default curve's, and the k = 3 rows
+    are the paired return of the latent controller executing 3 actions per plan."""
+    opts = ("decoder.val_every=1", "decoder.val_episodes=2", "decoder.episodes=1")
+    a = _trainer(tmp_path / "a", *opts)
+    a.phase_model()
+    a.phase_decoder()
+    b = _trainer(tmp_path / "b", *opts, "decoder.val_replan_every=[1,3]")
+    b.phase_model()
+    b.phase_decoder()
+    rows = CsvLog(tmp_path / "b" / "decoder_curve.csv", []).rows()
+    assert [(r["decoder_episode"], r["replan_every"]) for r in rows] == [(0, 1), (0, 3), (1, 1), (1, 3)]
+    ones = [r for r in b.decoder_curve if r["replan_every"] == 1]
+    assert [r["val_return"] for r in ones] == [r["val_return"] for r in a.decoder_curve]
+    seeds = [VAL_SEED_BASE + 1000 * int(b.cfg["seed"]) + k for k in range(2)]
+    assert b.decoder_curve[-1]["val_return"] == pytest.approx(
+        float(np.mean(b.paired_returns("dcem", seeds, replan_every=3))))
+    assert b.decoder_curve[-1]["val_return"] != b.decoder_curve[-2]["val_return"]
+    blocks = curve_block({("cartpole-swingup", "0"): rows})
+    assert "| cartpole-swingup | 0 | 1 |" in blocks and "| cartpole-swingup | 0 | 3 |" in blocks
+
+
+def test_decoder_curve_options_are_checked():
+    with pytest.raises(ConfigError, match="val_replan_every"):
+        compose(["scale=test", "decoder.val_replan_every=[0]"])
+    with pytest.raises(ConfigError, match="val_replan_every"):
+        compose(["scale=test", "decoder.val_replan_every=[]"])
 
 
 def test_plan_diagnostics_against_brute_force():

@@ -36,12 +36,13 @@ log = logging.getLogger("dcem.experiments.mbrl")
 #: keys added after run folders existed, with the value an older run used (see common.rundir.open_run)
 LEGACY = {"train.collect_workers": 1, "train.schedule": "block", "train.update_interval": 10,
           "decoder.init": "default", "decoder.states": "last", "decoder.freeze_model": False,
-          "decoder.action_prior": 0.0, "eval.replan_every": 1}
+          "decoder.action_prior": 0.0, "eval.replan_every": 1,
+          "decoder.val_replan_every": [1]}
 EXPERIMENT = Experiment(
     "mbrl", CONF_DIR, MBRLConfig, __doc__ or "",
     free_keys=("out_dir", "progress", "num_threads", "resume", "phase", "device", "log.tensorboard",
                "eval.episodes", "eval.video", "eval.controllers", "eval.replan_every", "report.root",
-               "report.page", "decoder.val_every", "decoder.val_episodes"),
+               "report.page", "decoder.val_every", "decoder.val_episodes", "decoder.val_replan_every"),
 )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ __all__ = ["CURVE_FIELDS", "VAL_SEED_BASE", "LearnMixin"]
 #: (disjoint from training and from the paired test episodes, ``paired.EVAL_SEED_BASE = 10000``)
 VAL_SEED_BASE = 500_000
 CURVE_FIELDS = ["decoder_episode", "decoder_updates", "env_steps", "val_return", "val_ci95", "n",
-                "pred_return", "real_return", "saturated"]  # fmt: skip
+                "pred_return", "real_return", "saturated", "replan_every"]  # fmt: skip
 Updates = Callable[[], list[dict[str, float]]]
 
 
@@ -132,17 +132,24 @@ class LearnMixin:
         return eps, stats
 
     # -- the decoder-training curve --------------------------------------------------------------
-    def validate_decoder(self, episode: int) -> dict:
-        """Latent DCEM (noise-free) on ``decoder.val_episodes`` validation episodes; a row of
-        ``decoder_curve.csv`` (return, predicted vs real return of the plans, saturated fraction)."""
-        n = int(self.cfg["decoder"]["val_episodes"])
+    def validate_decoder(self, episode: int) -> list[dict]:
+        """Latent DCEM (noise-free) on ``decoder.val_episodes`` validation episodes, executing ``k``
+        actions of each plan for each ``k`` of ``decoder.val_replan_every``; one row of
+        ``decoder_curve.csv`` per ``k`` (return, predicted vs real return of the plans, saturated
+        fraction)."""
+        c = self.cfg["decoder"]
+        n = int(c["val_episodes"])
         seeds = [VAL_SEED_BASE + 1000 * int(self.cfg["seed"]) + k for k in range(n)]
-        diag: dict[str, float] = {}
-        rets = self.paired_returns("dcem", seeds, diag=diag)
-        mean, ci = mean_ci95(rets)
-        row = {"decoder_episode": episode, "decoder_updates": self.progress.get("decoder_updates", 0),
-               "env_steps": self.progress["env_steps"], "val_return": mean, "val_ci95": ci, "n": n,
-               **{k: v for k, v in diag.items() if k in CURVE_FIELDS}}
-        self.__dict__.setdefault("decoder_curve", []).append(row)
+        rows = []
+        for every in c.get("val_replan_every", [1]):
+            diag: dict[str, float] = {}
+            rets = self.paired_returns("dcem", seeds, diag=diag, replan_every=int(every))
+            mean, ci = mean_ci95(rets)
+            ups = self.progress.get("decoder_updates", 0)
+            rows.append({"decoder_episode": episode, "decoder_updates": ups,
+                         "env_steps": self.progress["env_steps"], "val_return": mean, "val_ci95": ci,
+                         "n": n, **{k: v for k, v in diag.items() if k in CURVE_FIELDS},
+                         "replan_every": int(every)})  # fmt: skip
+        self.__dict__.setdefault("decoder_curve", []).extend(rows)
         CsvLog(self.out / "decoder_curve.csv", CURVE_FIELDS).rewrite(self.decoder_curve)
-        return row
+        return rows

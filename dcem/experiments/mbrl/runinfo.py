@@ -14,8 +14,8 @@ from dcem.experiments.common.report import md_table
 from dcem.experiments.common.runs import CsvLog
 from dcem.experiments.mbrl.paired import CONTROLLERS
 
-__all__ = ["curve_block", "curve_figure", "curves", "group_of", "model_error_block", "ppo_skipped",
-           "probe_block", "probes", "replan_block", "unfinished"]
+__all__ = ["by_replan", "curve_block", "curve_figure", "curves", "group_of", "model_error_block",
+           "ppo_skipped", "probe_block", "probes", "replan_block", "unfinished"]
 
 
 def group_of(root: Path, run_dir: Path, env: str) -> str:
@@ -86,20 +86,32 @@ def curves(root: Path) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
+def by_replan(rows: list[dict]) -> dict[int, list[dict]]:
+    """The rows of one ``decoder_curve.csv`` split by ``replan_every`` (``k``; curves written before
+    the column existed were measured at ``k = 1``), in increasing ``k``."""
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        k = r.get("replan_every")
+        out.setdefault(1 if k in (None, "") else int(k), []).append(r)
+    return dict(sorted(out.items()))
+
+
 def curve_block(curves: dict[tuple[str, str], list[dict]]) -> str:
-    """Per run: the validation return of the untrained decoder, the last points, the best, and at the
-    last point the predicted vs received H-step return of the executed plans and the saturated share."""
+    """Per run and re-planning interval ``k``: the validation return of the untrained decoder, the
+    last points, the best, and at the last point the predicted vs received H-step return of the
+    executed plans and the saturated share."""
     rows = []
-    for (env, seed), cs in curves.items():
-        last, end = cs[-3:], cs[-1]
-        pr = f"{float(end['pred_return']):.3g} / {float(end['real_return']):.3g}"
-        rows.append([env, seed, f"{cs[0]['val_return']:.3g}",
-                     ", ".join(f"{c['val_return']:.3g} @ {c['decoder_updates']}" for c in last),
-                     f"{max(c['val_return'] for c in cs):.3g}", pr,
-                     f"{100 * float(end['saturated']):.1f}%"])  # fmt: skip
-    head = ["task", "seed", "val. return, untrained decoder", "last three points (return @ decoder updates)",
-            "best", "predicted / received H-step return, last point",
-            "saturated actions, last point"]  # fmt: skip
+    for (env, seed), all_rows in curves.items():
+        for k, cs in by_replan(all_rows).items():
+            last, end = cs[-3:], cs[-1]
+            pr = f"{float(end['pred_return']):.3g} / {float(end['real_return']):.3g}"
+            rows.append([env, seed, k, f"{cs[0]['val_return']:.3g}",
+                         ", ".join(f"{c['val_return']:.3g} @ {c['decoder_updates']}" for c in last),
+                         f"{max(c['val_return'] for c in cs):.3g}", pr,
+                         f"{100 * float(end['saturated']):.1f}%"])  # fmt: skip
+    head = ["task", "seed", "re-plan every", "val. return, untrained decoder",
+            "last three points (return @ decoder updates)", "best",
+            "predicted / received H-step return, last point", "saturated actions, last point"]  # fmt: skip
     return md_table(head, rows)
 
 
@@ -111,10 +123,12 @@ def curve_figure(curves: dict[tuple[str, str], list[dict]], path: Path) -> Path:
         fig = plots.figure(figsize=(3.2 * len(groups) + 1, 3.2), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0])
         for ax, g in zip(axes, groups):
-            for (env, seed), cs in sorted(curves.items()):
-                if env == g:
-                    ax.plot([c["decoder_updates"] for c in cs], [c["val_return"] for c in cs], "o-",
-                            ms=3, label=f"seed {seed}")  # fmt: skip
+            runs = [(seed, rows) for (env, seed), rows in sorted(curves.items()) if env == g]
+            for i, (seed, all_rows) in enumerate(runs):  # a colour per seed, a line style per k
+                for j, (k, cs) in enumerate(by_replan(all_rows).items()):
+                    ax.plot([c["decoder_updates"] for c in cs], [c["val_return"] for c in cs],
+                            ("o-", "s--", "^:", "d-.")[j % 4], color=f"C{i % 10}", ms=3,
+                            label=f"seed {seed}" + (f", k = {k}" if k != 1 else ""))  # fmt: skip
             ax.set_title(g, fontsize=8)
             ax.set_xlabel("decoder updates")
             ax.legend(fontsize=7)

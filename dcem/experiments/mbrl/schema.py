@@ -100,6 +100,10 @@ class Decoder:
     action_prior: float = opt(ge=0, doc="beyond the paper: weight of the replay-action penalty (0: off)")
     val_every: int = opt(ge=0, doc="validation episodes every this many phase-2 episodes (0: never)")
     val_episodes: int = opt(ge=1)
+    val_replan_every: list[int] = opt(
+        ge=1, le=1000, each=True, nonempty=True,
+        doc="the curve is measured at each k (actions executed per plan before re-planning)",
+    )
 
 
 @dataclass
