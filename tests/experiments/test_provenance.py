@@ -85,7 +85,20 @@ def test_folders_of_different_code_are_refused_or_marked(run, tmp_path):
     with pytest.raises(RunError, match=r"made by different code \(.*ffffffffffff: .*other"):
         _page_with(tmp_path, [run, other])
     text = _page_with(tmp_path, [run, other], allow_mixed=True)
-    assert "**Warning**" in text and "mixed code" in text
+    assert "**Warning**" in text and "mixed code (2 commits)" in text
+
+
+def test_code_changed_since_several_commits_is_one_warning(run, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    data = json.loads((other / "provenance.json").read_text())
+    data["sessions"][0]["commit"] = "f" * 40
+    (other / "provenance.json").write_text(json.dumps(data))
+    monkeypatch.setattr(provenance, "_changed_since", lambda c: 3)
+    line, commits = provenance.describe([run, other], allow_mixed=True)
+    since = ", ".join(f"{c} (3 file(s))" for c in commits)
+    assert line.count("has changed since") == 1
+    assert f"dcem/ has changed since {since}: rerun to make the block current" in line
 
 
 def test_folders_without_provenance_or_from_a_dirty_tree_are_marked(run, tmp_path):

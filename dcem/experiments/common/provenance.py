@@ -163,12 +163,12 @@ def describe(folders: Sequence[str | os.PathLike], allow_mixed: bool = False) ->
         which = "; ".join(f"{c}: {', '.join(sorted(set(fs)))}" for c, fs in by_commit.items())
         raise RunError(f"the run folders of one results block were made by different code ({which}); "
                        "rerun them at one commit, or pass allow_mixed=True to mark the block")  # fmt: skip
-    for c in commits:
-        n = None if c == "unknown" else _changed_since(c)
-        if n:
-            marks.append(f"dcem/ has changed since {c} ({n} file(s)): rerun to make the block current")
+    changed = [(c, n) for c in commits if c != "unknown" and (n := _changed_since(c))]
+    if changed:
+        since = ", ".join(f"{c} ({n} file(s))" for c, n in changed)
+        marks.append(f"dcem/ has changed since {since}: rerun to make the block current")
     if len(commits) > 1:
-        marks.append("mixed code: " + ", ".join(commits))
+        marks.append(f"mixed code ({len(commits)} commits)")
     names = sorted({str(f) for f in folders})
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     clean = "" if any("uncommitted" in m for m in marks) else " (clean)"
