@@ -14,6 +14,8 @@ page's ``report:`` markers (:mod:`..common.report`):
 - ``mbrl-claims``: per task, the paper's claims read off the seed-level intervals (latent DCEM
   reaching 0.9 of full CEM; PPO improving latent DCEM) and the same-budget control; "no verdict"
   below 3 seeds x 20 episodes;
+- ``mbrl-across-k``: a controller re-planning every ``k > 1`` steps against another re-planning
+  every step, on the same test episodes (:mod:`.acrossk`);
 - ``mbrl-diagnostics``: is a controller exploiting the model? the predicted vs the received
   ``H``-step return of its executed plans and its fraction of saturated actions (mean over seeds);
 - ``mbrl-model-error``: the planning model's open-loop prediction error against distance on the
@@ -39,6 +41,7 @@ import numpy as np
 
 from dcem.experiments.common.report import copy_figure, fmt_ci, md_table, update_page
 from dcem.experiments.common.runs import RunError, mean_ci95
+from dcem.experiments.mbrl.acrossk import across_k, across_k_block
 from dcem.experiments.mbrl.paired import CONTROLLERS
 from dcem.experiments.mbrl.runinfo import (
     curve_block,
@@ -314,6 +317,9 @@ def report(cfg: dict) -> Path:
     blocks = {**_tables(runs, sums), "mbrl-claims": _claims(sums)}
     if pending:
         blocks["mbrl-runs"] += "\n" + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in pending)
+    across = across_k_block(across_k(runs, N_BOOT))
+    if across is not None:
+        blocks["mbrl-across-k"] = across
     err = model_error_block(runs)
     if err is not None:
         blocks["mbrl-model-error"] = err
