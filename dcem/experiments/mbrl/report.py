@@ -16,6 +16,8 @@ page's ``report:`` markers (:mod:`..common.report`):
   below 3 seeds x 20 episodes;
 - ``mbrl-across-k``: a controller re-planning every ``k > 1`` steps against another re-planning
   every step, on the same test episodes (:mod:`.acrossk`);
+- ``mbrl-best-k``: each run's validation-best ``k`` per controller; the group "each at its
+  validation-best k" joins every other block once its evaluations exist (:mod:`.acrossk`);
 - ``mbrl-diagnostics``: is a controller exploiting the model? the predicted vs the received
   ``H``-step return of its executed plans and its fraction of saturated actions (mean over seeds);
 - ``mbrl-model-error``: the planning model's open-loop prediction error against distance on the
@@ -41,7 +43,7 @@ import numpy as np
 
 from dcem.experiments.common.report import copy_figure, fmt_ci, md_table, update_page
 from dcem.experiments.common.runs import RunError, mean_ci95
-from dcem.experiments.mbrl.acrossk import across_k, across_k_block
+from dcem.experiments.mbrl.acrossk import BEST_SUFFIX, across_k, across_k_block, best_k_block, best_k_groups
 from dcem.experiments.mbrl.paired import CONTROLLERS
 from dcem.experiments.mbrl.runinfo import (
     curve_block,
@@ -194,7 +196,7 @@ def _tables(runs: dict[str, list[dict]], sums: dict[str, dict]) -> dict[str, str
             boot = f"{c['ratio_pooled']:.3f} [{lo:.3f}, {hi:.3f}]"
             crow.append([env, f"{c['num']} / {c['den']}", size, fmt_ci(*c["ratio_seeds"]), boot,
                          fmt_ci(*c["diff_seeds"]), fmt_ci(*c["diff_pooled"])])  # fmt: skip
-        for r in runs[env]:
+        for r in [] if env.endswith(BEST_SUFFIX) else runs[env]:  # its folders are listed under their task
             steps = ", ".join(f"{k} {v['progress']['env_steps']}" for k, v in r["snapshots"].items())
             skip = ppo_skipped(r["_dir"])
             rrow.append([env, r["seed"], r["_dir"], steps, len(r["episode_seeds"]),
@@ -313,13 +315,15 @@ def report(cfg: dict) -> Path:
         if not pending:
             raise
         runs = {}
-    sums = {env: summarize(rs) for env, rs in sorted(runs.items())}
-    blocks = {**_tables(runs, sums), "mbrl-claims": _claims(sums)}
+    best, best_rows = best_k_groups(runs)
+    sums = {env: summarize(rs) for env, rs in sorted({**runs, **best}.items())}
+    blocks = {**_tables({**runs, **best}, sums), "mbrl-claims": _claims(sums)}
     if pending:
         blocks["mbrl-runs"] += "\n" + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in pending)
-    across = across_k_block(across_k(runs, N_BOOT))
-    if across is not None:
-        blocks["mbrl-across-k"] = across
+    for name, block in (("mbrl-across-k", across_k_block(across_k(runs, N_BOOT))),
+                        ("mbrl-best-k", best_k_block(best_rows))):  # fmt: skip
+        if block is not None:
+            blocks[name] = block
     err = model_error_block(runs)
     if err is not None:
         blocks["mbrl-model-error"] = err
@@ -336,7 +340,7 @@ def report(cfg: dict) -> Path:
     if bench is not None:
         blocks["mbrl-bench"] = bench
     if sums:
-        _copy(_figure(runs, sums, root / "mbrl_paired.png"), page.parent / "mbrl_paired.png")
+        _copy(_figure({**runs, **best}, sums, root / "mbrl_paired.png"), page.parent / "mbrl_paired.png")
     cmd = f"dcem-exp mbrl phase=report report.root={root} report.page={page}"
     made_from = sorted({r["_dir"] for rs in runs.values() for r in rs})  # finished runs: provenance lines
     return update_page(page, blocks, cmd, runs=made_from or None, allow_mixed=True)
