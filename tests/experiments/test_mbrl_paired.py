@@ -323,6 +323,10 @@ def test_probe_writes_calibration_by_kind_and_the_report_shows_it(tiny_run, tmp_
     assert "report:mbrl-probe begin" in text and "bang-bang" in text and "decoder, random z" in text
     assert "report:mbrl-replan begin" in text and "re-plan every 12" in text
     assert "cartpole-swingup (re-plan every 2)" in text
+    # across intervals on the same episodes; each run's validation-best k and what it still needs
+    assert "| cartpole-swingup | latent_dcem @ k = 2 / full_cem @ k = 1 | 1 × 3 |" in text
+    best = text.split("report:mbrl-best-k begin")[1].split("report:mbrl-best-k end")[0]
+    assert "| cartpole-swingup | 0 | full_cem " in best and "latent_dcem " in best
 
 
 def test_replan_every_executes_each_plan_for_k_steps(tiny_run):
