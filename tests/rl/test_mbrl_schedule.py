@@ -18,7 +18,7 @@ from dcem.experiments.common.runs import CsvLog  # noqa: E402
 from dcem.experiments.mbrl import collect, compose  # noqa: E402
 from dcem.experiments.mbrl.learning import VAL_SEED_BASE  # noqa: E402
 from dcem.experiments.mbrl.paired import plan_diagnostics  # noqa: E402
-from dcem.experiments.mbrl.runinfo import curve_block  # noqa: E402
+from dcem.experiments.mbrl.runinfo import curve_block, curve_figure  # noqa: E402
 from dcem.experiments.mbrl.trainer import MBRLTrainer, seed_everything  # noqa: E402
 from dcem.rl.env_pool import EnvPool  # noqa: E402
 
@@ -151,6 +151,8 @@ def test_decoder_curve_at_several_replanning_intervals(tmp_path):
     assert b.decoder_curve[-1]["val_return"] != b.decoder_curve[-2]["val_return"]
     blocks = curve_block({("cartpole-swingup", "0"): rows})
     assert "| cartpole-swingup | 0 | 1 |" in blocks and "| cartpole-swingup | 0 | 3 |" in blocks
+    fig = curve_figure({("cartpole-swingup", "0"): rows}, tmp_path / "curve.png")
+    assert fig.stat().st_size > 0
 
 
 def test_decoder_curve_options_are_checked():
