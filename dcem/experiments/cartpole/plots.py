@@ -239,8 +239,8 @@ def plot_ablation(
         ax.axhline(expert, color="k", ls="--", label=expert_label)
         ax.set_title(f"latent size {nz}")
         ax.set_xlabel("decoder update")
+        ax.legend(fontsize=7)  # per panel: the labels (seeds finished) differ between latent sizes
     axes[0, 0].set_ylabel("validation cost (mean, 95% band over seeds)")
-    axes[0, -1].legend(fontsize=8)
     save(fig, path, dpi=90)
 
 
@@ -277,8 +277,8 @@ def plot_fig5(cells: list[Any], curves: dict[Any, list[dict[str, Any]]], lines: 
             ax.axhline(v, color="k", ls=(":", "--", "-.")[i % 3], lw=0.8, label=name)
         ax.set_title(f"latent size {nz}")
         ax.set_xlabel("decoder update")
+        ax.legend(fontsize=7)  # per panel: the labels (seeds finished) differ between latent sizes
     axes[0, 0].set_ylabel("validation cost (mean, 95% band over seeds)")
-    axes[0, -1].legend(fontsize=8)
     save(fig, path, dpi=90)
 
 
