@@ -103,8 +103,7 @@ def best_k(probe: dict) -> dict[str, int]:
     validation return (the smallest such ``k`` on a tie)."""
     out = {}
     for name, by_k in probe.get("replan", {}).items():
-        ks = sorted(by_k, key=int)
-        out[name] = int(max(ks, key=lambda k: (by_k[k]["mean"], -int(k))))
+        out[name] = int(max(by_k, key=lambda k: (by_k[k]["mean"], -int(k))))
     return out
 
 

@@ -140,12 +140,11 @@ class LearnMixin:
         c = self.cfg["decoder"]
         n = int(c["val_episodes"])
         seeds = [VAL_SEED_BASE + 1000 * int(self.cfg["seed"]) + k for k in range(n)]
-        rows = []
+        rows, ups = [], self.progress.get("decoder_updates", 0)
         for every in c.get("val_replan_every", [1]):
             diag: dict[str, float] = {}
             rets = self.paired_returns("dcem", seeds, diag=diag, replan_every=int(every))
             mean, ci = mean_ci95(rets)
-            ups = self.progress.get("decoder_updates", 0)
             rows.append({"decoder_episode": episode, "decoder_updates": ups,
                          "env_steps": self.progress["env_steps"], "val_return": mean, "val_ci95": ci,
                          "n": n, **{k: v for k, v in diag.items() if k in CURVE_FIELDS},

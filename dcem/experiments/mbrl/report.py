@@ -316,8 +316,9 @@ def report(cfg: dict) -> Path:
             raise
         runs = {}
     best, best_rows = best_k_groups(runs)
-    sums = {env: summarize(rs) for env, rs in sorted({**runs, **best}.items())}
-    blocks = {**_tables({**runs, **best}, sums), "mbrl-claims": _claims(sums)}
+    groups = {**runs, **best}  # the validation-best-k groups join every table but the across-k one
+    sums = {env: summarize(rs) for env, rs in sorted(groups.items())}
+    blocks = {**_tables(groups, sums), "mbrl-claims": _claims(sums)}
     if pending:
         blocks["mbrl-runs"] += "\n" + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in pending)
     for name, block in (("mbrl-across-k", across_k_block(across_k(runs, N_BOOT))),
@@ -340,7 +341,7 @@ def report(cfg: dict) -> Path:
     if bench is not None:
         blocks["mbrl-bench"] = bench
     if sums:
-        _copy(_figure({**runs, **best}, sums, root / "mbrl_paired.png"), page.parent / "mbrl_paired.png")
+        _copy(_figure(groups, sums, root / "mbrl_paired.png"), page.parent / "mbrl_paired.png")
     cmd = f"dcem-exp mbrl phase=report report.root={root} report.page={page}"
     made_from = sorted({r["_dir"] for rs in runs.values() for r in rs})  # finished runs: provenance lines
     return update_page(page, blocks, cmd, runs=made_from or None, allow_mixed=True)
